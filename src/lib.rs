@@ -1,1 +1,18 @@
+//! mailgate: a self-hosted transactional email gateway.
+//!
+//! One email's path reads straight down the modules: [`api`] (auth, parse) →
+//! [`sending`] (render with [`render`], store durably in [`store`]) → `202`; then
+//! [`delivery`] leases it, sends it over SMTP and records each outcome.
+#![forbid(unsafe_code)]
 
+pub mod api;
+pub mod auth;
+pub mod bounces;
+pub mod config;
+pub mod delivery;
+pub mod domain;
+pub mod render;
+pub mod sending;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,1 +1,137 @@
-fn main() {}
+//! The `mailgate` command line: serve, token issue, openapi, check-config.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mailgate::auth::{KeySource, TokenKeys};
+use mailgate::config::{read_secret, Settings, TlsMode};
+use mailgate::domain::auth::{Scopes, TenantId};
+use mailgate::startup::Application;
+
+#[derive(Parser)]
+#[command(name = "mailgate", version, about = "Transactional email gateway: REST in, authenticated SMTP out")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (embedded defaults when no config file is given).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Tokens for the API.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Print the OpenAPI document (JSON) to stdout.
+    Openapi,
+    /// Validate a configuration and exit 0 (valid) or 1 (with the reasons).
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a signed JWT for a tenant and scopes.
+    Issue {
+        #[arg(long)]
+        tenant: String,
+        /// Space-separated scopes, e.g. "messages:send messages:read".
+        #[arg(long)]
+        scope: String,
+        /// Lifetime, e.g. 24h, 30d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// The `sub` claim: who the token is for.
+        #[arg(long, default_value = "mailgate-cli")]
+        sub: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+const DEV_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+fn load(config: Option<&PathBuf>) -> anyhow::Result<Settings> {
+    Settings::load(config.map(PathBuf::as_path), std::env::vars())
+}
+
+async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let settings = load(config.as_ref())?;
+    mailgate::telemetry::init(&settings.log);
+    let app = Application::build(settings)?;
+    if let KeySource::DevKey(path) = &app.tokens().source {
+        let tenant = TenantId::parse("default").context("default tenant")?;
+        let token = app.tokens().issue(&tenant, &Scopes::all(), DEV_TOKEN_TTL, "dev")?;
+        tracing::warn!(key = %path.display(), "no auth secret configured: using the dev key (fine for development, not for production)");
+        println!("Dev token (tenant `default`, every scope, valid 30 days):\n{token}");
+    }
+    app.run_until_stopped().await
+}
+
+fn issue(tenant: &str, scope: &str, ttl: &str, sub: &str, config: Option<&PathBuf>) -> anyhow::Result<()> {
+    let settings = load(config)?;
+    let tenant = TenantId::parse(tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
+    let scopes = Scopes::parse_strict(scope).map_err(|e| anyhow::anyhow!("--scope: {e}"))?;
+    let ttl = humantime::parse_duration(ttl).with_context(|| format!("--ttl: `{ttl}` is not a duration like 24h"))?;
+    let token = TokenKeys::load(&settings)?.issue(&tenant, &scopes, ttl, sub)?;
+    println!("{token}");
+    Ok(())
+}
+
+fn check_config(config: Option<&PathBuf>) -> anyhow::Result<()> {
+    let settings = load(config)?;
+    let auth = &settings.auth;
+    read_secret(auth.hs256_secret_file.as_deref(), auth.hs256_secret_env.as_deref()).context("auth")?;
+    for up in &settings.upstreams {
+        if up.username.is_some() {
+            read_secret(up.password_file.as_deref(), up.password_env.as_deref())
+                .with_context(|| format!("upstream {}: password", up.name))?;
+        }
+        if let Some(ca) = &up.ca_file {
+            std::fs::metadata(ca).with_context(|| format!("upstream {}: ca_file {}", up.name, ca.display()))?;
+        }
+        if up.tls == TlsMode::None && up.username.is_some() {
+            eprintln!("warning: upstream {} sends its password without TLS", up.name);
+        }
+    }
+    settings
+        .http
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .with_context(|| format!("http.listen `{}` is not an address like 127.0.0.1:8080", settings.http.listen))?;
+    println!("configuration is valid");
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Serve { config } => serve(config.clone()).await,
+        Command::Token {
+            command: TokenCommand::Issue { tenant, scope, ttl, sub, config },
+        } => issue(tenant, scope, ttl, sub, config.as_ref()),
+        Command::Openapi => serde_json::to_string_pretty(&mailgate::api::openapi_document())
+            .map(|doc| println!("{doc}"))
+            .context("Failed to serialize the OpenAPI document"),
+        Command::CheckConfig { config } => check_config(config.as_ref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

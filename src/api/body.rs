@@ -1,0 +1,175 @@
+//! The JSON body extractor: enforces the size limit while reading (413), tells bad
+//! JSON (400) from well-formed JSON of the wrong shape (422), and reports the JSON
+//! Pointer of the field that failed, including unknown fields.
+
+use std::fmt::Write as _;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
+use futures_util::StreamExt as _;
+use serde::de::DeserializeOwned;
+
+use super::problem::{ApiError, FieldError, Kind};
+use super::AppState;
+use crate::domain::ValidationError;
+
+pub struct JsonBody<T>(pub T);
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        Kind::PayloadTooLarge,
+        "payload_too_large",
+        format!("the request body is larger than {limit} bytes"),
+    )
+}
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limit = req
+            .app_data::<web::Data<AppState>>()
+            .map_or(25 * 1024 * 1024, |s| s.settings.http.max_body_bytes);
+        let declared: Option<usize> = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let media_ok = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|ct| {
+                let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+                essence == "application/json" || essence.ends_with("+json")
+            });
+        let mut payload = payload.take();
+        Box::pin(async move {
+            if !media_ok {
+                return Err(ApiError::new(
+                    Kind::UnsupportedMediaType,
+                    "unsupported_media_type",
+                    "send the body as `Content-Type: application/json`",
+                ));
+            }
+            if declared.is_some_and(|len| len > limit) {
+                return Err(too_large(limit));
+            }
+            let mut body = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|_| ApiError::new(Kind::BadRequest, "unreadable_body", "the request body could not be read"))?;
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large(limit));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            parse(&body).map(JsonBody)
+        })
+    }
+}
+
+/// Deserializes `body`, mapping serde's errors to problem responses with pointers.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let malformed = |err: &serde_json::Error| {
+        ApiError::new(Kind::BadRequest, "malformed_json", format!("the body is not valid JSON: {err}"))
+    };
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let pointer = pointer_of(err.path());
+        let inner = err.into_inner();
+        if !inner.is_data() {
+            return malformed(&inner);
+        }
+        let text = inner.to_string();
+        let text = text.split(" at line ").next().unwrap_or(&text).to_owned();
+        let (code, field) = if let Some(name) = quoted_after(&text, "unknown field `") {
+            ("unknown_field", child(&pointer, &name))
+        } else if let Some(name) = quoted_after(&text, "missing field `") {
+            ("missing_field", child(&pointer, &name))
+        } else {
+            ("invalid_type", pointer)
+        };
+        ApiError::unprocessable(vec![FieldError::new(field, &ValidationError::new(code, text))])
+    })?;
+    de.end().map_err(|err| malformed(&err))?;
+    Ok(value)
+}
+
+fn quoted_after(text: &str, prefix: &str) -> Option<String> {
+    let rest = text.strip_prefix(prefix)?;
+    Some(rest.split('`').next()?.to_owned())
+}
+
+/// Escapes one reference token (RFC 6901: `~` → `~0`, `/` → `~1`).
+pub fn escape_token(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+fn child(pointer: &str, name: &str) -> String {
+    format!("{pointer}/{}", escape_token(name))
+}
+
+fn pointer_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut pointer = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => {
+                let _ = write!(pointer, "/{index}");
+            }
+            Segment::Map { key } => {
+                let _ = write!(pointer, "/{}", escape_token(key));
+            }
+            Segment::Enum { variant } => {
+                let _ = write!(pointer, "/{}", escape_token(variant));
+            }
+            Segment::Unknown => pointer.push_str("/?"),
+        }
+    }
+    pointer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Probe {
+        to: Vec<String>,
+        #[serde(default)]
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        a: u32,
+    }
+
+    fn problem(body: &str) -> (Kind, String) {
+        let err = parse::<Probe>(body.as_bytes()).unwrap_err();
+        let text = err.to_string();
+        (err.kind(), text)
+    }
+
+    #[test]
+    fn syntax_errors_are_400_and_shape_errors_422_with_pointers() {
+        assert_eq!(problem("{\"to\": [").0, Kind::BadRequest);
+        assert_eq!(problem("{\"to\": []} trailing").0, Kind::BadRequest);
+        let (kind, text) = problem(r#"{"to": [], "htlm": 1}"#);
+        assert_eq!(kind, Kind::Unprocessable);
+        assert!(text.starts_with("unknown_field: /htlm"), "{text}");
+        let (_, text) = problem(r#"{"to": [1]}"#);
+        assert!(text.starts_with("invalid_type: /to/0"), "{text}");
+        let (_, text) = problem(r#"{"to": [], "inner": {"b": 1}}"#);
+        assert!(text.starts_with("unknown_field: /inner/b"), "{text}");
+        let (_, text) = problem(r#"{}"#);
+        assert!(text.starts_with("missing_field: /to"), "{text}");
+    }
+}

@@ -1,0 +1,432 @@
+//! `/v1/messages`: send, read status and timeline, read the sent MIME.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::header;
+use actix_web::{get, post, web, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::auth::{Authenticated, MessagesRead, MessagesSend};
+use super::body::{escape_token, JsonBody};
+use super::problem::{ApiError, FieldError, Problem};
+use super::AppState;
+use crate::domain::address::Mailbox;
+use crate::domain::ids::MessageId;
+use crate::domain::message::{decode_base64, Attachment, Body, ContentId, Filename, MediaType, Message, NewMessage, SmtpReply};
+use crate::domain::status::{EventType, MessageStatus, RecipientStatus};
+use crate::domain::text::{CustomHeader, Subject, Tag};
+use crate::domain::ValidationError;
+
+/// One address or a list of addresses.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum AddressList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Default for AddressList {
+    fn default() -> Self {
+        AddressList::Many(Vec::new())
+    }
+}
+
+/// An attachment. With `content_id` it is inline (`multipart/related`) and the html
+/// refers to it as `cid:<content_id>`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentRequest {
+    #[schema(example = "invoice.pdf")]
+    pub filename: String,
+    #[schema(example = "application/pdf")]
+    pub content_type: String,
+    /// The file, base64-encoded.
+    pub content: String,
+    #[serde(default)]
+    pub content_id: Option<String>,
+}
+
+/// A message to send. Addresses are RFC 5322 mailboxes (`Name <local@domain>`);
+/// internationalised domains are accepted and sent in punycode. Unknown fields are
+/// rejected (422 `unknown_field`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "from": "Acme <no-reply@acme.test>",
+    "to": ["ana@example.test", "Bob Li <bob@example.test>"],
+    "subject": "Hello",
+    "text": "plain part",
+    "html": "<p>html part</p>",
+    "headers": {"X-Entity-Ref-ID": "42"},
+    "tags": ["onboarding"],
+    "metadata": {"user_id": "42"}
+}))]
+pub struct SendMessageRequest {
+    pub from: String,
+    #[serde(default)]
+    pub to: AddressList,
+    #[serde(default)]
+    pub cc: AddressList,
+    /// Delivered to, never shown in the headers.
+    #[serde(default)]
+    pub bcc: AddressList,
+    #[serde(default)]
+    pub reply_to: AddressList,
+    pub subject: String,
+    /// Plain-text part. At least one of `text` and `html` is required.
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub html: Option<String>,
+    /// Extra headers. Structural ones (From, To, Cc, Bcc, Reply-To, Subject, Date,
+    /// Message-ID, MIME-Version, Return-Path, Sender, Content-*) cannot be set.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub attachments: Vec<AttachmentRequest>,
+    /// Up to 10 labels (ASCII letters, digits, `-_.:`) for filtering.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Up to 50 string pairs echoed back in events; never sent to recipients.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// RFC 3339 time to send at; absent or past means now.
+    #[serde(default)]
+    #[schema(format = DateTime)]
+    pub send_at: Option<String>,
+}
+
+/// Collects field errors with their JSON Pointers while building domain values.
+#[derive(Default)]
+struct Fields(Vec<FieldError>);
+
+impl Fields {
+    fn check<T>(&mut self, pointer: impl Into<String>, result: Result<T, ValidationError>) -> Option<T> {
+        result.map_err(|err| self.0.push(FieldError::new(pointer, &err))).ok()
+    }
+
+    fn mailboxes(&mut self, name: &str, list: &AddressList) -> Vec<Mailbox> {
+        match list {
+            AddressList::One(one) => self.check(format!("/{name}"), Mailbox::parse(one)).into_iter().collect(),
+            AddressList::Many(many) => many
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| self.check(format!("/{name}/{i}"), Mailbox::parse(m)))
+                .collect(),
+        }
+    }
+}
+
+const MAX_TAGS: usize = 10;
+const MAX_METADATA: usize = 50;
+
+/// Turns the wire request into a [`NewMessage`], or every field error at once.
+fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<NewMessage, ApiError> {
+    let mut f = Fields::default();
+    let from = f.check("/from", Mailbox::parse(&req.from));
+    let to = f.mailboxes("to", &req.to);
+    let cc = f.mailboxes("cc", &req.cc);
+    let bcc = f.mailboxes("bcc", &req.bcc);
+    let reply_to = f.mailboxes("reply_to", &req.reply_to);
+    let subject = f.check("/subject", Subject::parse(&req.subject));
+    let body = f.check("/text", Body::parse(req.text, req.html));
+    let headers: Vec<CustomHeader> = req
+        .headers
+        .iter()
+        .filter_map(|(name, value)| f.check(format!("/headers/{}", escape_token(name)), CustomHeader::parse(name, value)))
+        .collect();
+    let attachments: Vec<Attachment> = req
+        .attachments
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| {
+            let filename = f.check(format!("/attachments/{i}/filename"), Filename::parse(&a.filename));
+            let media_type = f.check(format!("/attachments/{i}/content_type"), MediaType::parse(&a.content_type));
+            let content = f.check(format!("/attachments/{i}/content"), decode_base64(&a.content));
+            let content_id = match &a.content_id {
+                Some(cid) => Some(f.check(format!("/attachments/{i}/content_id"), ContentId::parse(cid))?),
+                None => None,
+            };
+            Some(Attachment { filename: filename?, media_type: media_type?, content: content?, content_id })
+        })
+        .collect();
+    if req.tags.len() > MAX_TAGS {
+        f.check::<()>("/tags", Err(ValidationError::new("invalid_tag", format!("at most {MAX_TAGS} tags"))));
+    }
+    let tags: Vec<Tag> = req
+        .tags
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| f.check(format!("/tags/{i}"), Tag::parse(t)))
+        .collect();
+    check_metadata(&mut f, &req.metadata);
+    let send_at = req.send_at.as_deref().and_then(|s| {
+        f.check(
+            "/send_at",
+            DateTime::parse_from_rfc3339(s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| ValidationError::new("invalid_send_at", "`send_at` must be an RFC 3339 time like 2026-12-01T09:00:00Z")),
+        )
+    });
+    let (Some(from), Some(subject), Some(body), true) = (from, subject, body, f.0.is_empty()) else {
+        return Err(ApiError::unprocessable(f.0));
+    };
+    let message = NewMessage {
+        from,
+        to,
+        cc,
+        bcc,
+        reply_to,
+        subject,
+        body,
+        headers,
+        attachments,
+        tags,
+        metadata: req.metadata,
+        send_at,
+    };
+    let count = message.envelope_recipients().len();
+    if count == 0 {
+        f.check::<()>("/to", Err(ValidationError::new("missing_recipients", "add at least one recipient in `to`, `cc` or `bcc`")));
+    } else if count > max_recipients {
+        f.check::<()>(
+            "/to",
+            Err(ValidationError::new(
+                "too_many_recipients",
+                format!("{count} recipients; the limit is {max_recipients} per message"),
+            )),
+        );
+    }
+    if f.0.is_empty() {
+        Ok(message)
+    } else {
+        Err(ApiError::unprocessable(f.0))
+    }
+}
+
+fn check_metadata(f: &mut Fields, metadata: &BTreeMap<String, String>) {
+    if metadata.len() > MAX_METADATA {
+        f.check::<()>("/metadata", Err(ValidationError::new("invalid_metadata", format!("at most {MAX_METADATA} keys"))));
+    }
+    for (key, value) in metadata {
+        if key.is_empty() || key.len() > 64 || value.len() > 1024 {
+            f.check::<()>(
+                format!("/metadata/{}", escape_token(key)),
+                Err(ValidationError::new("invalid_metadata", "keys are 1 to 64 bytes and values at most 1024 bytes")),
+            );
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AcceptedRecipient {
+    pub email: String,
+    pub status: RecipientStatus,
+}
+
+/// The message was stored durably and will be delivered.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SendMessageResponse {
+    #[schema(example = "msg_0192f8a0c3e47d10b5a1c2d3e4f5a6b7")]
+    pub id: String,
+    /// `queued`, or `scheduled` when `send_at` is in the future.
+    pub status: MessageStatus,
+    pub created_at: DateTime<Utc>,
+    pub recipients: Vec<AcceptedRecipient>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecipientView {
+    pub email: String,
+    pub status: RecipientStatus,
+    /// The last SMTP reply code for this recipient, e.g. 250 or 550.
+    pub smtp_code: Option<u16>,
+    /// RFC 3463 enhanced status code, e.g. `5.1.1`.
+    pub enhanced_code: Option<String>,
+    /// The upstream's reply text (for `sent`, often its queue id) or the error.
+    pub diagnostic: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// Position in this message's timeline, from 1.
+    pub seq: u64,
+    pub recipient: String,
+    pub created_at: DateTime<Utc>,
+    pub smtp: Option<SmtpReply>,
+}
+
+/// A message with per-recipient status and its event timeline.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageView {
+    pub id: String,
+    pub status: MessageStatus,
+    pub from: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub subject: String,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+    pub send_at: Option<DateTime<Utc>>,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// When the next attempt is due, while some recipient is queued or deferred.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub recipients: Vec<RecipientView>,
+    pub events: Vec<EventView>,
+}
+
+impl From<Message> for MessageView {
+    fn from(m: Message) -> Self {
+        Self {
+            id: m.id.to_string(),
+            status: m.status,
+            from: m.from,
+            to: m.to,
+            cc: m.cc,
+            subject: m.subject,
+            tags: m.tags,
+            metadata: m.metadata,
+            created_at: m.created_at,
+            send_at: m.send_at,
+            attempts: m.attempts,
+            next_attempt_at: m.next_attempt_at,
+            recipients: m
+                .recipients
+                .into_iter()
+                .map(|r| RecipientView {
+                    email: r.email,
+                    status: r.status,
+                    smtp_code: r.smtp.as_ref().and_then(|s| s.code),
+                    enhanced_code: r.smtp.as_ref().and_then(|s| s.enhanced.clone()),
+                    diagnostic: r.smtp.map(|s| s.diagnostic),
+                    updated_at: r.updated_at,
+                })
+                .collect(),
+            events: m
+                .events
+                .into_iter()
+                .map(|e| EventView {
+                    id: e.id.to_string(),
+                    event_type: e.event_type,
+                    seq: e.seq,
+                    recipient: e.recipient,
+                    created_at: e.created_at,
+                    smtp: e.smtp,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Send a message.
+///
+/// The message is validated, rendered to MIME and written durably before the `202` is
+/// returned: once you have the `202`, a crash of mailgate loses nothing. Delivery
+/// happens in the background; follow it with `get_message` or webhooks.
+#[utoipa::path(
+    tag = "messages",
+    request_body = SendMessageRequest,
+    security(("bearer" = ["messages:send"])),
+    responses(
+        (status = 202, description = "Accepted and stored durably", body = SendMessageResponse,
+            headers(("Location" = String, description = "URL of the message"))),
+        (status = 400, description = "The body is not valid JSON (`malformed_json`)", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, malformed, expired or wrongly signed token (`invalid_token`)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `messages:send` (`insufficient_scope`)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body is over the configured limit (`payload_too_large`)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON (`unsupported_media_type`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field is invalid; `errors` points at each one", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/messages")]
+pub async fn send_message(
+    auth: Authenticated<MessagesSend>,
+    body: JsonBody<SendMessageRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = &auth.principal.tenant;
+    let new = to_new_message(body.0, state.settings.max_recipients(tenant.as_str()))?;
+    let message = state.sender.accept(tenant, new).await?;
+    let response = SendMessageResponse {
+        id: message.id.to_string(),
+        status: message.status,
+        created_at: message.created_at,
+        recipients: message
+            .recipients
+            .iter()
+            .map(|r| AcceptedRecipient { email: r.email.clone(), status: r.status })
+            .collect(),
+    };
+    Ok(HttpResponse::Accepted()
+        .insert_header((header::LOCATION, format!("/v1/messages/{}", message.id)))
+        .json(response))
+}
+
+async fn load(state: &AppState, auth: &Authenticated<MessagesRead>, id: &str) -> Result<Message, ApiError> {
+    let id = MessageId::parse(id).map_err(|_| ApiError::not_found("the message"))?;
+    let store = state.store.clone();
+    let tenant = auth.principal.tenant.clone();
+    web::block(move || store.message(&tenant, &id))
+        .await
+        .map_err(ApiError::internal)??
+        .ok_or_else(|| ApiError::not_found("the message"))
+}
+
+/// Get a message: status, per-recipient outcome and event timeline.
+///
+/// A message of another tenant is answered 404, exactly like one that does not exist.
+#[utoipa::path(
+    tag = "messages",
+    params(("id" = String, Path, description = "Message id (`msg_…`)")),
+    security(("bearer" = ["messages:read"])),
+    responses(
+        (status = 200, description = "The message", body = MessageView),
+        (status = 401, description = "Invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `messages:read`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such message for this tenant (`not_found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/v1/messages/{id}")]
+pub async fn get_message(
+    auth: Authenticated<MessagesRead>,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<MessageView>, ApiError> {
+    Ok(web::Json(load(&state, &auth, &path).await?.into()))
+}
+
+/// Get the exact MIME bytes (`message/rfc822`) that are sent for this message.
+#[utoipa::path(
+    tag = "messages",
+    params(("id" = String, Path, description = "Message id (`msg_…`)")),
+    security(("bearer" = ["messages:read"])),
+    responses(
+        (status = 200, description = "The rendered message", content_type = "message/rfc822", body = String),
+        (status = 401, description = "Invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `messages:read`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such message for this tenant (`not_found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/v1/messages/{id}/mime")]
+pub async fn get_message_mime(
+    auth: Authenticated<MessagesRead>,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = MessageId::parse(&path).map_err(|_| ApiError::not_found("the message"))?;
+    let store = state.store.clone();
+    let tenant = auth.principal.tenant.clone();
+    let mime = web::block(move || store.mime(&tenant, &id))
+        .await
+        .map_err(ApiError::internal)??
+        .ok_or_else(|| ApiError::not_found("the message"))?;
+    Ok(HttpResponse::Ok().content_type("message/rfc822").body(mime))
+}

@@ -1,0 +1,215 @@
+//! RFC 9457 problem+json: the one place where any error becomes an HTTP response.
+//!
+//! Each error says only *which* kind it is ([`Kind`]: status and title, one table) and
+//! its stable `code`; the rendering is shared. A 5xx tells the caller nothing about the
+//! cause and logs the whole cause chain for the operator.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::ValidationError;
+use crate::sending::SendError;
+use crate::store::StoreError;
+
+/// One invalid field of the request body.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FieldError {
+    /// JSON Pointer (RFC 6901) into the request body, e.g. `/to/0`.
+    #[schema(example = "/to/0")]
+    pub field: String,
+    /// Stable machine code, e.g. `invalid_address`.
+    #[schema(example = "invalid_address")]
+    pub code: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, error: &ValidationError) -> Self {
+        Self {
+            field: field.into(),
+            code: error.code.to_owned(),
+            message: error.message.clone(),
+        }
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "urn:mailgate:problem:invalid_address",
+    "title": "Unprocessable request",
+    "status": 422,
+    "detail": "1 field is invalid",
+    "code": "invalid_address",
+    "errors": [{"field": "/to/0", "code": "invalid_address", "message": "`bob` has no `@`"}]
+}))]
+pub struct Problem {
+    /// `urn:mailgate:problem:<code>`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable snake_case machine code; switch on this, not on `title` or `detail`.
+    pub code: String,
+    /// Field-level errors (422), empty otherwise.
+    pub errors: Vec<FieldError>,
+}
+
+/// The kinds of failure, each with its HTTP status and title.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    Unprocessable,
+    Internal,
+}
+
+impl Kind {
+    fn status_and_title(self) -> (StatusCode, &'static str) {
+        match self {
+            Kind::BadRequest => (StatusCode::BAD_REQUEST, "Bad request"),
+            Kind::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
+            Kind::Forbidden => (StatusCode::FORBIDDEN, "Forbidden"),
+            Kind::NotFound => (StatusCode::NOT_FOUND, "Not found"),
+            Kind::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
+            Kind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"),
+            Kind::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type"),
+            Kind::Unprocessable => (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable request"),
+            Kind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct ApiError {
+    kind: Kind,
+    code: String,
+    detail: String,
+    errors: Vec<FieldError>,
+    /// `WWW-Authenticate` value for 401/403.
+    challenge: Option<String>,
+    #[source]
+    cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ApiError {
+    pub fn new(kind: Kind, code: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            code: code.into(),
+            detail: detail.into(),
+            errors: Vec::new(),
+            challenge: None,
+            cause: None,
+        }
+    }
+
+    pub fn invalid_token(detail: impl Into<String>) -> Self {
+        let mut err = Self::new(Kind::Unauthorized, "invalid_token", detail);
+        err.challenge = Some(r#"Bearer error="invalid_token""#.into());
+        err
+    }
+
+    pub fn insufficient_scope(scope: &str) -> Self {
+        let mut err = Self::new(
+            Kind::Forbidden,
+            "insufficient_scope",
+            format!("this call needs the `{scope}` scope"),
+        );
+        err.challenge = Some(format!(r#"Bearer error="insufficient_scope", scope="{scope}""#));
+        err
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(Kind::NotFound, "not_found", format!("{what} was not found"))
+    }
+
+    /// A 422 for one or more invalid fields; the top-level `code` is the first field's.
+    pub fn unprocessable(errors: Vec<FieldError>) -> Self {
+        let code = errors.first().map_or_else(|| "validation_failed".to_owned(), |e| e.code.clone());
+        let detail = match errors.as_slice() {
+            [one] => format!("{}: {}", one.field, one.message),
+            many => format!("{} fields are invalid", many.len()),
+        };
+        Self {
+            errors,
+            ..Self::new(Kind::Unprocessable, code, detail)
+        }
+    }
+
+    pub fn internal(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            cause: Some(Box::new(cause)),
+            ..Self::new(Kind::Internal, "internal_error", "the server could not complete the request; it has been logged")
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.kind.status_and_title().0
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let (status, title) = self.kind.status_and_title();
+        if status.is_server_error() {
+            let chain = crate::telemetry::ErrorChain(self);
+            tracing::error!(error = %chain, "request failed");
+        }
+        let problem = Problem {
+            problem_type: format!("urn:mailgate:problem:{}", self.code),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: self.detail.clone(),
+            code: self.code.clone(),
+            errors: self.errors.clone(),
+        };
+        let mut response = HttpResponse::build(status);
+        response.content_type("application/problem+json");
+        if let Some(challenge) = self.challenge.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
+            response.insert_header((header::WWW_AUTHENTICATE, challenge));
+        }
+        response.json(problem)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        ApiError::internal(err)
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(err: tokio::task::JoinError) -> Self {
+        ApiError::internal(err)
+    }
+}
+
+impl From<SendError> for ApiError {
+    fn from(err: SendError) -> Self {
+        match err {
+            SendError::SenderDomainNotAllowed(domain) => ApiError::unprocessable(vec![FieldError::new(
+                "/from",
+                &ValidationError::new(
+                    "sender_domain_not_allowed",
+                    format!("this tenant may not send from `{domain}`"),
+                ),
+            )]),
+            other => ApiError::internal(other),
+        }
+    }
+}

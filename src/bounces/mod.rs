@@ -1,0 +1,3 @@
+//! Mapping bounces back to the message and recipient they are about.
+
+pub mod verp;

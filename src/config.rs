@@ -1,0 +1,350 @@
+//! Settings: embedded defaults < TOML file < `MAILGATE_SECTION__KEY` environment
+//! variables. Unknown keys are errors that name the key. Secrets are referenced by
+//! `*_env`/`*_file` and read here; they never appear in `Debug` output or logs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// A duration written like `30s`, `15m`, `3d` or `250ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ConfigDuration(pub Duration);
+
+impl TryFrom<String> for ConfigDuration {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        humantime::parse_duration(&value)
+            .map(ConfigDuration)
+            .map_err(|e| format!("`{value}` is not a duration like `30s` or `3d`: {e}"))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    pub listen: String,
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 25 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    pub path: PathBuf,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self { path: PathBuf::from("./data") }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    pub hs256_secret_file: Option<PathBuf>,
+    pub hs256_secret_env: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    Starttls,
+    Tls,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSettings {
+    pub name: String,
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    #[serde(default = "default_tls")]
+    pub tls: TlsMode,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_connections")]
+    pub max_connections: u32,
+    #[serde(default)]
+    pub rate_per_second: u32,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_port() -> u16 {
+    587
+}
+fn default_tls() -> TlsMode {
+    TlsMode::Starttls
+}
+fn default_connections() -> u32 {
+    4
+}
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySettings {
+    pub return_path_domain: String,
+    pub message_id_domain: String,
+    pub retry_base: ConfigDuration,
+    pub retry_max: ConfigDuration,
+    pub max_age: ConfigDuration,
+    /// SMTP command timeout: a silent upstream defers instead of hanging a worker.
+    pub smtp_timeout: ConfigDuration,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            return_path_domain: "bounces.mailgate.localhost".into(),
+            message_id_domain: "mailgate.localhost".into(),
+            retry_base: ConfigDuration(Duration::from_secs(30)),
+            retry_max: ConfigDuration(Duration::from_secs(3600)),
+            max_age: ConfigDuration(Duration::from_secs(3 * 24 * 3600)),
+            smtp_timeout: ConfigDuration(Duration::from_secs(60)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSettings {
+    pub allow_private_targets: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitSettings {
+    pub messages_per_second: u32,
+    pub burst: u32,
+    pub daily_quota: u64,
+    pub max_recipients: usize,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            messages_per_second: 100,
+            burst: 200,
+            daily_quota: 0,
+            max_recipients: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantSettings {
+    pub messages_per_second: Option<u32>,
+    pub burst: Option<u32>,
+    pub daily_quota: Option<u64>,
+    pub max_recipients: Option<usize>,
+    /// When set, `from` must use one of these domains (or a subdomain of one).
+    pub allowed_sender_domains: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// An `EnvFilter` directive, e.g. `info` or `mailgate=debug,info`. `RUST_LOG` wins.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// The whole configuration, as documented in `spec/config.md` and the README.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub storage: StorageSettings,
+    pub auth: AuthSettings,
+    pub upstreams: Vec<UpstreamSettings>,
+    pub delivery: DeliverySettings,
+    pub webhooks: WebhookSettings,
+    pub limits: LimitSettings,
+    pub tenants: BTreeMap<String, TenantSettings>,
+    pub log: LogSettings,
+}
+
+const ENV_PREFIX: &str = "MAILGATE_";
+
+impl Settings {
+    /// Loads defaults, then `file` (when given), then `MAILGATE_…__…` variables from `env`.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
+        let tree = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("Failed to read the config file {}", path.display()))?;
+                toml::from_str::<toml::Table>(&text)
+                    .with_context(|| format!("{} is not valid TOML", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        let mut tree = toml::Value::Table(tree);
+        for (name, raw) in env {
+            if let Some(path) = name.strip_prefix(ENV_PREFIX).filter(|p| p.contains("__")) {
+                let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+                overlay(&mut tree, &keys, env_value(&raw))
+                    .with_context(|| format!("Invalid environment variable {name}"))?;
+            }
+        }
+        let settings: Settings = serde_path_to_error::deserialize(tree).map_err(|err| {
+            let key = err.path().to_string();
+            anyhow::anyhow!("configuration key `{key}`: {}", err.into_inner())
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for (i, up) in self.upstreams.iter().enumerate() {
+            if up.password_env.is_some() && up.password_file.is_some() {
+                bail!("upstreams[{i}] ({}): set password_env or password_file, not both", up.name);
+            }
+            if up.max_connections == 0 {
+                bail!("upstreams[{i}] ({}): max_connections must be at least 1", up.name);
+            }
+        }
+        if self.upstreams.len() > 1 {
+            bail!("several [[upstreams]] are not supported yet: configure exactly one");
+        }
+        if self.auth.hs256_secret_env.is_some() && self.auth.hs256_secret_file.is_some() {
+            bail!("auth: set hs256_secret_file or hs256_secret_env, not both");
+        }
+        Ok(())
+    }
+
+    /// Limits for `tenant`: its own overrides on top of `[limits]`.
+    pub fn max_recipients(&self, tenant: &str) -> usize {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| t.max_recipients)
+            .unwrap_or(self.limits.max_recipients)
+    }
+}
+
+/// Reads an environment value as TOML when it is one (`25`, `true`, `["a"]`) and as a
+/// string otherwise.
+fn env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+/// Sets `keys` (`["http", "listen"]`, `["upstreams", "0", "host"]`) under `node`.
+fn overlay(node: &mut toml::Value, keys: &[String], value: toml::Value) -> anyhow::Result<()> {
+    let Some((key, rest)) = keys.split_first() else {
+        *node = value;
+        return Ok(());
+    };
+    let child = match node {
+        toml::Value::Table(table) => table
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new())),
+        toml::Value::Array(items) => {
+            let index: usize = key.parse().context("an array needs a numeric index, e.g. UPSTREAMS__0__HOST")?;
+            items.get_mut(index).with_context(|| format!("there is no item {index}"))?
+        }
+        _ => bail!("`{key}` is below a key that is not a section"),
+    };
+    overlay(child, rest, value)
+}
+
+/// Reads a secret from a file (trimmed) or an environment variable.
+pub fn read_secret(file: Option<&Path>, env_name: Option<&str>) -> anyhow::Result<Option<String>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("Failed to read the secret file {}", path.display()))?;
+        return Ok(Some(text.trim_end_matches(['\r', '\n']).to_owned()));
+    }
+    if let Some(name) = env_name {
+        let value = std::env::var(name).with_context(|| format!("The environment variable {name} is not set"))?;
+        return Ok(Some(value));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn env_overrides_defaults_and_ignores_plain_mailgate_vars() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("MAILGATE_HTTP__LISTEN", "0.0.0.0:9000"),
+                ("MAILGATE_HTTP__MAX_BODY_BYTES", "1024"),
+                ("MAILGATE_PRIMARY_PASSWORD", "secret"),
+                ("MAILGATE_DELIVERY__MAX_AGE", "2h"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.http.listen, "0.0.0.0:9000");
+        assert_eq!(s.http.max_body_bytes, 1024);
+        assert_eq!(s.delivery.max_age.0, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Settings::load(None, env(&[("MAILGATE_HTTP__LISTN", "x")])).unwrap_err();
+        assert!(format!("{err:#}").contains("http.listn"), "{err:#}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[delivery]\nretry_bse = \"1s\"\n").unwrap();
+        let err = Settings::load(Some(&file), []).unwrap_err();
+        assert!(format!("{err:#}").contains("delivery.retry_bse"), "{err:#}");
+    }
+
+    #[test]
+    fn env_reaches_into_upstream_arrays() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[[upstreams]]\nname = \"p\"\nhost = \"a.test\"\n").unwrap();
+        let s = Settings::load(Some(&file), env(&[("MAILGATE_UPSTREAMS__0__PORT", "2525")])).unwrap();
+        assert_eq!(s.upstreams[0].port, 2525);
+    }
+}

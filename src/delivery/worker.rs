@@ -1,0 +1,123 @@
+//! Delivery workers: lease a due message, run one SMTP transaction per pending
+//! recipient, record each outcome durably, and put the message back for a retry when
+//! some recipient was deferred.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{watch, Notify};
+use tracing::Instrument;
+
+use super::retry::RetryPolicy;
+use super::transport::{Transport, TransportJob};
+use crate::bounces::verp;
+use crate::domain::message::DeliveryOutcome;
+use crate::store::{Lease, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("the store failed")]
+    Store(#[from] StoreError),
+    #[error("a blocking store call was cancelled")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What one call of [`Worker::try_execute_task`] did; tests call it to drain the queue
+/// deterministically.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ExecutionOutcome {
+    TaskCompleted,
+    EmptyQueue,
+}
+
+#[derive(Clone)]
+pub struct Worker {
+    pub store: Arc<dyn Store>,
+    pub transport: Arc<Transport>,
+    pub policy: RetryPolicy,
+    pub return_path_domain: String,
+}
+
+impl Worker {
+    /// Leases the earliest due message, if any, and makes one delivery attempt for it.
+    pub async fn try_execute_task(&self) -> Result<ExecutionOutcome, DeliveryError> {
+        let store = Arc::clone(&self.store);
+        let Some(lease) = tokio::task::spawn_blocking(move || store.lease_due(Utc::now())).await?? else {
+            return Ok(ExecutionOutcome::EmptyQueue);
+        };
+        let span = tracing::info_span!("delivery", message_id = %lease.message.id, tenant = %lease.message.tenant);
+        self.attempt(lease).instrument(span).await?;
+        Ok(ExecutionOutcome::TaskCompleted)
+    }
+
+    async fn attempt(&self, lease: Lease) -> Result<(), DeliveryError> {
+        let Lease { mut message, mime } = lease;
+        let started = Utc::now();
+        let first_due = message.first_due();
+        let give_up = self.policy.gives_up(first_due, started);
+        message.begin_attempt();
+        let pending = message.pending_recipients();
+        for (n, index) in pending.iter().copied().enumerate() {
+            let job = TransportJob {
+                sender: verp::return_path(&message.id, index, &self.return_path_domain),
+                recipient: message.recipients[index].email.clone(),
+                label: format!("{}-{index}", message.id),
+            };
+            let outcome = self.transport.send(&job, &mime).await;
+            log_outcome(&job, &outcome, message.attempts);
+            message.record_outcome(index, outcome, give_up, Utc::now());
+            if n + 1 < pending.len() {
+                let store = Arc::clone(&self.store);
+                let snapshot = message.clone();
+                tokio::task::spawn_blocking(move || store.save_progress(&snapshot)).await??;
+            }
+        }
+        let retry_at = self.policy.retry_at(message.attempts, first_due, Utc::now());
+        message.finish_attempt(Some(retry_at));
+        tracing::info!(status = ?message.status, attempts = message.attempts, next_attempt_at = ?message.next_attempt_at, "delivery attempt finished");
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.release(&message)).await??;
+        Ok(())
+    }
+}
+
+fn log_outcome(job: &TransportJob, outcome: &DeliveryOutcome, attempt: u32) {
+    let (kind, reply) = match outcome {
+        DeliveryOutcome::Sent(r) => ("sent", r),
+        DeliveryOutcome::Deferred(r) => ("deferred", r),
+        DeliveryOutcome::Bounced(r) => ("bounced", r),
+    };
+    tracing::info!(recipient = %job.recipient, attempt, outcome = kind, smtp_code = ?reply.code, diagnostic = %reply.diagnostic, "recipient outcome");
+}
+
+/// Runs `worker` until `shutdown` turns true, sleeping until the next due message or
+/// until `wake` is notified by a new acceptance.
+pub async fn run_worker_until_stopped(worker: Worker, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        let pause = match worker.try_execute_task().await {
+            Ok(ExecutionOutcome::TaskCompleted) => continue,
+            Ok(ExecutionOutcome::EmptyQueue) => idle_pause(&worker).await,
+            Err(err) => {
+                tracing::error!(error = %crate::telemetry::ErrorChain(&err), "delivery worker step failed");
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// How long to sleep with nothing due: until the next due entry, at most one second.
+async fn idle_pause(worker: &Worker) -> Duration {
+    let store = Arc::clone(&worker.store);
+    let next = tokio::task::spawn_blocking(move || store.next_due()).await;
+    let until_next = match next {
+        Ok(Ok(Some(due))) => (due - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+        _ => Duration::from_secs(1),
+    };
+    until_next.clamp(Duration::from_millis(5), Duration::from_secs(1))
+}

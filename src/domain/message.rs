@@ -1,0 +1,387 @@
+//! A message as accepted (`NewMessage`) and as it lives on (`Message`): recipients,
+//! their outcomes and the event timeline. The state transitions are here so that the
+//! worker only decides *what happened* and this module decides *what it means*.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::address::Mailbox;
+use super::auth::TenantId;
+use super::ids::{EventId, MessageId};
+use super::status::{EventType, MessageStatus, RecipientStatus};
+use super::text::{CustomHeader, Subject, Tag};
+use super::{reject_line_breaks, ValidationError};
+
+/// The content parts: at least one of text and html.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    Text(String),
+    Html(String),
+    Both { text: String, html: String },
+}
+
+impl Body {
+    pub fn parse(text: Option<String>, html: Option<String>) -> Result<Self, ValidationError> {
+        match (text, html) {
+            (Some(text), Some(html)) => Ok(Body::Both { text, html }),
+            (Some(text), None) => Ok(Body::Text(text)),
+            (None, Some(html)) => Ok(Body::Html(html)),
+            (None, None) => Err(ValidationError::new(
+                "missing_content",
+                "a message needs `text`, `html` or both",
+            )),
+        }
+    }
+}
+
+/// An attachment file name: one line, no path separators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filename(String);
+
+impl Filename {
+    pub fn parse(input: &str) -> Result<Self, ValidationError> {
+        reject_line_breaks(input, "invalid_attachment", "a file name")?;
+        if input.is_empty() || input.len() > 255 || input.contains(['/', '\\']) {
+            return Err(ValidationError::new(
+                "invalid_attachment",
+                "a file name is 1 to 255 bytes without `/` or `\\`",
+            ));
+        }
+        Ok(Self(input.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A MIME type such as `application/pdf` (parameters are not accepted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaType(String);
+
+impl MediaType {
+    pub fn parse(input: &str) -> Result<Self, ValidationError> {
+        let token = |s: &str| {
+            !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+        };
+        match input.split_once('/') {
+            Some((kind, sub)) if token(kind) && token(sub) && input.len() <= 127 => {
+                Ok(Self(input.to_ascii_lowercase()))
+            }
+            _ => Err(ValidationError::new(
+                "invalid_content_type",
+                format!("`{}` is not a MIME type like `application/pdf`", input.escape_debug()),
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The Content-ID of an inline attachment, referenced from html as `cid:<id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentId(String);
+
+impl ContentId {
+    pub fn parse(input: &str) -> Result<Self, ValidationError> {
+        let ok = !input.is_empty()
+            && input.len() <= 128
+            && input.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.@".contains(&b));
+        if ok {
+            Ok(Self(input.to_owned()))
+        } else {
+            Err(ValidationError::new(
+                "invalid_content_id",
+                "a content_id is 1 to 128 ASCII characters without spaces, `<` or `>`",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Decodes standard base64 (padding optional, whitespace ignored).
+pub fn decode_base64(input: &str) -> Result<Vec<u8>, ValidationError> {
+    let compact: String = input.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact.trim_end_matches('='))
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(compact.trim_end_matches('=')))
+        .map_err(|_| ValidationError::new("invalid_base64", "`content` is not valid base64"))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub filename: Filename,
+    pub media_type: MediaType,
+    pub content: Vec<u8>,
+    /// Set for inline parts (`multipart/related`).
+    pub content_id: Option<ContentId>,
+}
+
+/// A validated send request: every part is already a checked domain value.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub from: Mailbox,
+    pub to: Vec<Mailbox>,
+    pub cc: Vec<Mailbox>,
+    pub bcc: Vec<Mailbox>,
+    pub reply_to: Vec<Mailbox>,
+    pub subject: Subject,
+    pub body: Body,
+    pub headers: Vec<CustomHeader>,
+    pub attachments: Vec<Attachment>,
+    pub tags: Vec<Tag>,
+    pub metadata: BTreeMap<String, String>,
+    pub send_at: Option<DateTime<Utc>>,
+}
+
+impl NewMessage {
+    /// Every envelope recipient (to, cc, bcc), each address once, in request order.
+    pub fn envelope_recipients(&self) -> Vec<String> {
+        let mut seen = Vec::new();
+        for mbox in self.to.iter().chain(&self.cc).chain(&self.bcc) {
+            let email = mbox.email().to_string();
+            if !seen.iter().any(|s: &String| s.eq_ignore_ascii_case(&email)) {
+                seen.push(email);
+            }
+        }
+        seen
+    }
+}
+
+/// An SMTP reply (or a local failure described like one) kept as evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SmtpReply {
+    /// Basic reply code, e.g. 550. Absent when no reply was received (connection error).
+    pub code: Option<u16>,
+    /// RFC 3463 enhanced status code, e.g. `5.1.1`.
+    pub enhanced: Option<String>,
+    /// The reply text, or what went wrong when there was no reply.
+    pub diagnostic: String,
+}
+
+/// What one SMTP transaction for one recipient ended in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// 2xx: the upstream took responsibility.
+    Sent(SmtpReply),
+    /// 4xx, or no usable reply (connection, TLS, timeout): try again later.
+    Deferred(SmtpReply),
+    /// 5xx: the upstream refused for good.
+    Bounced(SmtpReply),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recipient {
+    pub email: String,
+    pub status: RecipientStatus,
+    pub smtp: Option<SmtpReply>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub id: EventId,
+    /// Position in this message's timeline, from 1.
+    pub seq: u64,
+    pub event_type: EventType,
+    pub recipient: String,
+    pub created_at: DateTime<Utc>,
+    pub smtp: Option<SmtpReply>,
+}
+
+/// An accepted message and everything that has happened to it since.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Message {
+    pub id: MessageId,
+    pub tenant: TenantId,
+    pub from: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub subject: String,
+    pub tags: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+    pub send_at: Option<DateTime<Utc>>,
+    pub status: MessageStatus,
+    pub attempts: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub recipients: Vec<Recipient>,
+    pub events: Vec<Event>,
+}
+
+impl Message {
+    /// The state of a message at the moment it is accepted.
+    pub fn accepted(id: MessageId, tenant: TenantId, new: &NewMessage, now: DateTime<Utc>) -> Self {
+        let scheduled = new.send_at.is_some_and(|at| at > now);
+        Self {
+            id,
+            tenant,
+            from: new.from.to_string(),
+            to: new.to.iter().map(ToString::to_string).collect(),
+            cc: new.cc.iter().map(ToString::to_string).collect(),
+            subject: new.subject.as_str().to_owned(),
+            tags: new.tags.iter().map(|t| t.as_str().to_owned()).collect(),
+            metadata: new.metadata.clone(),
+            created_at: now,
+            send_at: new.send_at,
+            status: if scheduled { MessageStatus::Scheduled } else { MessageStatus::Queued },
+            attempts: 0,
+            next_attempt_at: Some(new.send_at.filter(|_| scheduled).unwrap_or(now)),
+            recipients: new
+                .envelope_recipients()
+                .into_iter()
+                .map(|email| Recipient {
+                    email,
+                    status: RecipientStatus::Queued,
+                    smtp: None,
+                    updated_at: now,
+                })
+                .collect(),
+            events: Vec::new(),
+        }
+    }
+
+    /// When delivery may first be tried: the schedule, or acceptance.
+    pub fn first_due(&self) -> DateTime<Utc> {
+        self.send_at.map_or(self.created_at, |at| at.max(self.created_at))
+    }
+
+    /// Indexes of recipients still waiting for a try.
+    pub fn pending_recipients(&self) -> Vec<usize> {
+        (0..self.recipients.len())
+            .filter(|&i| self.recipients[i].status.is_pending())
+            .collect()
+    }
+
+    pub fn begin_attempt(&mut self) {
+        self.attempts += 1;
+        self.status = MessageStatus::Sending;
+        self.next_attempt_at = None;
+    }
+
+    /// Applies one recipient's outcome. A deferral after `give_up` becomes a failure.
+    pub fn record_outcome(&mut self, index: usize, outcome: DeliveryOutcome, give_up: bool, now: DateTime<Utc>) {
+        let (status, event_type, reply) = match outcome {
+            DeliveryOutcome::Sent(r) => (RecipientStatus::Sent, EventType::Sent, r),
+            DeliveryOutcome::Bounced(r) => (RecipientStatus::Bounced, EventType::Bounced, r),
+            DeliveryOutcome::Deferred(r) if give_up => (RecipientStatus::Failed, EventType::Failed, r),
+            DeliveryOutcome::Deferred(r) => (RecipientStatus::Deferred, EventType::Deferred, r),
+        };
+        let Some(recipient) = self.recipients.get_mut(index) else {
+            return;
+        };
+        recipient.status = status;
+        recipient.smtp = Some(reply.clone());
+        recipient.updated_at = now;
+        let email = recipient.email.clone();
+        self.push_event(event_type, email, Some(reply), now);
+    }
+
+    fn push_event(&mut self, event_type: EventType, recipient: String, smtp: Option<SmtpReply>, now: DateTime<Utc>) {
+        let seq = self.events.last().map_or(1, |e| e.seq + 1);
+        self.events.push(Event {
+            id: EventId::generate(),
+            seq,
+            event_type,
+            recipient,
+            created_at: now,
+            smtp,
+        });
+    }
+
+    /// Ends an attempt: the status follows from the recipients, and `retry_at` is kept
+    /// only while some recipient is still pending.
+    pub fn finish_attempt(&mut self, retry_at: Option<DateTime<Utc>>) {
+        self.status = self.settled_status();
+        self.next_attempt_at = if self.pending_recipients().is_empty() { None } else { retry_at };
+    }
+
+    /// The message status implied by its recipients.
+    pub fn settled_status(&self) -> MessageStatus {
+        let has = |s: RecipientStatus| self.recipients.iter().any(|r| r.status == s);
+        if has(RecipientStatus::Deferred) {
+            MessageStatus::Deferred
+        } else if has(RecipientStatus::Queued) {
+            if self.send_at.is_some() && self.attempts == 0 {
+                MessageStatus::Scheduled
+            } else {
+                MessageStatus::Queued
+            }
+        } else if has(RecipientStatus::Sent) || has(RecipientStatus::Delivered) {
+            MessageStatus::Sent
+        } else {
+            MessageStatus::Failed
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_message(to: &[&str]) -> NewMessage {
+        NewMessage {
+            from: Mailbox::parse("a@example.test").unwrap(),
+            to: to.iter().map(|t| Mailbox::parse(t).unwrap()).collect(),
+            cc: vec![],
+            bcc: vec![Mailbox::parse("B@example.test").unwrap()],
+            reply_to: vec![],
+            subject: Subject::parse("s").unwrap(),
+            body: Body::Text("t".into()),
+            headers: vec![],
+            attachments: vec![],
+            tags: vec![],
+            metadata: BTreeMap::new(),
+            send_at: None,
+        }
+    }
+
+    fn reply(code: u16) -> SmtpReply {
+        SmtpReply { code: Some(code), enhanced: None, diagnostic: String::new() }
+    }
+
+    #[test]
+    fn envelope_recipients_are_unique_regardless_of_case() {
+        let msg = new_message(&["b@example.test", "c@example.test"]);
+        assert_eq!(msg.envelope_recipients(), ["b@example.test", "c@example.test"]);
+    }
+
+    #[test]
+    fn a_deferral_keeps_the_message_deferred_until_give_up_fails_it() {
+        let now = Utc::now();
+        let mut msg = Message::accepted(MessageId::generate(), TenantId::parse("t").unwrap(), &new_message(&["x@example.test"]), now);
+        msg.begin_attempt();
+        msg.record_outcome(0, DeliveryOutcome::Sent(reply(250)), false, now);
+        msg.record_outcome(1, DeliveryOutcome::Deferred(reply(451)), false, now);
+        msg.finish_attempt(Some(now));
+        assert_eq!(msg.status, MessageStatus::Deferred);
+        assert_eq!(msg.pending_recipients(), [1]);
+        msg.begin_attempt();
+        msg.record_outcome(1, DeliveryOutcome::Deferred(reply(451)), true, now);
+        msg.finish_attempt(Some(now));
+        assert_eq!(msg.status, MessageStatus::Sent);
+        assert_eq!(msg.recipients[1].status, RecipientStatus::Failed);
+        assert_eq!(msg.next_attempt_at, None);
+        let seqs: Vec<u64> = msg.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+    }
+
+    #[test]
+    fn all_bounced_means_failed() {
+        let now = Utc::now();
+        let mut msg = Message::accepted(MessageId::generate(), TenantId::parse("t").unwrap(), &new_message(&[]), now);
+        msg.begin_attempt();
+        msg.record_outcome(0, DeliveryOutcome::Bounced(reply(550)), false, now);
+        msg.finish_attempt(None);
+        assert_eq!(msg.status, MessageStatus::Failed);
+    }
+}

@@ -1,0 +1,61 @@
+//! Lifecycle states of messages and recipients, and the event types that record each
+//! transition. Their serialized names are part of the public API.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Where a message is in its life. `sent` means every recipient reached a final state
+/// and at least one was accepted upstream; `failed` means none was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    Scheduled,
+    Queued,
+    Sending,
+    Deferred,
+    Sent,
+    Failed,
+    Cancelled,
+}
+
+/// Where one recipient's delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RecipientStatus {
+    Queued,
+    Deferred,
+    Sent,
+    Delivered,
+    Bounced,
+    Complained,
+    Failed,
+    Suppressed,
+}
+
+impl RecipientStatus {
+    /// Still waiting for a (re)try.
+    pub fn is_pending(self) -> bool {
+        matches!(self, RecipientStatus::Queued | RecipientStatus::Deferred)
+    }
+}
+
+/// What happened, as published in the event log and webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum EventType {
+    #[serde(rename = "message.sent")]
+    Sent,
+    #[serde(rename = "message.delivered")]
+    Delivered,
+    #[serde(rename = "message.deferred")]
+    Deferred,
+    #[serde(rename = "message.bounced")]
+    Bounced,
+    #[serde(rename = "message.complained")]
+    Complained,
+    #[serde(rename = "message.failed")]
+    Failed,
+    #[serde(rename = "message.suppressed")]
+    Suppressed,
+    #[serde(rename = "message.cancelled")]
+    Cancelled,
+}

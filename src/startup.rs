@@ -1,0 +1,117 @@
+//! Wiring: settings in, a bound HTTP listener and running delivery workers out.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use tokio::sync::{watch, Notify};
+use tracing_actix_web::TracingLogger;
+
+use crate::api::{self, AppState};
+use crate::auth::TokenKeys;
+use crate::config::Settings;
+use crate::delivery::{run_worker_until_stopped, RetryPolicy, Transport, Worker};
+use crate::sending::Sender;
+use crate::store::{SledStore, Store};
+
+/// A built service: listening, with its workers ready to start.
+pub struct Application {
+    port: u16,
+    server: Server,
+    worker: Worker,
+    worker_count: usize,
+    wake: Arc<Notify>,
+    tokens: Arc<TokenKeys>,
+}
+
+/// Delivery workers when the sandbox is the transport (no connection limit applies).
+const SANDBOX_WORKERS: usize = 2;
+
+impl Application {
+    /// Opens the store, recovers abandoned leases, builds the transport and binds the
+    /// listener from `settings.http.listen` (port 0 picks a free port).
+    pub fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&settings.http.listen)
+            .with_context(|| format!("Failed to listen on {}", settings.http.listen))?;
+        Self::build_with_listener(settings, listener)
+    }
+
+    pub fn build_with_listener(settings: Settings, listener: TcpListener) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        std::fs::create_dir_all(&settings.storage.path)
+            .with_context(|| format!("Failed to create the data directory {}", settings.storage.path.display()))?;
+        let store = SledStore::open(&settings.storage.path.join("db"))
+            .with_context(|| format!("Failed to open the store in {} (is another mailgate using it?)", settings.storage.path.display()))?;
+        let recovered = store.recover_leases().context("Failed to recover leased messages")?;
+        if recovered > 0 {
+            tracing::warn!(recovered, "requeued messages that were being sent when the process stopped");
+        }
+        let store: Arc<dyn Store> = Arc::new(store);
+        let tokens = Arc::new(TokenKeys::load(&settings)?);
+        let delivery = &settings.delivery;
+        let (transport, worker_count) = match settings.upstreams.first() {
+            Some(upstream) => (Transport::smtp(upstream, delivery.smtp_timeout.0)?, upstream.max_connections as usize),
+            None => (Transport::sandbox(settings.storage.path.join("sandbox"))?, SANDBOX_WORKERS),
+        };
+        let transport = Arc::new(transport);
+        let wake = Arc::new(Notify::new());
+        let worker = Worker {
+            store: Arc::clone(&store),
+            transport: Arc::clone(&transport),
+            policy: RetryPolicy {
+                base: delivery.retry_base.0,
+                max: delivery.retry_max.0,
+                max_age: delivery.max_age.0,
+            },
+            return_path_domain: delivery.return_path_domain.clone(),
+        };
+        let state = web::Data::new(AppState {
+            store: Arc::clone(&store),
+            tokens: Arc::clone(&tokens),
+            transport: Arc::clone(&transport),
+            sender: Sender {
+                store,
+                wake: Arc::clone(&wake),
+                settings: Arc::clone(&settings),
+            },
+            settings,
+        });
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(TracingLogger::default())
+                .app_data(state.clone())
+                .configure(api::configure)
+        })
+        .listen(listener)?
+        .run();
+        tracing::info!(port, transport = transport.name(), workers = worker_count, "mailgate is listening");
+        Ok(Self { port, server, worker, worker_count, wake, tokens })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The keys that sign and verify tokens (to print the dev token at start-up).
+    pub fn tokens(&self) -> &TokenKeys {
+        &self.tokens
+    }
+
+    /// Serves HTTP and runs the workers until the server stops (SIGINT/SIGTERM), then
+    /// lets each worker finish its current transaction.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        let workers: Vec<_> = (0..self.worker_count)
+            .map(|_| tokio::spawn(run_worker_until_stopped(self.worker.clone(), Arc::clone(&self.wake), stopped.clone())))
+            .collect();
+        let served = self.server.await;
+        let _ = stop.send(true);
+        for worker in workers {
+            let _ = worker.await;
+        }
+        served.context("The HTTP server failed")
+    }
+}

@@ -1,0 +1,190 @@
+//! The sled implementation of [`Store`].
+//!
+//! Trees: `messages` (id → JSON), `mime` (id → bytes), `queue` (due millis BE ++ id →
+//! nothing, so iteration order is due order) and `leases` (id → nothing). Multi-tree
+//! transactions keep them consistent; `flush` makes a write durable.
+
+use std::path::Path;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::{Db, Tree};
+
+use super::{Lease, Store, StoreError};
+use crate::domain::auth::TenantId;
+use crate::domain::ids::MessageId;
+use crate::domain::message::Message;
+use crate::domain::status::MessageStatus;
+
+pub struct SledStore {
+    db: Db,
+    messages: Tree,
+    mime: Tree,
+    queue: Tree,
+    leases: Tree,
+}
+
+fn queue_key(due: DateTime<Utc>, id: &MessageId) -> Vec<u8> {
+    let millis = u64::try_from(due.timestamp_millis()).unwrap_or(0);
+    let mut key = millis.to_be_bytes().to_vec();
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+fn id_of_queue_key(key: &[u8]) -> Result<MessageId, StoreError> {
+    let raw = key.get(8..).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default();
+    MessageId::parse(raw).map_err(|_| StoreError::Missing(format!("queue key {key:?}")))
+}
+
+fn flatten<E: Into<StoreError>>(err: TransactionError<E>) -> StoreError {
+    match err {
+        TransactionError::Abort(e) => e.into(),
+        TransactionError::Storage(e) => StoreError::Io(e),
+    }
+}
+
+fn encode(message: &Message) -> Result<Vec<u8>, ConflictableTransactionError<StoreError>> {
+    serde_json::to_vec(message).map_err(|e| ConflictableTransactionError::Abort(e.into()))
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `path`. sled holds a lock on the directory, so a
+    /// second process on the same data dir fails here instead of corrupting it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(Self {
+            messages: db.open_tree("messages")?,
+            mime: db.open_tree("mime")?,
+            queue: db.open_tree("queue")?,
+            leases: db.open_tree("leases")?,
+            db,
+        })
+    }
+
+    fn load(&self, id: &MessageId) -> Result<Option<Message>, StoreError> {
+        self.messages
+            .get(id.as_str())?
+            .map(|bytes| serde_json::from_slice(&bytes).map_err(StoreError::from))
+            .transpose()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Moves one queue entry into `leases` if it is still there; `None` if another
+    /// worker won the race for it.
+    fn try_lease(&self, key: &[u8], id: &MessageId) -> Result<Option<Message>, StoreError> {
+        (&self.queue, &self.leases, &self.messages)
+            .transaction(|(queue, leases, messages)| {
+                if queue.remove(key)?.is_none() {
+                    return Ok(None);
+                }
+                let bytes = messages
+                    .get(id.as_str())?
+                    .ok_or_else(|| ConflictableTransactionError::Abort(StoreError::Missing(id.to_string())))?;
+                let mut message: Message = serde_json::from_slice(&bytes)
+                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
+                message.status = MessageStatus::Sending;
+                messages.insert(id.as_str(), encode(&message)?)?;
+                leases.insert(id.as_str(), &[])?;
+                Ok(Some(message))
+            })
+            .map_err(flatten)
+    }
+}
+
+impl Store for SledStore {
+    fn accept(&self, message: &Message, mime: &[u8]) -> Result<(), StoreError> {
+        let due = message.next_attempt_at.unwrap_or(message.created_at);
+        (&self.messages, &self.mime, &self.queue)
+            .transaction(|(messages, mimes, queue)| {
+                messages.insert(message.id.as_str(), encode(message)?)?;
+                mimes.insert(message.id.as_str(), mime)?;
+                queue.insert(queue_key(due, &message.id), &[])?;
+                Ok(())
+            })
+            .map_err(flatten)?;
+        self.flush()
+    }
+
+    fn message(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<Message>, StoreError> {
+        Ok(self.load(id)?.filter(|m| &m.tenant == tenant))
+    }
+
+    fn mime(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.message(tenant, id)?.is_none() {
+            return Ok(None);
+        }
+        Ok(self.mime.get(id.as_str())?.map(|b| b.to_vec()))
+    }
+
+    fn lease_due(&self, now: DateTime<Utc>) -> Result<Option<Lease>, StoreError> {
+        let end = u64::try_from(now.timestamp_millis()).unwrap_or(0).saturating_add(1).to_be_bytes();
+        for entry in self.queue.range(..end.as_slice()) {
+            let (key, _) = entry?;
+            let id = id_of_queue_key(&key)?;
+            if let Some(message) = self.try_lease(&key, &id)? {
+                let mime = self
+                    .mime
+                    .get(id.as_str())?
+                    .ok_or_else(|| StoreError::Missing(format!("mime of {id}")))?;
+                return Ok(Some(Lease { message, mime: mime.to_vec() }));
+            }
+        }
+        Ok(None)
+    }
+
+    fn save_progress(&self, message: &Message) -> Result<(), StoreError> {
+        self.messages.insert(message.id.as_str(), serde_json::to_vec(message)?)?;
+        self.flush()
+    }
+
+    fn release(&self, message: &Message) -> Result<(), StoreError> {
+        (&self.messages, &self.queue, &self.leases)
+            .transaction(|(messages, queue, leases)| {
+                messages.insert(message.id.as_str(), encode(message)?)?;
+                leases.remove(message.id.as_str())?;
+                if let Some(due) = message.next_attempt_at {
+                    queue.insert(queue_key(due, &message.id), &[])?;
+                }
+                Ok(())
+            })
+            .map_err(flatten)?;
+        self.flush()
+    }
+
+    fn recover_leases(&self) -> Result<usize, StoreError> {
+        let now = Utc::now();
+        let mut recovered = 0;
+        for entry in self.leases.iter() {
+            let (key, _) = entry?;
+            let id = MessageId::parse(&String::from_utf8_lossy(&key))
+                .map_err(|_| StoreError::Missing(format!("lease {key:?}")))?;
+            if let Some(mut message) = self.load(&id)? {
+                message.status = message.settled_status();
+                message.next_attempt_at = Some(now);
+                self.release(&message)?;
+                recovered += 1;
+            } else {
+                self.leases.remove(&key)?;
+            }
+        }
+        Ok(recovered)
+    }
+
+    fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let Some((key, _)) = self.queue.first()? else {
+            return Ok(None);
+        };
+        let millis: [u8; 8] = key.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default();
+        let millis = i64::try_from(u64::from_be_bytes(millis)).unwrap_or(i64::MAX);
+        Ok(Utc.timestamp_millis_opt(millis).single())
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        self.db.insert("readyz", Utc::now().to_rfc3339().as_bytes())?;
+        Ok(())
+    }
+}
