@@ -141,7 +141,8 @@ impl TokenKeys {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).context("Failed to sign the token")
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .context("Failed to sign the token")
     }
 }
 
@@ -162,7 +163,8 @@ fn dev_key(path: &Path) -> anyhow::Result<Vec<u8>> {
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(err) => return Err(err).with_context(|| format!("Failed to create the dev key {}", path.display())),
     }
-    let text = std::fs::read_to_string(path).with_context(|| format!("Failed to read the dev key {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("Failed to read the dev key {}", path.display()))?;
     Ok(text.trim().as_bytes().to_vec())
 }
 
@@ -182,13 +184,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = keys(dir.path());
         let token = first
-            .issue(&TenantId::parse("acme").unwrap(), &Scopes::parse_strict("messages:send").unwrap(), Duration::from_secs(60), "t")
+            .issue(
+                &TenantId::parse("acme").unwrap(),
+                &Scopes::parse_strict("messages:send").unwrap(),
+                Duration::from_secs(60),
+                "t",
+            )
             .unwrap();
         let principal = keys(dir.path()).verify(&token).unwrap();
         assert_eq!(principal.tenant.as_str(), "acme");
         assert!(principal.scopes.grants(Scope::MessagesSend));
         let mode = std::fs::metadata(dir.path().join(DEV_KEY_FILE)).unwrap();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+            0o600
+        );
     }
 
     #[test]
@@ -196,7 +206,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let other = tempfile::tempdir().unwrap();
         let token = keys(other.path())
-            .issue(&TenantId::parse("acme").unwrap(), &Scopes::all(), Duration::from_secs(60), "t")
+            .issue(
+                &TenantId::parse("acme").unwrap(),
+                &Scopes::all(),
+                Duration::from_secs(60),
+                "t",
+            )
             .unwrap();
         assert!(keys(dir.path()).verify(&token).is_err());
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);

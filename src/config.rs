@@ -47,7 +47,9 @@ pub struct StorageSettings {
 
 impl Default for StorageSettings {
     fn default() -> Self {
-        Self { path: PathBuf::from("./data") }
+        Self {
+            path: PathBuf::from("./data"),
+        }
     }
 }
 
@@ -213,8 +215,7 @@ impl Settings {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("Failed to read the config file {}", path.display()))?;
-                toml::from_str::<toml::Table>(&text)
-                    .with_context(|| format!("{} is not valid TOML", path.display()))?
+                toml::from_str::<toml::Table>(&text).with_context(|| format!("{} is not valid TOML", path.display()))?
             }
             None => toml::Table::new(),
         };
@@ -237,7 +238,10 @@ impl Settings {
     fn validate(&self) -> anyhow::Result<()> {
         for (i, up) in self.upstreams.iter().enumerate() {
             if up.password_env.is_some() && up.password_file.is_some() {
-                bail!("upstreams[{i}] ({}): set password_env or password_file, not both", up.name);
+                bail!(
+                    "upstreams[{i}] ({}): set password_env or password_file, not both",
+                    up.name
+                );
             }
             if up.max_connections == 0 {
                 bail!("upstreams[{i}] ({}): max_connections must be at least 1", up.name);
@@ -281,8 +285,12 @@ fn overlay(node: &mut toml::Value, keys: &[String], value: toml::Value) -> anyho
             .entry(key.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new())),
         toml::Value::Array(items) => {
-            let index: usize = key.parse().context("an array needs a numeric index, e.g. UPSTREAMS__0__HOST")?;
-            items.get_mut(index).with_context(|| format!("there is no item {index}"))?
+            let index: usize = key
+                .parse()
+                .context("an array needs a numeric index, e.g. UPSTREAMS__0__HOST")?;
+            items
+                .get_mut(index)
+                .with_context(|| format!("there is no item {index}"))?
         }
         _ => bail!("`{key}` is below a key that is not a section"),
     };

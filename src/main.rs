@@ -12,7 +12,11 @@ use mailgate::domain::auth::{Scopes, TenantId};
 use mailgate::startup::Application;
 
 #[derive(Parser)]
-#[command(name = "mailgate", version, about = "Transactional email gateway: REST in, authenticated SMTP out")]
+#[command(
+    name = "mailgate",
+    version,
+    about = "Transactional email gateway: REST in, authenticated SMTP out"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,11 +108,12 @@ fn check_config(config: Option<&PathBuf>) -> anyhow::Result<()> {
             eprintln!("warning: upstream {} sends its password without TLS", up.name);
         }
     }
-    settings
-        .http
-        .listen
-        .parse::<std::net::SocketAddr>()
-        .with_context(|| format!("http.listen `{}` is not an address like 127.0.0.1:8080", settings.http.listen))?;
+    settings.http.listen.parse::<std::net::SocketAddr>().with_context(|| {
+        format!(
+            "http.listen `{}` is not an address like 127.0.0.1:8080",
+            settings.http.listen
+        )
+    })?;
     println!("configuration is valid");
     Ok(())
 }
@@ -120,7 +125,14 @@ async fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Serve { config } => serve(config.clone()).await,
         Command::Token {
-            command: TokenCommand::Issue { tenant, scope, ttl, sub, config },
+            command:
+                TokenCommand::Issue {
+                    tenant,
+                    scope,
+                    ttl,
+                    sub,
+                    config,
+                },
         } => issue(tenant, scope, ttl, sub, config.as_ref()),
         Command::Openapi => serde_json::to_string_pretty(&mailgate::api::openapi_document())
             .map(|doc| println!("{doc}"))

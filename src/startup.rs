@@ -40,20 +40,37 @@ impl Application {
 
     pub fn build_with_listener(settings: Settings, listener: TcpListener) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
-        std::fs::create_dir_all(&settings.storage.path)
-            .with_context(|| format!("Failed to create the data directory {}", settings.storage.path.display()))?;
-        let store = SledStore::open(&settings.storage.path.join("db"))
-            .with_context(|| format!("Failed to open the store in {} (is another mailgate using it?)", settings.storage.path.display()))?;
+        std::fs::create_dir_all(&settings.storage.path).with_context(|| {
+            format!(
+                "Failed to create the data directory {}",
+                settings.storage.path.display()
+            )
+        })?;
+        let store = SledStore::open(&settings.storage.path.join("db")).with_context(|| {
+            format!(
+                "Failed to open the store in {} (is another mailgate using it?)",
+                settings.storage.path.display()
+            )
+        })?;
         let recovered = store.recover_leases().context("Failed to recover leased messages")?;
         if recovered > 0 {
-            tracing::warn!(recovered, "requeued messages that were being sent when the process stopped");
+            tracing::warn!(
+                recovered,
+                "requeued messages that were being sent when the process stopped"
+            );
         }
         let store: Arc<dyn Store> = Arc::new(store);
         let tokens = Arc::new(TokenKeys::load(&settings)?);
         let delivery = &settings.delivery;
         let (transport, worker_count) = match settings.upstreams.first() {
-            Some(upstream) => (Transport::smtp(upstream, delivery.smtp_timeout.0)?, upstream.max_connections as usize),
-            None => (Transport::sandbox(settings.storage.path.join("sandbox"))?, SANDBOX_WORKERS),
+            Some(upstream) => (
+                Transport::smtp(upstream, delivery.smtp_timeout.0)?,
+                upstream.max_connections as usize,
+            ),
+            None => (
+                Transport::sandbox(settings.storage.path.join("sandbox"))?,
+                SANDBOX_WORKERS,
+            ),
         };
         let transport = Arc::new(transport);
         let wake = Arc::new(Notify::new());
@@ -87,12 +104,29 @@ impl Application {
         })
         .listen(listener)?
         .run();
-        tracing::info!(port, transport = transport.name(), workers = worker_count, "mailgate is listening");
-        Ok(Self { port, server, worker, worker_count, wake, tokens })
+        tracing::info!(
+            port,
+            transport = transport.name(),
+            workers = worker_count,
+            "mailgate is listening"
+        );
+        Ok(Self {
+            port,
+            server,
+            worker,
+            worker_count,
+            wake,
+            tokens,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The store the service uses (tests inspect it; operations tools may too).
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.worker.store)
     }
 
     /// The keys that sign and verify tokens (to print the dev token at start-up).
@@ -105,7 +139,13 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let workers: Vec<_> = (0..self.worker_count)
-            .map(|_| tokio::spawn(run_worker_until_stopped(self.worker.clone(), Arc::clone(&self.wake), stopped.clone())))
+            .map(|_| {
+                tokio::spawn(run_worker_until_stopped(
+                    self.worker.clone(),
+                    Arc::clone(&self.wake),
+                    stopped.clone(),
+                ))
+            })
             .collect();
         let served = self.server.await;
         let _ = stop.send(true);

@@ -60,7 +60,13 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             }
             let mut body = web::BytesMut::new();
             while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|_| ApiError::new(Kind::BadRequest, "unreadable_body", "the request body could not be read"))?;
+                let chunk = chunk.map_err(|_| {
+                    ApiError::new(
+                        Kind::BadRequest,
+                        "unreadable_body",
+                        "the request body could not be read",
+                    )
+                })?;
                 if body.len() + chunk.len() > limit {
                     return Err(too_large(limit));
                 }
@@ -75,7 +81,11 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let malformed = |err: &serde_json::Error| {
-        ApiError::new(Kind::BadRequest, "malformed_json", format!("the body is not valid JSON: {err}"))
+        ApiError::new(
+            Kind::BadRequest,
+            "malformed_json",
+            format!("the body is not valid JSON: {err}"),
+        )
     };
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let pointer = pointer_of(err.path());
@@ -108,8 +118,15 @@ pub fn escape_token(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
 }
 
+/// `pointer` extended by `name`, unless the path already ends there (serde reports
+/// unknown fields at the field itself, missing fields at their parent).
 fn child(pointer: &str, name: &str) -> String {
-    format!("{pointer}/{}", escape_token(name))
+    let token = format!("/{}", escape_token(name));
+    if pointer.ends_with(&token) {
+        pointer.to_owned()
+    } else {
+        format!("{pointer}{token}")
+    }
 }
 
 fn pointer_of(path: &serde_path_to_error::Path) -> String {

@@ -42,8 +42,14 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let upstream_ok = state.transport.is_reachable().await;
     let checks = BTreeMap::from([("store", store_ok), ("upstream", upstream_ok)]);
     if store_ok && upstream_ok {
-        HttpResponse::Ok().json(Health { status: "ready", checks })
+        HttpResponse::Ok().json(Health {
+            status: "ready",
+            checks,
+        })
     } else {
-        HttpResponse::ServiceUnavailable().json(Health { status: "unavailable", checks })
+        HttpResponse::ServiceUnavailable().json(Health {
+            status: "unavailable",
+            checks,
+        })
     }
 }

@@ -14,7 +14,9 @@ use super::problem::{ApiError, FieldError, Problem};
 use super::AppState;
 use crate::domain::address::Mailbox;
 use crate::domain::ids::MessageId;
-use crate::domain::message::{decode_base64, Attachment, Body, ContentId, Filename, MediaType, Message, NewMessage, SmtpReply};
+use crate::domain::message::{
+    decode_base64, Attachment, Body, ContentId, Filename, MediaType, Message, NewMessage, SmtpReply,
+};
 use crate::domain::status::{EventType, MessageStatus, RecipientStatus};
 use crate::domain::text::{CustomHeader, Subject, Tag};
 use crate::domain::ValidationError;
@@ -109,7 +111,10 @@ impl Fields {
 
     fn mailboxes(&mut self, name: &str, list: &AddressList) -> Vec<Mailbox> {
         match list {
-            AddressList::One(one) => self.check(format!("/{name}"), Mailbox::parse(one)).into_iter().collect(),
+            AddressList::One(one) => self
+                .check(format!("/{name}"), Mailbox::parse(one))
+                .into_iter()
+                .collect(),
             AddressList::Many(many) => many
                 .iter()
                 .enumerate()
@@ -135,7 +140,12 @@ fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<NewM
     let headers: Vec<CustomHeader> = req
         .headers
         .iter()
-        .filter_map(|(name, value)| f.check(format!("/headers/{}", escape_token(name)), CustomHeader::parse(name, value)))
+        .filter_map(|(name, value)| {
+            f.check(
+                format!("/headers/{}", escape_token(name)),
+                CustomHeader::parse(name, value),
+            )
+        })
         .collect();
     let attachments: Vec<Attachment> = req
         .attachments
@@ -143,17 +153,28 @@ fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<NewM
         .enumerate()
         .filter_map(|(i, a)| {
             let filename = f.check(format!("/attachments/{i}/filename"), Filename::parse(&a.filename));
-            let media_type = f.check(format!("/attachments/{i}/content_type"), MediaType::parse(&a.content_type));
+            let media_type = f.check(
+                format!("/attachments/{i}/content_type"),
+                MediaType::parse(&a.content_type),
+            );
             let content = f.check(format!("/attachments/{i}/content"), decode_base64(&a.content));
             let content_id = match &a.content_id {
                 Some(cid) => Some(f.check(format!("/attachments/{i}/content_id"), ContentId::parse(cid))?),
                 None => None,
             };
-            Some(Attachment { filename: filename?, media_type: media_type?, content: content?, content_id })
+            Some(Attachment {
+                filename: filename?,
+                media_type: media_type?,
+                content: content?,
+                content_id,
+            })
         })
         .collect();
     if req.tags.len() > MAX_TAGS {
-        f.check::<()>("/tags", Err(ValidationError::new("invalid_tag", format!("at most {MAX_TAGS} tags"))));
+        f.check::<()>(
+            "/tags",
+            Err(ValidationError::new("invalid_tag", format!("at most {MAX_TAGS} tags"))),
+        );
     }
     let tags: Vec<Tag> = req
         .tags
@@ -167,7 +188,12 @@ fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<NewM
             "/send_at",
             DateTime::parse_from_rfc3339(s)
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| ValidationError::new("invalid_send_at", "`send_at` must be an RFC 3339 time like 2026-12-01T09:00:00Z")),
+                .map_err(|_| {
+                    ValidationError::new(
+                        "invalid_send_at",
+                        "`send_at` must be an RFC 3339 time like 2026-12-01T09:00:00Z",
+                    )
+                }),
         )
     });
     let (Some(from), Some(subject), Some(body), true) = (from, subject, body, f.0.is_empty()) else {
@@ -189,7 +215,13 @@ fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<NewM
     };
     let count = message.envelope_recipients().len();
     if count == 0 {
-        f.check::<()>("/to", Err(ValidationError::new("missing_recipients", "add at least one recipient in `to`, `cc` or `bcc`")));
+        f.check::<()>(
+            "/to",
+            Err(ValidationError::new(
+                "missing_recipients",
+                "add at least one recipient in `to`, `cc` or `bcc`",
+            )),
+        );
     } else if count > max_recipients {
         f.check::<()>(
             "/to",
@@ -208,13 +240,22 @@ fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<NewM
 
 fn check_metadata(f: &mut Fields, metadata: &BTreeMap<String, String>) {
     if metadata.len() > MAX_METADATA {
-        f.check::<()>("/metadata", Err(ValidationError::new("invalid_metadata", format!("at most {MAX_METADATA} keys"))));
+        f.check::<()>(
+            "/metadata",
+            Err(ValidationError::new(
+                "invalid_metadata",
+                format!("at most {MAX_METADATA} keys"),
+            )),
+        );
     }
     for (key, value) in metadata {
         if key.is_empty() || key.len() > 64 || value.len() > 1024 {
             f.check::<()>(
                 format!("/metadata/{}", escape_token(key)),
-                Err(ValidationError::new("invalid_metadata", "keys are 1 to 64 bytes and values at most 1024 bytes")),
+                Err(ValidationError::new(
+                    "invalid_metadata",
+                    "keys are 1 to 64 bytes and values at most 1024 bytes",
+                )),
             );
         }
     }
@@ -362,7 +403,10 @@ pub async fn send_message(
         recipients: message
             .recipients
             .iter()
-            .map(|r| AcceptedRecipient { email: r.email.clone(), status: r.status })
+            .map(|r| AcceptedRecipient {
+                email: r.email.clone(),
+                status: r.status,
+            })
             .collect(),
     };
     Ok(HttpResponse::Accepted()

@@ -96,12 +96,10 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 /// Configures an App with every route, `/openapi.json` and JSON 404s.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let document = openapi_document();
-    cfg.service(
-        web::resource("/openapi.json").route(web::get().to(move || {
-            let document = document.clone();
-            async move { web::Json(document) }
-        })),
-    );
+    cfg.service(web::resource("/openapi.json").route(web::get().to(move || {
+        let document = document.clone();
+        async move { web::Json(document) }
+    })));
     routes(&mut ServiceConfig::new(cfg));
     cfg.default_service(web::to(not_found));
 }

@@ -136,7 +136,9 @@ impl ApiError {
 
     /// A 422 for one or more invalid fields; the top-level `code` is the first field's.
     pub fn unprocessable(errors: Vec<FieldError>) -> Self {
-        let code = errors.first().map_or_else(|| "validation_failed".to_owned(), |e| e.code.clone());
+        let code = errors
+            .first()
+            .map_or_else(|| "validation_failed".to_owned(), |e| e.code.clone());
         let detail = match errors.as_slice() {
             [one] => format!("{}: {}", one.field, one.message),
             many => format!("{} fields are invalid", many.len()),
@@ -150,7 +152,11 @@ impl ApiError {
     pub fn internal(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self {
             cause: Some(Box::new(cause)),
-            ..Self::new(Kind::Internal, "internal_error", "the server could not complete the request; it has been logged")
+            ..Self::new(
+                Kind::Internal,
+                "internal_error",
+                "the server could not complete the request; it has been logged",
+            )
         }
     }
 

@@ -50,7 +50,10 @@ mod tests {
         let t0 = Utc::now();
         for (attempts, max_secs) in [(1, 10), (2, 20), (3, 40), (4, 60), (20, 60)] {
             let delay = (policy.retry_at(attempts, t0, t0) - t0).num_milliseconds();
-            assert!(delay >= max_secs * 500 && delay <= max_secs * 1000, "attempt {attempts}: {delay}");
+            assert!(
+                delay >= max_secs * 500 && delay <= max_secs * 1000,
+                "attempt {attempts}: {delay}"
+            );
         }
         let late = t0 + chrono::Duration::seconds(3590);
         assert_eq!(policy.retry_at(9, t0, late), policy.deadline(t0));

@@ -181,7 +181,9 @@ fn is_enhanced_code(word: &str) -> bool {
     let parts: Vec<&str> = word.split('.').collect();
     parts.len() == 3
         && matches!(parts[0], "2" | "4" | "5")
-        && parts[1..].iter().all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts[1..]
+            .iter()
+            .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

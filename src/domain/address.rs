@@ -52,16 +52,17 @@ fn is_atext(c: char) -> bool {
 
 fn check_local_part(local: &str) -> Result<(), ValidationError> {
     if local.is_empty() || local.len() > 64 {
-        return Err(ValidationError::new(
-            CODE,
-            "the local part must be 1 to 64 characters",
-        ));
+        return Err(ValidationError::new(CODE, "the local part must be 1 to 64 characters"));
     }
-    let valid = local.split('.').all(|atom| !atom.is_empty() && atom.chars().all(is_atext));
+    let valid = local
+        .split('.')
+        .all(|atom| !atom.is_empty() && atom.chars().all(is_atext));
     if !valid {
         return Err(ValidationError::new(
             CODE,
-            format!("`{local}` is not a valid local part (ASCII letters, digits and !#$%&'*+-/=?^_`{{|}}~, dot-separated)"),
+            format!(
+                "`{local}` is not a valid local part (ASCII letters, digits and !#$%&'*+-/=?^_`{{|}}~, dot-separated)"
+            ),
         ));
     }
     Ok(())
@@ -101,9 +102,9 @@ impl Mailbox {
                 email: EmailAddress::parse(trimmed)?,
             });
         };
-        let addr = trimmed[open + 1..].strip_suffix('>').ok_or_else(|| {
-            ValidationError::new(CODE, format!("`{trimmed}` has an unclosed `<`"))
-        })?;
+        let addr = trimmed[open + 1..]
+            .strip_suffix('>')
+            .ok_or_else(|| ValidationError::new(CODE, format!("`{trimmed}` has an unclosed `<`")))?;
         let name = unquote(trimmed[..open].trim());
         if name.len() > 256 {
             return Err(ValidationError::new(CODE, "the display name is longer than 256 bytes"));
@@ -136,7 +137,12 @@ impl fmt::Display for Mailbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.name {
             Some(name) if name.contains(|c: char| ",;:<>@\"()[]\\".contains(c)) => {
-                write!(f, "\"{}\" <{}>", name.replace('\\', "\\\\").replace('"', "\\\""), self.email)
+                write!(
+                    f,
+                    "\"{}\" <{}>",
+                    name.replace('\\', "\\\\").replace('"', "\\\""),
+                    self.email
+                )
             }
             Some(name) => write!(f, "{name} <{}>", self.email),
             None => write!(f, "{}", self.email),
@@ -171,7 +177,16 @@ mod tests {
 
     #[test]
     fn malformed_addresses_are_refused() {
-        for input in ["", "no-at", "a@", "@b.test", "a..b@c.test", "a@-b.test", "a@localhost", "Ana <a@b.test"] {
+        for input in [
+            "",
+            "no-at",
+            "a@",
+            "@b.test",
+            "a..b@c.test",
+            "a@-b.test",
+            "a@localhost",
+            "Ana <a@b.test",
+        ] {
             assert!(Mailbox::parse(input).is_err(), "{input} should be refused");
         }
     }

@@ -21,13 +21,19 @@ macro_rules! prefixed_id {
             }
 
             pub fn parse(input: &str) -> Result<Self, ValidationError> {
-                let valid = input
-                    .strip_prefix($prefix)
-                    .is_some_and(|hex| hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+                let valid = input.strip_prefix($prefix).is_some_and(|hex| {
+                    hex.len() == 32
+                        && hex
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                });
                 if valid {
                     Ok(Self(input.to_owned()))
                 } else {
-                    Err(ValidationError::new("invalid_id", concat!("not a valid ", $what, " id")))
+                    Err(ValidationError::new(
+                        "invalid_id",
+                        concat!("not a valid ", $what, " id"),
+                    ))
                 }
             }
 

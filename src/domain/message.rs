@@ -66,7 +66,9 @@ pub struct MediaType(String);
 impl MediaType {
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
         let token = |s: &str| {
-            !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
         };
         match input.split_once('/') {
             Some((kind, sub)) if token(kind) && token(sub) && input.len() <= 127 => {
@@ -92,7 +94,9 @@ impl ContentId {
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
         let ok = !input.is_empty()
             && input.len() <= 128
-            && input.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.@".contains(&b));
+            && input
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.@".contains(&b));
         if ok {
             Ok(Self(input.to_owned()))
         } else {
@@ -233,7 +237,11 @@ impl Message {
             metadata: new.metadata.clone(),
             created_at: now,
             send_at: new.send_at,
-            status: if scheduled { MessageStatus::Scheduled } else { MessageStatus::Queued },
+            status: if scheduled {
+                MessageStatus::Scheduled
+            } else {
+                MessageStatus::Queued
+            },
             attempts: 0,
             next_attempt_at: Some(new.send_at.filter(|_| scheduled).unwrap_or(now)),
             recipients: new
@@ -302,7 +310,11 @@ impl Message {
     /// only while some recipient is still pending.
     pub fn finish_attempt(&mut self, retry_at: Option<DateTime<Utc>>) {
         self.status = self.settled_status();
-        self.next_attempt_at = if self.pending_recipients().is_empty() { None } else { retry_at };
+        self.next_attempt_at = if self.pending_recipients().is_empty() {
+            None
+        } else {
+            retry_at
+        };
     }
 
     /// The message status implied by its recipients.
@@ -346,7 +358,11 @@ mod tests {
     }
 
     fn reply(code: u16) -> SmtpReply {
-        SmtpReply { code: Some(code), enhanced: None, diagnostic: String::new() }
+        SmtpReply {
+            code: Some(code),
+            enhanced: None,
+            diagnostic: String::new(),
+        }
     }
 
     #[test]
@@ -358,7 +374,12 @@ mod tests {
     #[test]
     fn a_deferral_keeps_the_message_deferred_until_give_up_fails_it() {
         let now = Utc::now();
-        let mut msg = Message::accepted(MessageId::generate(), TenantId::parse("t").unwrap(), &new_message(&["x@example.test"]), now);
+        let mut msg = Message::accepted(
+            MessageId::generate(),
+            TenantId::parse("t").unwrap(),
+            &new_message(&["x@example.test"]),
+            now,
+        );
         msg.begin_attempt();
         msg.record_outcome(0, DeliveryOutcome::Sent(reply(250)), false, now);
         msg.record_outcome(1, DeliveryOutcome::Deferred(reply(451)), false, now);
@@ -378,7 +399,12 @@ mod tests {
     #[test]
     fn all_bounced_means_failed() {
         let now = Utc::now();
-        let mut msg = Message::accepted(MessageId::generate(), TenantId::parse("t").unwrap(), &new_message(&[]), now);
+        let mut msg = Message::accepted(
+            MessageId::generate(),
+            TenantId::parse("t").unwrap(),
+            &new_message(&[]),
+            now,
+        );
         msg.begin_attempt();
         msg.record_outcome(0, DeliveryOutcome::Bounced(reply(550)), false, now);
         msg.finish_attempt(None);

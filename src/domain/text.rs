@@ -10,7 +10,10 @@ impl Subject {
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
         reject_line_breaks(input, "invalid_subject", "the subject")?;
         if input.len() > 998 {
-            return Err(ValidationError::new("invalid_subject", "the subject is longer than 998 bytes"));
+            return Err(ValidationError::new(
+                "invalid_subject",
+                "the subject is longer than 998 bytes",
+            ));
         }
         Ok(Self(input.to_owned()))
     }
@@ -22,8 +25,17 @@ impl Subject {
 
 /// Headers that mailgate writes itself; a caller may not set or override them.
 const STRUCTURAL_HEADERS: &[&str] = &[
-    "from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "mime-version",
-    "return-path", "sender",
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "reply-to",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "return-path",
+    "sender",
 ];
 
 /// A custom header a caller may add (e.g. `X-Entity-Ref-ID`).
@@ -36,9 +48,8 @@ pub struct CustomHeader {
 impl CustomHeader {
     /// Validates the name (RFC 5322 field-name, not structural) and the value (one line).
     pub fn parse(name: &str, value: &str) -> Result<Self, ValidationError> {
-        let name_ok = !name.is_empty()
-            && name.len() <= 76
-            && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
+        let name_ok =
+            !name.is_empty() && name.len() <= 76 && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
         if !name_ok {
             return Err(ValidationError::new(
                 "invalid_header",
@@ -54,7 +65,10 @@ impl CustomHeader {
         }
         reject_line_breaks(value, "invalid_header", "a header value")?;
         if value.len() > 998 {
-            return Err(ValidationError::new("invalid_header", "a header value is longer than 998 bytes"));
+            return Err(ValidationError::new(
+                "invalid_header",
+                "a header value is longer than 998 bytes",
+            ));
         }
         Ok(Self {
             name: name.to_owned(),
@@ -109,7 +123,10 @@ mod tests {
             assert_eq!(CustomHeader::parse(name, "x").unwrap_err().code, "reserved_header");
         }
         assert!(CustomHeader::parse("X-Entity-Ref-ID", "42").is_ok());
-        assert_eq!(CustomHeader::parse("X-A", "1\r\nBcc: e@x.test").unwrap_err().code, "invalid_header");
+        assert_eq!(
+            CustomHeader::parse("X-A", "1\r\nBcc: e@x.test").unwrap_err().code,
+            "invalid_header"
+        );
         assert_eq!(CustomHeader::parse("X A", "1").unwrap_err().code, "invalid_header");
     }
 }

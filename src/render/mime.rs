@@ -7,7 +7,9 @@
 use std::time::SystemTime;
 
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
-use lettre::message::{Attachment as LettreAttachment, Mailbox as LettreMailbox, MultiPart, MultiPartBuilder, SinglePart};
+use lettre::message::{
+    Attachment as LettreAttachment, Mailbox as LettreMailbox, MultiPart, MultiPartBuilder, SinglePart,
+};
 use lettre::{Address, Message};
 
 use crate::domain::address::Mailbox;
@@ -30,8 +32,8 @@ pub enum RenderError {
 
 fn to_lettre(mbox: &Mailbox) -> Result<LettreMailbox, RenderError> {
     let email = mbox.email();
-    let address = Address::new(email.local_part(), email.domain())
-        .map_err(|_| RenderError::Address(email.to_string()))?;
+    let address =
+        Address::new(email.local_part(), email.domain()).map_err(|_| RenderError::Address(email.to_string()))?;
     Ok(LettreMailbox::new(mbox.name().map(str::to_owned), address))
 }
 

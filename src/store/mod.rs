@@ -64,6 +64,9 @@ pub trait Store: Send + Sync {
     /// The earliest time anything on the queue becomes due, to sleep until then.
     fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
 
+    /// How many messages are stored, for every tenant (operations and tests).
+    fn count_messages(&self) -> Result<usize, StoreError>;
+
     /// Proves the store accepts writes (for `/readyz`).
     fn check_writable(&self) -> Result<(), StoreError>;
 }

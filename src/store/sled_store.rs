@@ -32,7 +32,10 @@ fn queue_key(due: DateTime<Utc>, id: &MessageId) -> Vec<u8> {
 }
 
 fn id_of_queue_key(key: &[u8]) -> Result<MessageId, StoreError> {
-    let raw = key.get(8..).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or_default();
+    let raw = key
+        .get(8..)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .unwrap_or_default();
     MessageId::parse(raw).map_err(|_| StoreError::Missing(format!("queue key {key:?}")))
 }
 
@@ -121,7 +124,10 @@ impl Store for SledStore {
     }
 
     fn lease_due(&self, now: DateTime<Utc>) -> Result<Option<Lease>, StoreError> {
-        let end = u64::try_from(now.timestamp_millis()).unwrap_or(0).saturating_add(1).to_be_bytes();
+        let end = u64::try_from(now.timestamp_millis())
+            .unwrap_or(0)
+            .saturating_add(1)
+            .to_be_bytes();
         for entry in self.queue.range(..end.as_slice()) {
             let (key, _) = entry?;
             let id = id_of_queue_key(&key)?;
@@ -130,14 +136,18 @@ impl Store for SledStore {
                     .mime
                     .get(id.as_str())?
                     .ok_or_else(|| StoreError::Missing(format!("mime of {id}")))?;
-                return Ok(Some(Lease { message, mime: mime.to_vec() }));
+                return Ok(Some(Lease {
+                    message,
+                    mime: mime.to_vec(),
+                }));
             }
         }
         Ok(None)
     }
 
     fn save_progress(&self, message: &Message) -> Result<(), StoreError> {
-        self.messages.insert(message.id.as_str(), serde_json::to_vec(message)?)?;
+        self.messages
+            .insert(message.id.as_str(), serde_json::to_vec(message)?)?;
         self.flush()
     }
 
@@ -183,8 +193,93 @@ impl Store for SledStore {
         Ok(Utc.timestamp_millis_opt(millis).single())
     }
 
+    fn count_messages(&self) -> Result<usize, StoreError> {
+        Ok(self.messages.len())
+    }
+
     fn check_writable(&self) -> Result<(), StoreError> {
         self.db.insert("readyz", Utc::now().to_rfc3339().as_bytes())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::domain::address::Mailbox;
+    use crate::domain::message::{Body, NewMessage};
+    use crate::domain::text::Subject;
+
+    fn message() -> Message {
+        let new = NewMessage {
+            from: Mailbox::parse("a@example.test").unwrap(),
+            to: vec![Mailbox::parse("b@example.test").unwrap()],
+            cc: vec![],
+            bcc: vec![],
+            reply_to: vec![],
+            subject: Subject::parse("s").unwrap(),
+            body: Body::Text("t".into()),
+            headers: vec![],
+            attachments: vec![],
+            tags: vec![],
+            metadata: BTreeMap::new(),
+            send_at: None,
+        };
+        Message::accepted(
+            MessageId::generate(),
+            TenantId::parse("acme").unwrap(),
+            &new,
+            Utc::now(),
+        )
+    }
+
+    #[test]
+    fn a_lease_is_exclusive_and_survives_a_restart_as_a_queued_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let msg = message();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.accept(&msg, b"mime").unwrap();
+            let lease = store.lease_due(Utc::now()).unwrap().unwrap();
+            assert_eq!(lease.message.id, msg.id);
+            assert_eq!(lease.message.status, MessageStatus::Sending);
+            assert!(
+                store.lease_due(Utc::now()).unwrap().is_none(),
+                "a leased message is not handed out twice"
+            );
+            store.db.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.recover_leases().unwrap(), 1);
+        let again = store.lease_due(Utc::now()).unwrap().unwrap();
+        assert_eq!(again.message.id, msg.id);
+        assert_eq!(again.mime, b"mime");
+    }
+
+    #[test]
+    fn another_tenant_cannot_read_a_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let msg = message();
+        store.accept(&msg, b"mime").unwrap();
+        let other = TenantId::parse("other").unwrap();
+        assert!(store.message(&other, &msg.id).unwrap().is_none());
+        assert!(store.mime(&other, &msg.id).unwrap().is_none());
+        assert!(store.message(&msg.tenant, &msg.id).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_released_message_is_due_again_only_at_its_retry_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store.accept(&message(), b"mime").unwrap();
+        let mut lease = store.lease_due(Utc::now()).unwrap().unwrap();
+        let retry_at = Utc::now() + chrono::Duration::seconds(60);
+        lease.message.next_attempt_at = Some(retry_at);
+        store.release(&lease.message).unwrap();
+        assert!(store.lease_due(Utc::now()).unwrap().is_none());
+        assert!(store.lease_due(retry_at).unwrap().is_some());
     }
 }

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): format and lint checks, a private Postfix upstream
+# on loopback, then the whole suite. Installs Postfix from Debian when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export MAILGATE_TEST_POSTFIX_DIR=${MAILGATE_TEST_POSTFIX_DIR:-/tmp/mailgate-postfix}
+export MAILGATE_TEST_POSTFIX_PORT=${MAILGATE_TEST_POSTFIX_PORT:-10587}
+started=$(date +%s)
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+
+tests/support/postfix.sh start
+trap 'tests/support/postfix.sh stop' EXIT
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast
+else
+  cargo test --locked --no-fail-fast
+fi
+echo "scripts/test.sh: passed in $(( $(date +%s) - started ))s"

@@ -1,0 +1,188 @@
+//! Authentication, tenancy and input validation: every refusal is a problem+json with a
+//! stable code and pointer, and nothing is stored.
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde_json::{json, Value};
+
+use crate::helpers::{mint, simple_message, spawn_app, spawn_app_with, TestApp};
+
+async fn read_problem(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    (status, response.json().await.expect("problem json"))
+}
+
+fn forged_token(app: &TestApp, exp_offset: i64) -> String {
+    let secret = std::fs::read_to_string(app.data.path().join("dev-hs256.key")).unwrap();
+    let now = jsonwebtoken::get_current_timestamp() as i64;
+    let claims = json!({"sub": "t", "tenant": "acme", "scope": "messages:send", "exp": now + exp_offset});
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(secret.trim().as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn missing_malformed_wrongly_signed_or_expired_tokens_are_401() {
+    let app = spawn_app().await;
+    let body = simple_message("a@example.test");
+    let no_token = app
+        .client
+        .post(format!("{}/v1/messages", app.address))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let other_key = tempfile::tempdir().unwrap();
+    let mut settings = mailgate::config::Settings::default();
+    settings.storage.path = other_key.path().to_path_buf();
+    let foreign = mint(
+        &mailgate::auth::TokenKeys::load(&settings).unwrap(),
+        "acme",
+        "messages:send",
+    );
+    let expired = forged_token(&app, -3600);
+    let mut tampered = app.token.clone();
+    tampered.pop();
+    tampered.push('x');
+
+    let mut responses = vec![no_token];
+    for token in ["not-a-jwt", &foreign, &expired, &tampered] {
+        responses.push(app.send_as(token, &body).await);
+    }
+    for response in responses {
+        let challenge = response.headers()["www-authenticate"].to_str().unwrap().to_owned();
+        assert!(challenge.starts_with("Bearer error=\"invalid_token\""), "{challenge}");
+        let (status, problem) = read_problem(response).await;
+        assert_eq!(status, 401);
+        assert_eq!(problem["code"], "invalid_token");
+    }
+    assert_eq!(
+        app.send_as(&forged_token(&app, 3600), &body).await.status(),
+        202,
+        "the forging helper itself is sound"
+    );
+}
+
+#[tokio::test]
+async fn a_token_without_the_scope_is_403() {
+    let app = spawn_app().await;
+    let read_only = mint(&app.keys, "acme", "messages:read");
+    let response = app.send_as(&read_only, &simple_message("a@example.test")).await;
+    assert!(response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("insufficient_scope"));
+    let (status, problem) = read_problem(response).await;
+    assert_eq!((status, problem["code"].as_str()), (403, Some("insufficient_scope")));
+
+    let id = app.send_ok(&simple_message("a@example.test")).await;
+    let send_only = mint(&app.keys, "acme", "messages:send");
+    let (status, _) = read_problem(app.get(&format!("/v1/messages/{id}"), &send_only).await).await;
+    assert_eq!(status, 403);
+    assert_eq!(app.stored_messages(), 1);
+}
+
+#[tokio::test]
+async fn another_tenants_message_is_404_like_a_missing_one() {
+    let app = spawn_app().await;
+    let id = app.send_ok(&simple_message("a@example.test")).await;
+    let other = mint(&app.keys, "globex", "messages:read");
+    for path in [format!("/v1/messages/{id}"), format!("/v1/messages/{id}/mime")] {
+        let (status, problem) = read_problem(app.get(&path, &other).await).await;
+        assert_eq!((status, problem["code"].as_str()), (404, Some("not_found")));
+        assert!(!problem.to_string().contains("acme"));
+    }
+    let (status, _) = read_problem(
+        app.get("/v1/messages/msg_00000000000000000000000000000000", &app.token)
+            .await,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(app.get(&format!("/v1/messages/{id}"), &app.token).await.status(), 200);
+}
+
+#[tokio::test]
+async fn invalid_fields_are_422_with_a_pointer_and_store_nothing() {
+    let app = spawn_app().await;
+    let base = simple_message("a@example.test");
+    let with = |key: &str, value: Value| {
+        let mut body = base.clone();
+        body[key] = value;
+        body
+    };
+    let cases = [
+        (
+            with("subject", json!("Hi\r\nBcc: victim@example.test")),
+            "/subject",
+            "invalid_subject",
+        ),
+        (
+            with("to", json!(["Eve\r\nBcc: victim@example.test <e@example.test>"])),
+            "/to/0",
+            "invalid_address",
+        ),
+        (
+            with("from", json!("Eve <eve@example.test>\nBcc: v@example.test")),
+            "/from",
+            "invalid_address",
+        ),
+        (
+            with("headers", json!({"X-Test": "1\r\nBcc: victim@example.test"})),
+            "/headers/X-Test",
+            "invalid_header",
+        ),
+        (
+            with("headers", json!({"From": "ceo@example.test"})),
+            "/headers/From",
+            "reserved_header",
+        ),
+        (with("to", json!(["not-an-address"])), "/to/0", "invalid_address"),
+        (with("htlm", json!("<p>typo</p>")), "/htlm", "unknown_field"),
+        (
+            with(
+                "attachments",
+                json!([{"filename": "a.txt", "content_type": "text/plain", "content": "!!"}]),
+            ),
+            "/attachments/0/content",
+            "invalid_base64",
+        ),
+        (with("to", json!([])), "/to", "missing_recipients"),
+        (with("text", Value::Null), "/text", "missing_content"),
+    ];
+    for (body, field, code) in cases {
+        let (status, problem) = read_problem(app.send_as(&app.token, &body).await).await;
+        assert_eq!(status, 422, "{body} -> {problem}");
+        assert_eq!(problem["code"], code, "{problem}");
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+        assert_eq!(problem["errors"][0]["code"], code, "{problem}");
+    }
+    assert_eq!(app.stored_messages(), 0);
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_and_an_oversized_body_is_413() {
+    let app = spawn_app_with(|s| s.http.max_body_bytes = 2048).await;
+    let response = app
+        .client
+        .post(format!("{}/v1/messages", app.address))
+        .bearer_auth(&app.token)
+        .header("content-type", "application/json")
+        .body("{\"from\": ")
+        .send()
+        .await
+        .unwrap();
+    let (status, problem_json) = read_problem(response).await;
+    assert_eq!((status, problem_json["code"].as_str()), (400, Some("malformed_json")));
+
+    let mut big = simple_message("a@example.test");
+    big["text"] = json!("x".repeat(4096));
+    let (status, problem_json) = read_problem(app.send_as(&app.token, &big).await).await;
+    assert_eq!(
+        (status, problem_json["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
+    assert_eq!(app.stored_messages(), 0);
+}

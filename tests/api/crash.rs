@@ -1,0 +1,136 @@
+//! A 202 is a promise: SIGKILL right after a burst of acceptances loses nothing.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use serde_json::Value;
+
+use crate::helpers::{
+    free_port, mint, simple_message, Binary, Postfix, MESSAGE_ID_DOMAIN, RETURN_PATH_DOMAIN, SMTP_PASSWORD, SMTP_USER,
+};
+
+const MAX_CONNECTIONS: usize = 4;
+const BURST: usize = 60;
+
+fn write_config(data: &std::path::Path, postfix: &Postfix) -> std::path::PathBuf {
+    std::fs::write(data.join("smtp-password"), SMTP_PASSWORD).unwrap();
+    let config = format!(
+        r#"
+[storage]
+path = "{data}"
+
+[[upstreams]]
+name = "postfix"
+host = "127.0.0.1"
+port = {port}
+tls = "starttls"
+username = "{SMTP_USER}"
+password_file = "{data}/smtp-password"
+ca_file = "{ca}"
+max_connections = {MAX_CONNECTIONS}
+
+[delivery]
+return_path_domain = "{RETURN_PATH_DOMAIN}"
+message_id_domain = "{MESSAGE_ID_DOMAIN}"
+retry_base = "300ms"
+retry_max = "1s"
+"#,
+        data = data.display(),
+        port = postfix.port,
+        ca = postfix.dir.join("tls/ca.pem").display(),
+    );
+    let path = data.join("mailgate.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Sends one message per index concurrently; every one must be answered 202.
+async fn send_burst(
+    client: &reqwest::Client,
+    address: &str,
+    token: &str,
+    range: std::ops::Range<usize>,
+) -> Vec<String> {
+    let sends = range.map(|i| {
+        let request = client
+            .post(format!("{address}/v1/messages"))
+            .bearer_auth(token)
+            .json(&simple_message(&format!("crash-{i}@example.test")));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 202);
+            let body: Value = response.json().await.unwrap();
+            body["id"].as_str().unwrap().to_owned()
+        }
+    });
+    join_all(sends).await
+}
+
+#[tokio::test]
+async fn sigkill_after_a_burst_of_202s_loses_no_accepted_message() {
+    let postfix = Postfix::shared();
+    let data = tempfile::tempdir().unwrap();
+    let config = write_config(data.path(), &postfix);
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut settings = mailgate::config::Settings::default();
+    settings.storage.path = data.path().to_path_buf();
+    let token = mint(
+        &mailgate::auth::TokenKeys::load(&settings).unwrap(),
+        "acme",
+        "messages:send messages:read",
+    );
+
+    let mut first = Binary::spawn(&["serve", "--config", &config_arg], data.path(), free_port(), &[]);
+    first.wait_healthy().await;
+    let client = reqwest::Client::new();
+    // Half the burst first, then the rest once delivery is flowing, so the kill lands
+    // in the middle of SMTP transactions rather than before the first one.
+    let mut ids = send_burst(&client, &first.address, &token, 0..BURST / 2).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !ids.iter().any(|id| !postfix.delivered(id).is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was delivered before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ids.extend(send_burst(&client, &first.address, &token, BURST / 2..BURST).await);
+    first.kill();
+    let delivered_before_restart = ids.iter().filter(|id| !postfix.delivered(id).is_empty()).count();
+
+    let mut second = Binary::spawn(&["serve", "--config", &config_arg], data.path(), free_port(), &[]);
+    second.wait_healthy().await;
+    let mut duplicates = 0;
+    for id in &ids {
+        let copies = postfix.wait_delivered(id, 1, Duration::from_secs(60)).await.len();
+        duplicates += copies - 1;
+    }
+    // Let any last in-flight retry land before counting for good.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let duplicates_final: usize = ids.iter().map(|id| postfix.delivered(id).len() - 1).sum();
+    eprintln!(
+        "crash test: {BURST} accepted, {delivered_before_restart} delivered before SIGKILL, \
+         all delivered after restart, {duplicates_final} duplicate(s) (bound {MAX_CONNECTIONS})"
+    );
+    assert!(duplicates <= duplicates_final);
+    assert!(
+        duplicates_final <= MAX_CONNECTIONS,
+        "a duplicate is allowed only for a transaction in flight at the kill: at most one per connection"
+    );
+    let status_client = reqwest::Client::new();
+    for id in &ids {
+        let message: Value = status_client
+            .get(format!("{}/v1/messages/{id}", second.address))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            matches!(message["status"].as_str(), Some("sent" | "sending" | "queued")),
+            "{message}"
+        );
+    }
+}

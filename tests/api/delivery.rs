@@ -1,0 +1,210 @@
+//! Delivery through the real Postfix: the MIME it received, and each SMTP outcome.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use mail_parser::{MessageParser, MimeHeaders as _};
+use mailgate::config::TlsMode;
+use serde_json::json;
+
+use crate::helpers::{lf, simple_message, spawn_app, spawn_app_with, Postfix, MESSAGE_ID_DOMAIN, RETURN_PATH_DOMAIN};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn status(message: &serde_json::Value) -> &str {
+    message["status"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn text_html_attachment_and_inline_image_arrive_intact_through_starttls_and_auth() {
+    let app = spawn_app().await;
+    let pdf: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR-not-really-an-image".to_vec();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let id = app
+        .send_ok(&json!({
+            "from": "Zoë Müller <zoe@sender.mailgate.test>",
+            "to": ["Ana <ana@example.test>"],
+            "cc": ["cc@example.test"],
+            "bcc": ["hidden@example.test"],
+            "reply_to": "support@sender.mailgate.test",
+            "subject": "Grüße — Ihre Bestellung №42",
+            "text": "Hallo Ana, deine Bestellung ist unterwegs.",
+            "html": "<p>Hallo <b>Ana</b></p><img src=\"cid:logo\">",
+            "headers": {"X-Entity-Ref-ID": "order-42"},
+            "attachments": [
+                {"filename": "rechnung.pdf", "content_type": "application/pdf", "content": b64(&pdf)},
+                {"filename": "logo.png", "content_type": "image/png", "content": b64(&png), "content_id": "logo"}
+            ],
+            "tags": ["orders"],
+            "metadata": {"order": "42"}
+        }))
+        .await;
+
+    let delivered = app.postfix.wait_delivered(&id, 3, WAIT).await;
+    let stored = app.get(&format!("/v1/messages/{id}/mime"), &app.token).await;
+    assert_eq!(stored.headers()["content-type"], "message/rfc822");
+    let stored = lf(&stored.bytes().await.unwrap());
+
+    let mut envelope_recipients = Vec::new();
+    for raw in &delivered {
+        assert!(
+            lf(raw).trim_end().ends_with(stored.trim_end()),
+            "Postfix must deliver exactly the stored MIME"
+        );
+        let mail = MessageParser::default().parse(raw).expect("parse delivered mail");
+        envelope_recipients.push(mail.header_raw("X-Original-To").unwrap().trim().to_owned());
+        let return_path = mail.header_raw("Return-Path").unwrap().trim().to_owned();
+        assert!(return_path.starts_with(&format!("<bounce+{id}-")), "{return_path}");
+        assert!(
+            return_path.ends_with(&format!("@{RETURN_PATH_DOMAIN}>")),
+            "{return_path}"
+        );
+
+        assert_eq!(mail.subject(), Some("Grüße — Ihre Bestellung №42"));
+        let from = mail.from().unwrap().first().unwrap();
+        assert_eq!(from.name(), Some("Zoë Müller"));
+        assert_eq!(from.address(), Some("zoe@sender.mailgate.test"));
+        assert_eq!(mail.to().unwrap().first().unwrap().address(), Some("ana@example.test"));
+        assert_eq!(mail.cc().unwrap().first().unwrap().address(), Some("cc@example.test"));
+        assert!(mail.header_raw("Bcc").is_none(), "Bcc must never be in the headers");
+        assert_eq!(mail.message_id(), Some(format!("{id}@{MESSAGE_ID_DOMAIN}").as_str()));
+        assert!(mail.header_raw("Date").is_some());
+        assert_eq!(mail.header_raw("X-Entity-Ref-ID").map(str::trim), Some("order-42"));
+        assert_eq!(
+            mail.body_text(0).unwrap().trim(),
+            "Hallo Ana, deine Bestellung ist unterwegs."
+        );
+        assert!(mail.body_html(0).unwrap().contains("<b>Ana</b>"));
+
+        let attachment = mail
+            .attachments()
+            .find(|a| a.attachment_name() == Some("rechnung.pdf"))
+            .expect("pdf");
+        assert_eq!(attachment.contents(), pdf.as_slice());
+        let inline = mail
+            .attachments()
+            .find(|a| a.content_id() == Some("logo"))
+            .expect("inline image");
+        assert_eq!(inline.contents(), png.as_slice());
+    }
+    envelope_recipients.sort();
+    assert_eq!(
+        envelope_recipients,
+        ["ana@example.test", "cc@example.test", "hidden@example.test"]
+    );
+    assert!(
+        !stored.contains("hidden@example.test"),
+        "the Bcc address must not appear in the MIME"
+    );
+    assert!(
+        stored.contains("multipart/mixed")
+            && stored.contains("multipart/related")
+            && stored.contains("multipart/alternative")
+    );
+
+    let message = app.wait_for(&id, WAIT, |m| status(m) == "sent").await;
+    for recipient in message["recipients"].as_array().unwrap() {
+        assert_eq!(recipient["status"], "sent");
+        assert_eq!(recipient["smtp_code"], 250);
+        assert!(
+            recipient["diagnostic"].as_str().unwrap().contains("queued as"),
+            "{recipient}"
+        );
+    }
+    assert_eq!(message["events"].as_array().unwrap().len(), 3);
+    assert_eq!(message["events"][0]["type"], "message.sent");
+}
+
+#[tokio::test]
+async fn implicit_tls_upstream_delivers() {
+    let app = spawn_app_with(|s| {
+        let password_file = s.storage.path.join("smtp-password");
+        s.upstreams = vec![Postfix::shared().upstream(TlsMode::Tls, &password_file)];
+    })
+    .await;
+    let id = app.send_ok(&simple_message("tls@example.test")).await;
+    app.postfix.wait_delivered(&id, 1, WAIT).await;
+    app.wait_for(&id, WAIT, |m| status(m) == "sent").await;
+}
+
+#[tokio::test]
+async fn rejected_rcpt_marks_recipient_bounced_with_code_and_diagnostic() {
+    let app = spawn_app().await;
+    let id = app.send_ok(&simple_message("reject@example.test")).await;
+    let message = app.wait_for(&id, WAIT, |m| status(m) == "failed").await;
+    let recipient = &message["recipients"][0];
+    assert_eq!(recipient["status"], "bounced");
+    assert_eq!(recipient["smtp_code"], 550);
+    assert_eq!(recipient["enhanced_code"], "5.1.1");
+    assert!(
+        recipient["diagnostic"].as_str().unwrap().contains("User unknown"),
+        "{recipient}"
+    );
+    assert_eq!(message["events"][0]["type"], "message.bounced");
+    assert_eq!(message["next_attempt_at"], serde_json::Value::Null);
+    assert!(app.postfix.delivered(&id).is_empty());
+}
+
+#[tokio::test]
+async fn deferred_recipient_is_retried_then_failed_after_max_age() {
+    let app = spawn_app_with(|s| {
+        s.delivery.max_age = mailgate::config::ConfigDuration(Duration::from_secs(3));
+    })
+    .await;
+    let id = app.send_ok(&simple_message("defer@example.test")).await;
+    let deferred = app.wait_for(&id, WAIT, |m| status(m) == "deferred").await;
+    assert!(deferred["next_attempt_at"].is_string(), "{deferred:#}");
+    let recipient = &deferred["recipients"][0];
+    assert_eq!(recipient["status"], "deferred");
+    assert_eq!(recipient["smtp_code"], 451);
+    assert_eq!(recipient["enhanced_code"], "4.2.0");
+
+    let failed = app.wait_for(&id, WAIT, |m| status(m) == "failed").await;
+    assert!(failed["attempts"].as_u64().unwrap() >= 3, "{failed:#}");
+    assert_eq!(failed["recipients"][0]["status"], "failed");
+    assert_eq!(failed["next_attempt_at"], serde_json::Value::Null);
+    let types: Vec<&str> = failed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types.last(), Some(&"message.failed"));
+    assert!(
+        types[..types.len() - 1].iter().all(|t| *t == "message.deferred"),
+        "{types:?}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_down_defers_and_everything_is_sent_once_it_is_back() {
+    // A private Postfix so that stopping it does not disturb the other tests.
+    let own = Postfix {
+        dir: std::env::temp_dir().join(format!("mailgate-postfix-down-{}", std::process::id())),
+        port: 10687,
+    };
+    own.control("start");
+    own.control("stop");
+    let app = spawn_app_with(|s| {
+        let password_file = s.storage.path.join("smtp-password");
+        s.upstreams = vec![own.upstream(TlsMode::Starttls, &password_file)];
+    })
+    .await;
+    let ids = [
+        app.send_ok(&simple_message("down-1@example.test")).await,
+        app.send_ok(&simple_message("down-2@example.test")).await,
+    ];
+    for id in &ids {
+        let message = app.wait_for(id, WAIT, |m| status(m) == "deferred").await;
+        assert_eq!(message["recipients"][0]["smtp_code"], serde_json::Value::Null);
+        assert!(message["recipients"][0]["diagnostic"].as_str().unwrap().len() > 3);
+    }
+    own.control("restart");
+    for id in &ids {
+        app.wait_for(id, WAIT, |m| status(m) == "sent").await;
+        assert_eq!(own.wait_delivered(id, 1, WAIT).await.len(), 1);
+    }
+    own.control("stop");
+    let _ = std::fs::remove_dir_all(&own.dir);
+}

@@ -1,0 +1,314 @@
+//! Spawning the app, minting tokens, and reading what Postfix delivered.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailgate::auth::TokenKeys;
+use mailgate::config::{ConfigDuration, Settings, TlsMode, UpstreamSettings};
+use mailgate::domain::auth::{Scopes, TenantId};
+use mailgate::startup::Application;
+use mailgate::store::Store;
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub const SMTP_USER: &str = "mailgate";
+pub const SMTP_PASSWORD: &str = "mailgate-test-password";
+pub const RETURN_PATH_DOMAIN: &str = "bounces.mailgate.test";
+pub const MESSAGE_ID_DOMAIN: &str = "mail.mailgate.test";
+
+/// The Postfix instance the harness script runs.
+#[derive(Clone, Debug)]
+pub struct Postfix {
+    pub dir: PathBuf,
+    /// Submission port (STARTTLS); `port + 1` is implicit TLS.
+    pub port: u16,
+}
+
+impl Postfix {
+    /// The shared instance started by the test command.
+    pub fn shared() -> Self {
+        let dir = PathBuf::from(
+            std::env::var("MAILGATE_TEST_POSTFIX_DIR").unwrap_or_else(|_| "/tmp/mailgate-postfix".into()),
+        );
+        let port = std::env::var("MAILGATE_TEST_POSTFIX_PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(10587);
+        assert!(
+            dir.join("sink/new").is_dir(),
+            "no Postfix test upstream in {}: run the suite with ./scripts/test.sh (it starts one)",
+            dir.display()
+        );
+        Self { dir, port }
+    }
+
+    pub fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/postfix.sh")
+    }
+
+    /// Runs `postfix.sh <command>` for this instance.
+    pub fn control(&self, command: &str) {
+        let status = Command::new(Self::script())
+            .args([command, &self.dir.to_string_lossy(), &self.port.to_string()])
+            .status()
+            .expect("run postfix.sh");
+        assert!(status.success(), "postfix.sh {command} failed");
+    }
+
+    pub fn upstream(&self, tls: TlsMode, password_file: &Path) -> UpstreamSettings {
+        UpstreamSettings {
+            name: "postfix".into(),
+            host: "127.0.0.1".into(),
+            port: if tls == TlsMode::Tls { self.port + 1 } else { self.port },
+            tls,
+            username: Some(SMTP_USER.into()),
+            password_env: None,
+            password_file: Some(password_file.to_path_buf()),
+            ca_file: Some(self.dir.join("tls/ca.pem")),
+            max_connections: 4,
+            rate_per_second: 0,
+            weight: 1,
+        }
+    }
+
+    /// Every delivered message whose Message-ID carries `message_id`.
+    pub fn delivered(&self, message_id: &str) -> Vec<Vec<u8>> {
+        let needle = format!("<{message_id}@");
+        let Ok(entries) = std::fs::read_dir(self.dir.join("sink/new")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+            .filter(|bytes| String::from_utf8_lossy(bytes).contains(&needle))
+            .collect()
+    }
+
+    /// Waits until at least `count` copies of the message were delivered.
+    pub async fn wait_delivered(&self, message_id: &str, count: usize, timeout: Duration) -> Vec<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.delivered(message_id);
+            if found.len() >= count {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{message_id}: {} of {count} delivered after {timeout:?}",
+                found.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub token: String,
+    pub keys: TokenKeys,
+    pub store: Arc<dyn Store>,
+    pub data: TempDir,
+    pub postfix: Postfix,
+}
+
+/// Settings for a test app: temp data dir, random port, the shared Postfix over
+/// STARTTLS, and short retry timings.
+pub fn test_settings(data: &Path, postfix: &Postfix) -> Settings {
+    let password_file = data.join("smtp-password");
+    std::fs::write(&password_file, SMTP_PASSWORD).expect("write password file");
+    let mut settings = Settings::default();
+    settings.http.listen = "127.0.0.1:0".into();
+    settings.storage.path = data.to_path_buf();
+    settings.upstreams = vec![postfix.upstream(TlsMode::Starttls, &password_file)];
+    settings.delivery.return_path_domain = RETURN_PATH_DOMAIN.into();
+    settings.delivery.message_id_domain = MESSAGE_ID_DOMAIN.into();
+    settings.delivery.retry_base = ConfigDuration(Duration::from_millis(300));
+    settings.delivery.retry_max = ConfigDuration(Duration::from_secs(1));
+    settings.delivery.max_age = ConfigDuration(Duration::from_secs(60));
+    settings.delivery.smtp_timeout = ConfigDuration(Duration::from_secs(10));
+    settings
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Spawns the app in-process on a random port after `customize` adjusts its settings.
+pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
+    if std::env::var("TEST_LOG").is_ok() {
+        mailgate::telemetry::init(&Default::default());
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let postfix = Postfix::shared();
+    let data = tempfile::tempdir().expect("temp dir");
+    let mut settings = test_settings(data.path(), &postfix);
+    customize(&mut settings);
+    let keys = TokenKeys::load(&settings).expect("token keys");
+    let app = Application::build(settings).expect("build app");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let store = app.store();
+    tokio::spawn(app.run_until_stopped());
+    let token = mint(&keys, "acme", "messages:send messages:read");
+    TestApp {
+        address,
+        client: reqwest::Client::new(),
+        token,
+        keys,
+        store,
+        data,
+        postfix,
+    }
+}
+
+pub fn mint(keys: &TokenKeys, tenant: &str, scopes: &str) -> String {
+    keys.issue(
+        &TenantId::parse(tenant).expect("tenant"),
+        &Scopes::parse_strict(scopes).expect("scopes"),
+        Duration::from_secs(600),
+        "test",
+    )
+    .expect("token")
+}
+
+impl TestApp {
+    pub async fn send_as(&self, token: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/messages", self.address))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST /v1/messages")
+    }
+
+    /// Sends and expects a 202; returns the message id.
+    pub async fn send_ok(&self, body: &Value) -> String {
+        let response = self.send_as(&self.token, body).await;
+        let status = response.status();
+        let json: Value = response.json().await.expect("json body");
+        assert_eq!(status, 202, "{json}");
+        json["id"].as_str().expect("id").to_owned()
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn message(&self, id: &str) -> Value {
+        let response = self.get(&format!("/v1/messages/{id}"), &self.token).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("json")
+    }
+
+    /// Polls `GET /v1/messages/{id}` until `done` holds.
+    pub async fn wait_for(&self, id: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let message = self.message(id).await;
+            if done(&message) {
+                return message;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "condition not reached after {timeout:?}: {message:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn stored_messages(&self) -> usize {
+        self.store.count_messages().expect("count")
+    }
+}
+
+/// A message body with the given recipient(s) and a unique subject.
+pub fn simple_message(to: &str) -> Value {
+    serde_json::json!({
+        "from": "Mailgate Tests <tests@sender.mailgate.test>",
+        "to": [to],
+        "subject": "Hello from the tests",
+        "text": "plain body",
+    })
+}
+
+/// Delivered bytes with Postfix's CRLF→LF conversion undone for comparison.
+pub fn lf(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).replace("\r\n", "\n")
+}
+
+/// A port that was free a moment ago, for a spawned binary.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// The `mailgate` binary as a child process, for tests that kill it.
+pub struct Binary {
+    pub child: Child,
+    pub address: String,
+}
+
+impl Binary {
+    pub fn spawn(args: &[&str], dir: &Path, port: u16, envs: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mailgate"));
+        command
+            .args(args)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("MAILGATE_")) {
+            command.env_remove(name);
+        }
+        command.env("MAILGATE_HTTP__LISTEN", format!("127.0.0.1:{port}"));
+        for (name, value) in envs {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("spawn mailgate");
+        Self {
+            child,
+            address: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub async fn wait_healthy(&mut self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client.get(format!("{}/healthz", self.address)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                self.child.try_wait().expect("try_wait").is_none(),
+                "mailgate exited early"
+            );
+            assert!(Instant::now() < deadline, "mailgate did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown hooks, no flush, exactly like a crash.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("wait");
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,10 @@
+//! All integration tests in one binary (one link instead of many). They speak HTTP to
+//! the app on a random port and deliver through the real Postfix started by
+//! `tests/support/postfix.sh` (the README's test command starts it).
+
+mod auth_and_input;
+mod crash;
+mod delivery;
+mod helpers;
+mod operations;
+mod sandbox;

@@ -1,0 +1,53 @@
+//! Health, readiness, unknown routes and the committed OpenAPI document.
+
+use serde_json::Value;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn committed_openapi_document_is_what_the_service_serves() {
+    let app = spawn_app().await;
+    let served: Value = app
+        .client
+        .get(format!("{}/openapi.json", app.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let committed: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
+            .expect("openapi/openapi.json"),
+    )
+    .unwrap();
+    assert!(
+        served == committed,
+        "openapi/openapi.json is stale: regenerate it with `cargo run -- openapi > openapi/openapi.json`"
+    );
+    for path in [
+        "/v1/messages",
+        "/v1/messages/{id}",
+        "/v1/messages/{id}/mime",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(served["paths"][path].is_object(), "{path} is not documented");
+    }
+    assert_eq!(served["paths"]["/v1/messages"]["post"]["operationId"], "send_message");
+}
+
+#[tokio::test]
+async fn health_and_readiness_report_a_working_service() {
+    let app = spawn_app().await;
+    let health = app.client.get(format!("{}/healthz", app.address)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = app.client.get(format!("{}/readyz", app.address)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["checks"]["upstream"], true);
+    assert_eq!(body["checks"]["store"], true);
+    let missing = app.client.get(format!("{}/v1/nope", app.address)).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.headers()["content-type"], "application/problem+json");
+}
