@@ -10,7 +10,8 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
 
-/// Installs the global subscriber; `RUST_LOG` overrides the configured level. Safe to
+/// Installs the global subscriber, writing to stderr (stdout carries command output
+/// such as the dev token); `RUST_LOG` overrides the configured level. Safe to
 /// call more than once (tests): later calls are ignored.
 pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
@@ -23,6 +24,7 @@ pub fn init(settings: &LogSettings) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .json()
+                    .with_writer(std::io::stderr)
                     .with_current_span(true)
                     .with_span_list(true),
             )

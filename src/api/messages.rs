@@ -1,6 +1,7 @@
 //! `/v1/messages`: send, read status and timeline, read the sent MIME.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use actix_web::http::header;
 use actix_web::{get, post, web, HttpResponse};
@@ -13,6 +14,7 @@ use super::body::{escape_token, JsonBody};
 use super::problem::{ApiError, FieldError, Problem};
 use super::AppState;
 use crate::domain::address::Mailbox;
+use crate::domain::auth::TenantId;
 use crate::domain::ids::MessageId;
 use crate::domain::message::{
     decode_base64, Attachment, Body, ContentId, Filename, MediaType, Message, NewMessage, SmtpReply,
@@ -20,6 +22,7 @@ use crate::domain::message::{
 use crate::domain::status::{EventType, MessageStatus, RecipientStatus};
 use crate::domain::text::{CustomHeader, Subject, Tag};
 use crate::domain::ValidationError;
+use crate::store::{Store, StoreError};
 
 /// One address or a list of addresses.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -414,11 +417,21 @@ pub async fn send_message(
         .json(response))
 }
 
-async fn load(state: &AppState, auth: &Authenticated<MessagesRead>, id: &str) -> Result<Message, ApiError> {
+/// A store read of one message of the caller's tenant.
+type TenantRead<T> = fn(&dyn Store, &TenantId, &MessageId) -> Result<Option<T>, StoreError>;
+
+/// Runs `read` for message `id` of the caller's tenant. A malformed id, a missing
+/// message and another tenant's message all end in the same 404.
+async fn read_message<T: Send + 'static>(
+    state: &AppState,
+    auth: &Authenticated<MessagesRead>,
+    id: &str,
+    read: TenantRead<T>,
+) -> Result<T, ApiError> {
     let id = MessageId::parse(id).map_err(|_| ApiError::not_found("the message"))?;
-    let store = state.store.clone();
+    let store = Arc::clone(&state.store);
     let tenant = auth.principal.tenant.clone();
-    web::block(move || store.message(&tenant, &id))
+    web::block(move || read(store.as_ref(), &tenant, &id))
         .await
         .map_err(ApiError::internal)??
         .ok_or_else(|| ApiError::not_found("the message"))
@@ -444,7 +457,8 @@ pub async fn get_message(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<MessageView>, ApiError> {
-    Ok(web::Json(load(&state, &auth, &path).await?.into()))
+    let message = read_message(&state, &auth, &path, |store, tenant, id| store.message(tenant, id)).await?;
+    Ok(web::Json(message.into()))
 }
 
 /// Get the exact MIME bytes (`message/rfc822`) that are sent for this message.
@@ -465,12 +479,6 @@ pub async fn get_message_mime(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = MessageId::parse(&path).map_err(|_| ApiError::not_found("the message"))?;
-    let store = state.store.clone();
-    let tenant = auth.principal.tenant.clone();
-    let mime = web::block(move || store.mime(&tenant, &id))
-        .await
-        .map_err(ApiError::internal)??
-        .ok_or_else(|| ApiError::not_found("the message"))?;
+    let mime = read_message(&state, &auth, &path, |store, tenant, id| store.mime(tenant, id)).await?;
     Ok(HttpResponse::Ok().content_type("message/rfc822").body(mime))
 }

@@ -3,13 +3,14 @@
 
 pub mod auth;
 pub mod body;
+pub mod fallback;
 pub mod health;
 pub mod messages;
 pub mod problem;
 
 use std::sync::Arc;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_actix_web::service_config::ServiceConfig;
@@ -20,7 +21,7 @@ use crate::config::Settings;
 use crate::delivery::Transport;
 use crate::sending::Sender;
 use crate::store::Store;
-use problem::{ApiError, Kind};
+use fallback::KnownPaths;
 
 /// Everything handlers share.
 pub struct AppState {
@@ -89,17 +90,17 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         .1
 }
 
-async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(Kind::NotFound, "not_found", "no such endpoint"))
-}
-
-/// Configures an App with every route, `/openapi.json` and JSON 404s.
+/// Configures an App with every route, `/openapi.json` and problem+json 404/405.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let document = openapi_document();
+    let known = Arc::new(KnownPaths::from_document(&document));
     cfg.service(web::resource("/openapi.json").route(web::get().to(move || {
         let document = document.clone();
         async move { web::Json(document) }
     })));
     routes(&mut ServiceConfig::new(cfg));
-    cfg.default_service(web::to(not_found));
+    cfg.default_service(web::to(move |req: HttpRequest| {
+        let known = Arc::clone(&known);
+        async move { known.answer(&req) }
+    }));
 }

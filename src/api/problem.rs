@@ -96,8 +96,8 @@ pub struct ApiError {
     code: String,
     detail: String,
     errors: Vec<FieldError>,
-    /// `WWW-Authenticate` value for 401/403.
-    challenge: Option<String>,
+    /// Extra response headers: `WWW-Authenticate` for 401/403, `Allow` for 405.
+    headers: Vec<(header::HeaderName, String)>,
     #[source]
     cause: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
@@ -109,25 +109,31 @@ impl ApiError {
             code: code.into(),
             detail: detail.into(),
             errors: Vec::new(),
-            challenge: None,
+            headers: Vec::new(),
             cause: None,
         }
     }
 
+    pub fn with_header(mut self, name: header::HeaderName, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
     pub fn invalid_token(detail: impl Into<String>) -> Self {
-        let mut err = Self::new(Kind::Unauthorized, "invalid_token", detail);
-        err.challenge = Some(r#"Bearer error="invalid_token""#.into());
-        err
+        Self::new(Kind::Unauthorized, "invalid_token", detail)
+            .with_header(header::WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#)
     }
 
     pub fn insufficient_scope(scope: &str) -> Self {
-        let mut err = Self::new(
+        Self::new(
             Kind::Forbidden,
             "insufficient_scope",
             format!("this call needs the `{scope}` scope"),
-        );
-        err.challenge = Some(format!(r#"Bearer error="insufficient_scope", scope="{scope}""#));
-        err
+        )
+        .with_header(
+            header::WWW_AUTHENTICATE,
+            format!(r#"Bearer error="insufficient_scope", scope="{scope}""#),
+        )
     }
 
     pub fn not_found(what: &str) -> Self {
@@ -186,8 +192,10 @@ impl ResponseError for ApiError {
         };
         let mut response = HttpResponse::build(status);
         response.content_type("application/problem+json");
-        if let Some(challenge) = self.challenge.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
-            response.insert_header((header::WWW_AUTHENTICATE, challenge));
+        for (name, value) in &self.headers {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                response.insert_header((name.clone(), value));
+            }
         }
         response.json(problem)
     }

@@ -88,7 +88,7 @@ fn log_outcome(job: &TransportJob, outcome: &DeliveryOutcome, attempt: u32) {
         DeliveryOutcome::Deferred(r) => ("deferred", r),
         DeliveryOutcome::Bounced(r) => ("bounced", r),
     };
-    tracing::info!(recipient = %job.recipient, attempt, outcome = kind, smtp_code = ?reply.code, diagnostic = %reply.diagnostic, "recipient outcome");
+    tracing::info!(recipient = %job.recipient, attempt, outcome = kind, smtp_code = reply.code, diagnostic = %reply.diagnostic, "recipient outcome");
 }
 
 /// Runs `worker` until `shutdown` turns true, sleeping until the next due message or

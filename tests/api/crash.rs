@@ -12,7 +12,7 @@ use crate::helpers::{
 const MAX_CONNECTIONS: usize = 4;
 const BURST: usize = 60;
 
-fn write_config(data: &std::path::Path, postfix: &Postfix) -> std::path::PathBuf {
+pub fn write_config(data: &std::path::Path, postfix: &Postfix) -> std::path::PathBuf {
     std::fs::write(data.join("smtp-password"), SMTP_PASSWORD).unwrap();
     let config = format!(
         r#"

@@ -253,7 +253,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// The `mailgate` binary as a child process, for tests that kill it.
+/// The `mailgate` binary as a child process (its stderr goes to `<dir>/stderr.log`), for
+/// tests that kill it or read its output.
 pub struct Binary {
     pub child: Child,
     pub address: String,
@@ -261,13 +262,14 @@ pub struct Binary {
 
 impl Binary {
     pub fn spawn(args: &[&str], dir: &Path, port: u16, envs: &[(&str, &str)]) -> Self {
+        let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr.log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_mailgate"));
         command
             .args(args)
             .current_dir(dir)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("MAILGATE_")) {
+            .stderr(stderr);
+        for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("MAILGATE_") || n == "RUST_LOG") {
             command.env_remove(name);
         }
         command.env("MAILGATE_HTTP__LISTEN", format!("127.0.0.1:{port}"));

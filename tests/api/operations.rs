@@ -50,4 +50,19 @@ async fn health_and_readiness_report_a_working_service() {
     let missing = app.client.get(format!("{}/v1/nope", app.address)).send().await.unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(missing.headers()["content-type"], "application/problem+json");
+    let wrong_method = app
+        .client
+        .delete(format!("{}/v1/messages", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    assert_eq!(wrong_method.headers()["allow"], "POST");
+    let wrong_method = app
+        .client
+        .put(format!("{}/v1/messages/msg_x/mime", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.headers()["allow"], "GET");
 }
