@@ -37,8 +37,9 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer $token"
 LUA
   for c in 1 16 64; do
-    echo "== wrk: 2 threads, $c connections, 10 s"
-    wrk -t2 -c"$c" -d10s --latency -s "$work/post.lua" "http://127.0.0.1:$port/v1/messages" \
+    threads=$(( c < 2 ? c : 2 ))
+    echo "== wrk: $threads thread(s), $c connection(s), 10 s"
+    wrk -t"$threads" -c"$c" -d10s --latency -s "$work/post.lua" "http://127.0.0.1:$port/v1/messages" \
       | grep -E 'Requests/sec|50%|99%|Non-2xx'
   done
 fi

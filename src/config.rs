@@ -116,11 +116,22 @@ pub struct DeliverySettings {
     pub smtp_timeout: ConfigDuration,
 }
 
+const PLACEHOLDER_RETURN_PATH_DOMAIN: &str = "bounces.mailgate.localhost";
+const PLACEHOLDER_MESSAGE_ID_DOMAIN: &str = "mailgate.localhost";
+
+impl DeliverySettings {
+    /// True while either domain is still the default, which only suits the sandbox.
+    pub fn uses_placeholder_domains(&self) -> bool {
+        self.return_path_domain == PLACEHOLDER_RETURN_PATH_DOMAIN
+            || self.message_id_domain == PLACEHOLDER_MESSAGE_ID_DOMAIN
+    }
+}
+
 impl Default for DeliverySettings {
     fn default() -> Self {
         Self {
-            return_path_domain: "bounces.mailgate.localhost".into(),
-            message_id_domain: "mailgate.localhost".into(),
+            return_path_domain: PLACEHOLDER_RETURN_PATH_DOMAIN.into(),
+            message_id_domain: PLACEHOLDER_MESSAGE_ID_DOMAIN.into(),
             retry_base: ConfigDuration(Duration::from_secs(30)),
             retry_max: ConfigDuration(Duration::from_secs(3600)),
             max_age: ConfigDuration(Duration::from_secs(3 * 24 * 3600)),
@@ -317,6 +328,19 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn embedded_defaults_match_the_contract() {
+        let s = Settings::load(None, []).unwrap();
+        assert_eq!(s.http.listen, "127.0.0.1:8080");
+        assert_eq!(s.http.max_body_bytes, 26_214_400);
+        assert_eq!(s.storage.path, PathBuf::from("./data"));
+        assert!(s.upstreams.is_empty(), "no upstream means the sandbox transport");
+        assert_eq!(s.delivery.retry_base.0, Duration::from_secs(30));
+        assert_eq!(s.delivery.retry_max.0, Duration::from_secs(3600));
+        assert_eq!(s.delivery.max_age.0, Duration::from_secs(3 * 86_400));
+        assert_eq!(s.limits.max_recipients, 50);
     }
 
     #[test]

@@ -64,6 +64,11 @@ async fn missing_malformed_wrongly_signed_or_expired_tokens_are_401() {
         202,
         "the forging helper itself is sound"
     );
+    assert_eq!(
+        app.stored_messages(),
+        1,
+        "only the request with a valid token stored a message"
+    );
 }
 
 #[tokio::test]
