@@ -40,6 +40,13 @@ macro_rules! prefixed_id {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// A fixed identifier for something that ships with mailgate (built-in
+            /// templates): `n` in the low bits, so it can never collide with a
+            /// generated (time-based) one.
+            pub fn fixed(n: u32) -> Self {
+                Self(format!(concat!($prefix, "{:032x}"), n))
+            }
         }
 
         impl TryFrom<String> for $name {
@@ -65,6 +72,7 @@ macro_rules! prefixed_id {
 
 prefixed_id!(MessageId, "msg_", "a message");
 prefixed_id!(EventId, "evt_", "an event");
+prefixed_id!(TemplateId, "tpl_", "a template");
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod ids;
 pub mod message;
 pub mod status;
+pub mod template;
 pub mod text;
 
 /// Why a single input value was refused, with a stable machine code.

@@ -1,5 +1,8 @@
-//! Turning a validated message into the exact bytes that go on the wire.
+//! Turning validated content into the exact bytes that go on the wire: handlebars
+//! templates to text, then text to MIME.
 
+mod helpers;
 pub mod mime;
+pub mod template;
 
 pub use mime::{render_mime, RenderError};

@@ -1,0 +1,360 @@
+//! Handlebars templates, strict: a variable the template uses and the data lacks is an
+//! error naming its path, never an empty string. The html part is HTML-escaped
+//! (`{{{triple}}}` opts out); subject and text are not. Partials (`{{> footer}}`) and
+//! layouts (`{{#> layout}}…{{/layout}}` with `{{> @partial-block}}` inside the layout)
+//! are other templates of the same tenant, rendering the same part.
+//!
+//! Everything here is pure CPU: callers resolve partials from storage first and run
+//! [`render`] on a blocking thread. Output size and render time are bounded.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use handlebars::template::{Template as Compiled, TemplateElement};
+use handlebars::{Handlebars, RenderError, RenderErrorReason};
+use serde_json::Value;
+
+use super::helpers;
+use crate::domain::template::{Part, TemplateSources};
+
+/// A part that does not compile, with the position handlebars reported.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the {} part does not compile at line {line}, column {column}: {message}", part.as_str())]
+pub struct CompileError {
+    pub part: Part,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+/// Why rendering stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// `path` is a JSON Pointer into the data, e.g. `/order/total`.
+    #[error("the {} part uses `{}`, which the data does not have", part.as_str(), path.trim_start_matches('/').replace('/', "."))]
+    MissingVariable { part: Part, path: String },
+    #[error("the {} part includes the partial `{name}`, which does not exist", part.as_str())]
+    MissingPartial { part: Part, name: String },
+    #[error("the rendered output is larger than {limit} bytes")]
+    OutputTooLarge { limit: usize },
+    #[error("rendering took longer than {limit:?}")]
+    TooSlow { limit: Duration },
+    #[error("the {} part failed to render: {message}", part.as_str())]
+    Failed { part: Part, message: String },
+}
+
+/// The three parts, each compiled once and cached by the caller per template version.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledParts {
+    pub subject: Option<Compiled>,
+    pub html: Option<Compiled>,
+    pub text: Option<Compiled>,
+}
+
+impl CompiledParts {
+    fn get(&self, part: Part) -> Option<&Compiled> {
+        match part {
+            Part::Subject => self.subject.as_ref(),
+            Part::Html => self.html.as_ref(),
+            Part::Text => self.text.as_ref(),
+        }
+    }
+
+    /// The names of every partial any part includes, sorted and unique.
+    pub fn partial_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for part in Part::ALL {
+            if let Some(template) = self.get(part) {
+                collect_partials(template, &mut names);
+            }
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+fn collect_partials(template: &Compiled, names: &mut Vec<String>) {
+    for element in &template.elements {
+        match element {
+            TemplateElement::PartialExpression(d) | TemplateElement::PartialBlock(d) => {
+                if let Some(name) = d.name.as_name().filter(|n| !n.starts_with('@')) {
+                    names.push(name.to_owned());
+                }
+                if let Some(inner) = &d.template {
+                    collect_partials(inner, names);
+                }
+            }
+            TemplateElement::HelperBlock(h) => {
+                for inner in h.template.iter().chain(&h.inverse) {
+                    collect_partials(inner, names);
+                }
+            }
+            TemplateElement::DecoratorBlock(d) => {
+                if let Some(inner) = &d.template {
+                    collect_partials(inner, names);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Compiles every present part, or reports the first part that does not compile.
+pub fn compile(sources: &TemplateSources) -> Result<CompiledParts, CompileError> {
+    let compile_part = |part: Part| -> Result<Option<Compiled>, CompileError> {
+        let Some(source) = sources.get(part) else {
+            return Ok(None);
+        };
+        Compiled::compile(source).map(Some).map_err(|err| {
+            let (line, column) = err.pos().unwrap_or((1, 1));
+            CompileError {
+                part,
+                line,
+                column,
+                message: err.reason().to_string(),
+            }
+        })
+    };
+    Ok(CompiledParts {
+        subject: compile_part(Part::Subject)?,
+        html: compile_part(Part::Html)?,
+        text: compile_part(Part::Text)?,
+    })
+}
+
+/// Bounds on one render (all three parts together).
+#[derive(Debug, Clone, Copy)]
+pub struct RenderLimits {
+    pub max_output_bytes: usize,
+    pub timeout: Duration,
+}
+
+/// The rendered parts; a part absent from the template is `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenderedParts {
+    pub subject: Option<String>,
+    pub html: Option<String>,
+    pub text: Option<String>,
+}
+
+const MAIN: &str = "@main";
+
+/// Counts bytes and time as handlebars writes, and stops it past either limit.
+struct BoundedWriter {
+    buffer: Vec<u8>,
+    budget: usize,
+    deadline: Instant,
+    tripped: Option<TemplateError>,
+    limits: RenderLimits,
+}
+
+impl Write for BoundedWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.buffer.len() + bytes.len() > self.budget {
+            self.tripped = Some(TemplateError::OutputTooLarge {
+                limit: self.limits.max_output_bytes,
+            });
+        } else if Instant::now() > self.deadline {
+            self.tripped = Some(TemplateError::TooSlow {
+                limit: self.limits.timeout,
+            });
+        }
+        if self.tripped.is_some() {
+            return Err(std::io::Error::other("render limit reached"));
+        }
+        self.buffer.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Renders `main` with `data`; `partials` are the templates it may include by name.
+pub fn render(
+    main: &CompiledParts,
+    partials: &[(String, &CompiledParts)],
+    data: &Value,
+    limits: RenderLimits,
+) -> Result<RenderedParts, TemplateError> {
+    let deadline = Instant::now() + limits.timeout;
+    let mut used = 0;
+    let mut rendered = RenderedParts::default();
+    for part in Part::ALL {
+        let Some(template) = main.get(part) else {
+            continue;
+        };
+        let mut registry = Handlebars::new();
+        registry.set_strict_mode(true);
+        if part != Part::Html {
+            registry.register_escape_fn(handlebars::no_escape);
+        }
+        helpers::register(&mut registry);
+        registry.register_template(MAIN, template.clone());
+        for (name, compiled) in partials {
+            if let Some(partial) = compiled.get(part) {
+                registry.register_template(name, partial.clone());
+            }
+        }
+        let mut writer = BoundedWriter {
+            buffer: Vec::new(),
+            budget: limits.max_output_bytes.saturating_sub(used),
+            deadline,
+            tripped: None,
+            limits,
+        };
+        let result = registry.render_to_write(MAIN, data, &mut writer);
+        if let Some(tripped) = writer.tripped {
+            return Err(tripped);
+        }
+        result.map_err(|err| classify(part, &err))?;
+        used += writer.buffer.len();
+        let text = String::from_utf8(writer.buffer).map_err(|_| TemplateError::Failed {
+            part,
+            message: "the output is not UTF-8".into(),
+        })?;
+        match part {
+            Part::Subject => rendered.subject = Some(text),
+            Part::Html => rendered.html = Some(text),
+            Part::Text => rendered.text = Some(text),
+        }
+    }
+    Ok(rendered)
+}
+
+fn classify(part: Part, err: &RenderError) -> TemplateError {
+    match err.reason() {
+        RenderErrorReason::MissingVariable(path) => TemplateError::MissingVariable {
+            part,
+            path: pointer_of(path.as_deref().unwrap_or("?")),
+        },
+        RenderErrorReason::PartialNotFound(name) => TemplateError::MissingPartial {
+            part,
+            name: name.clone(),
+        },
+        reason => TemplateError::Failed {
+            part,
+            message: match (err.line_no, err.column_no) {
+                (Some(line), Some(column)) => format!("{reason} (line {line}, column {column})"),
+                _ => reason.to_string(),
+            },
+        },
+    }
+}
+
+/// `order.items.[0].price` → `/order/items/0/price`.
+fn pointer_of(path: &str) -> String {
+    path.split(['.', '/'])
+        .filter(|seg| !seg.is_empty() && *seg != "this")
+        .map(|seg| seg.trim_start_matches('[').trim_end_matches(']'))
+        .fold(String::new(), |mut acc, seg| {
+            acc.push('/');
+            acc.push_str(&seg.replace('~', "~0"));
+            acc
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const LIMITS: RenderLimits = RenderLimits {
+        max_output_bytes: 10_000,
+        timeout: Duration::from_secs(2),
+    };
+
+    fn sources(subject: &str, html: &str, text: &str) -> TemplateSources {
+        TemplateSources {
+            subject: Some(subject.into()),
+            html: Some(html.into()),
+            text: Some(text.into()),
+        }
+    }
+
+    fn render_one(s: &TemplateSources, data: Value) -> Result<RenderedParts, TemplateError> {
+        render(&compile(s).unwrap(), &[], &data, LIMITS)
+    }
+
+    #[test]
+    fn html_is_escaped_and_subject_and_text_are_not() {
+        let s = sources("Hi {{name}}", "<p>{{name}} {{{name}}}</p>", "{{name}}");
+        let out = render_one(&s, json!({"name": "<Tom & \"Jerry\">"})).unwrap();
+        assert_eq!(out.subject.unwrap(), "Hi <Tom & \"Jerry\">");
+        assert_eq!(
+            out.html.unwrap(),
+            "<p>&lt;Tom &amp; &quot;Jerry&quot;&gt; <Tom & \"Jerry\"></p>"
+        );
+        assert_eq!(out.text.unwrap(), "<Tom & \"Jerry\">");
+    }
+
+    #[test]
+    fn a_missing_variable_is_an_error_naming_its_path_never_a_blank() {
+        let s = sources("Order", "<p>{{order.total}}</p>", "ok");
+        let err = render_one(&s, json!({"order": {"id": 1}})).unwrap_err();
+        assert_eq!(
+            err,
+            TemplateError::MissingVariable {
+                part: Part::Html,
+                path: "/order/total".into()
+            }
+        );
+        let each = sources("x", "{{#each items}}{{price}}{{/each}}", "x");
+        let err = render_one(&each, json!({"items": [{"price": 1}, {"name": "b"}]})).unwrap_err();
+        assert!(matches!(err, TemplateError::MissingVariable { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn if_on_a_missing_key_is_allowed() {
+        let s = sources("x", "{{#if coupon}}{{coupon}}{{else}}none{{/if}}", "x");
+        assert_eq!(render_one(&s, json!({})).unwrap().html.unwrap(), "none");
+    }
+
+    #[test]
+    fn compile_errors_carry_part_line_and_column() {
+        let err = compile(&sources("ok", "<p>\n  {{#if x}}\n</p>", "ok")).unwrap_err();
+        assert_eq!(err.part, Part::Html);
+        assert!(err.line >= 2, "{err}");
+    }
+
+    #[test]
+    fn partial_and_layout_names_are_collected() {
+        let compiled = compile(&sources(
+            "x",
+            "{{#> layout}}{{> footer}}{{/layout}}{{#if a}}{{> aside}}{{/if}}",
+            "x",
+        ))
+        .unwrap();
+        assert_eq!(compiled.partial_names(), ["aside", "footer", "layout"]);
+    }
+
+    #[test]
+    fn layouts_wrap_content_through_the_partial_block() {
+        let layout = compile(&sources(
+            "x",
+            "<main>{{> @partial-block}}</main>",
+            "[{{> @partial-block}}]",
+        ))
+        .unwrap();
+        let page = compile(&sources(
+            "s",
+            "{{#> layout}}<p>{{n}}</p>{{/layout}}",
+            "{{#> layout}}{{n}}{{/layout}}",
+        ))
+        .unwrap();
+        let out = render(&page, &[("layout".into(), &layout)], &json!({"n": 1}), LIMITS).unwrap();
+        assert_eq!(out.html.unwrap(), "<main><p>1</p></main>");
+        assert_eq!(out.text.unwrap(), "[1]");
+    }
+
+    #[test]
+    fn output_size_is_bounded() {
+        let s = sources("x", "{{#each items}}{{this}}{{/each}}", "x");
+        let items: Vec<String> = (0..1000).map(|_| "0123456789".into()).collect();
+        let err = render_one(&s, json!({"items": items})).unwrap_err();
+        assert_eq!(err, TemplateError::OutputTooLarge { limit: 10_000 });
+    }
+}
