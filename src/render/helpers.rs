@@ -9,8 +9,11 @@ use chrono::{DateTime, NaiveDate, Utc};
 use handlebars::{Context, Handlebars, Helper, HelperDef, RenderContext, RenderError, RenderErrorReason, ScopedJson};
 use serde_json::Value;
 
+/// Computes a helper's value from its arguments.
+type HelperFn = fn(&Helper<'_>) -> Result<Value, RenderError>;
+
 /// A helper that computes one value from its arguments.
-struct ValueHelper(fn(&Helper<'_>) -> Result<Value, RenderError>);
+struct ValueHelper(HelperFn);
 
 impl HelperDef for ValueHelper {
     fn call_inner<'reg: 'rc, 'rc>(
@@ -25,7 +28,7 @@ impl HelperDef for ValueHelper {
 }
 
 pub fn register(registry: &mut Handlebars<'_>) {
-    let helpers: [(&str, fn(&Helper<'_>) -> Result<Value, RenderError>); 5] = [
+    let helpers: [(&str, HelperFn); 5] = [
         ("default", default),
         ("uppercase", |h| Ok(Value::String(text(param(h, 0)?).to_uppercase()))),
         ("lowercase", |h| Ok(Value::String(text(param(h, 0)?).to_lowercase()))),
