@@ -177,6 +177,24 @@ pub struct TenantSettings {
     pub allowed_sender_domains: Option<Vec<String>>,
 }
 
+/// Bounds on one template render, so a hostile template cannot exhaust the service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemplateSettings {
+    /// Subject, html and text together.
+    pub max_output_bytes: usize,
+    pub render_timeout: ConfigDuration,
+}
+
+impl Default for TemplateSettings {
+    fn default() -> Self {
+        Self {
+            max_output_bytes: 5 * 1024 * 1024,
+            render_timeout: ConfigDuration(Duration::from_secs(2)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -214,6 +232,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub limits: LimitSettings,
     pub tenants: BTreeMap<String, TenantSettings>,
+    pub templates: TemplateSettings,
     pub log: LogSettings,
 }
 

@@ -11,8 +11,9 @@ pub use sled_store::SledStore;
 use chrono::{DateTime, Utc};
 
 use crate::domain::auth::TenantId;
-use crate::domain::ids::MessageId;
+use crate::domain::ids::{MessageId, TemplateId};
 use crate::domain::message::Message;
+use crate::domain::template::{Template, TemplateKey, TemplateVersion};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,6 +64,35 @@ pub trait Store: Send + Sync {
 
     /// The earliest time anything on the queue becomes due, to sleep until then.
     fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Creates a template and its first version atomically and durably. Returns
+    /// `false`, writing nothing, when the tenant already has a template of that name.
+    fn create_template(&self, template: &Template, version: &TemplateVersion) -> Result<bool, StoreError>;
+
+    /// Stores a new version and the template record pointing at it, atomically and
+    /// durably. Versions are immutable once written.
+    fn add_template_version(&self, template: &Template, version: &TemplateVersion) -> Result<(), StoreError>;
+
+    /// The tenant's template by id or name; `None` for another tenant's, as for messages.
+    fn template(&self, tenant: &TenantId, key: &TemplateKey) -> Result<Option<Template>, StoreError>;
+
+    /// One version of a template the caller already resolved for its tenant.
+    fn template_version(&self, id: &TemplateId, version: u32) -> Result<Option<TemplateVersion>, StoreError>;
+
+    /// Every version of a template, newest first.
+    fn template_versions(&self, id: &TemplateId) -> Result<Vec<TemplateVersion>, StoreError>;
+
+    /// The tenant's templates, newest first, created before `before` when given.
+    fn list_templates(
+        &self,
+        tenant: &TenantId,
+        before: Option<&TemplateId>,
+        limit: usize,
+    ) -> Result<Vec<Template>, StoreError>;
+
+    /// Removes a template, its name and its versions, durably. Messages keep the id
+    /// and version they were rendered from.
+    fn delete_template(&self, template: &Template) -> Result<(), StoreError>;
 
     /// How many messages are stored, for every tenant (operations and tests).
     fn count_messages(&self) -> Result<usize, StoreError>;

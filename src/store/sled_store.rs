@@ -12,9 +12,10 @@ use sled::{Db, Tree};
 
 use super::{Lease, Store, StoreError};
 use crate::domain::auth::TenantId;
-use crate::domain::ids::MessageId;
+use crate::domain::ids::{MessageId, TemplateId};
 use crate::domain::message::Message;
 use crate::domain::status::MessageStatus;
+use crate::domain::template::{Template, TemplateKey, TemplateVersion};
 
 pub struct SledStore {
     db: Db,
@@ -22,6 +23,31 @@ pub struct SledStore {
     mime: Tree,
     queue: Tree,
     leases: Tree,
+    templates: Tree,
+    template_names: Tree,
+    template_versions: Tree,
+}
+
+/// `tenant \0 rest`: keys that group one tenant's rows together in iteration order.
+fn tenant_key(tenant: &TenantId, rest: &str) -> Vec<u8> {
+    let mut key = tenant.as_str().as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(rest.as_bytes());
+    key
+}
+
+fn version_key(id: &TemplateId, version: u32) -> Vec<u8> {
+    let mut key = id.as_str().as_bytes().to_vec();
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+fn encode_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ConflictableTransactionError<StoreError>> {
+    serde_json::to_vec(value).map_err(|e| ConflictableTransactionError::Abort(e.into()))
 }
 
 fn queue_key(due: DateTime<Utc>, id: &MessageId) -> Vec<u8> {
@@ -47,7 +73,7 @@ fn flatten<E: Into<StoreError>>(err: TransactionError<E>) -> StoreError {
 }
 
 fn encode(message: &Message) -> Result<Vec<u8>, ConflictableTransactionError<StoreError>> {
-    serde_json::to_vec(message).map_err(|e| ConflictableTransactionError::Abort(e.into()))
+    encode_json(message)
 }
 
 impl SledStore {
@@ -60,6 +86,9 @@ impl SledStore {
             mime: db.open_tree("mime")?,
             queue: db.open_tree("queue")?,
             leases: db.open_tree("leases")?,
+            templates: db.open_tree("templates")?,
+            template_names: db.open_tree("template_names")?,
+            template_versions: db.open_tree("template_versions")?,
             db,
         })
     }
@@ -191,6 +220,114 @@ impl Store for SledStore {
         let millis: [u8; 8] = key.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default();
         let millis = i64::try_from(u64::from_be_bytes(millis)).unwrap_or(i64::MAX);
         Ok(Utc.timestamp_millis_opt(millis).single())
+    }
+
+    fn create_template(&self, template: &Template, version: &TemplateVersion) -> Result<bool, StoreError> {
+        let name_key = tenant_key(&template.tenant, template.name.as_str());
+        let created = (&self.templates, &self.template_names, &self.template_versions)
+            .transaction(|(templates, names, versions)| {
+                if names.get(&name_key)?.is_some() {
+                    return Ok(false);
+                }
+                names.insert(name_key.as_slice(), template.id.as_str().as_bytes())?;
+                templates.insert(
+                    tenant_key(&template.tenant, template.id.as_str()),
+                    encode_json(template)?,
+                )?;
+                versions.insert(version_key(&template.id, version.version), encode_json(version)?)?;
+                Ok(true)
+            })
+            .map_err(flatten)?;
+        if created {
+            self.flush()?;
+        }
+        Ok(created)
+    }
+
+    fn add_template_version(&self, template: &Template, version: &TemplateVersion) -> Result<(), StoreError> {
+        (&self.templates, &self.template_versions)
+            .transaction(|(templates, versions)| {
+                templates.insert(
+                    tenant_key(&template.tenant, template.id.as_str()),
+                    encode_json(template)?,
+                )?;
+                versions.insert(version_key(&template.id, version.version), encode_json(version)?)?;
+                Ok(())
+            })
+            .map_err(flatten)?;
+        self.flush()
+    }
+
+    fn template(&self, tenant: &TenantId, key: &TemplateKey) -> Result<Option<Template>, StoreError> {
+        let id = match key {
+            TemplateKey::Id(id) => id.clone(),
+            TemplateKey::Name(name) => match self.template_names.get(tenant_key(tenant, name.as_str()))? {
+                Some(raw) => TemplateId::parse(&String::from_utf8_lossy(&raw))
+                    .map_err(|_| StoreError::Missing(format!("template name {}", name.as_str())))?,
+                None => return Ok(None),
+            },
+        };
+        self.templates
+            .get(tenant_key(tenant, id.as_str()))?
+            .map(|raw| decode(&raw))
+            .transpose()
+    }
+
+    fn template_version(&self, id: &TemplateId, version: u32) -> Result<Option<TemplateVersion>, StoreError> {
+        self.template_versions
+            .get(version_key(id, version))?
+            .map(|raw| decode(&raw))
+            .transpose()
+    }
+
+    fn template_versions(&self, id: &TemplateId) -> Result<Vec<TemplateVersion>, StoreError> {
+        self.template_versions
+            .scan_prefix(id.as_str().as_bytes())
+            .rev()
+            .map(|entry| decode(&entry?.1))
+            .collect()
+    }
+
+    fn list_templates(
+        &self,
+        tenant: &TenantId,
+        before: Option<&TemplateId>,
+        limit: usize,
+    ) -> Result<Vec<Template>, StoreError> {
+        let start = tenant_key(tenant, "");
+        let end = match before {
+            Some(id) => tenant_key(tenant, id.as_str()),
+            None => {
+                let mut end = tenant.as_str().as_bytes().to_vec();
+                end.push(1);
+                end
+            }
+        };
+        self.templates
+            .range(start..end)
+            .rev()
+            .take(limit)
+            .map(|entry| decode(&entry?.1))
+            .collect()
+    }
+
+    fn delete_template(&self, template: &Template) -> Result<(), StoreError> {
+        let version_keys: Vec<_> = self
+            .template_versions
+            .scan_prefix(template.id.as_str().as_bytes())
+            .keys()
+            .collect::<Result<_, _>>()?;
+        (&self.templates, &self.template_names, &self.template_versions)
+            .transaction(|(templates, names, versions)| {
+                templates.remove(tenant_key(&template.tenant, template.id.as_str()))?;
+                names.remove(tenant_key(&template.tenant, template.name.as_str()))?;
+                for key in &version_keys {
+                    versions.remove(key)?;
+                }
+                Ok::<(), ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(flatten)?;
+        self.flush()
     }
 
     fn count_messages(&self) -> Result<usize, StoreError> {
