@@ -30,8 +30,9 @@ struct Claims {
     jti: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
+    /// A string or an array of strings (RFC 7519); jsonwebtoken checks it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    aud: Option<String>,
+    aud: Option<serde_json::Value>,
 }
 
 /// The verified caller of one request.
@@ -139,7 +140,7 @@ impl TokenKeys {
             nbf: None,
             jti: Some(uuid::Uuid::now_v7().to_string()),
             iss: self.issuer.clone(),
-            aud: self.audience.clone(),
+            aud: self.audience.clone().map(serde_json::Value::String),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .context("Failed to sign the token")

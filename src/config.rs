@@ -280,6 +280,26 @@ impl Settings {
         if self.upstreams.len() > 1 {
             bail!("several [[upstreams]] are not supported yet: configure exactly one");
         }
+        let delivery = &self.delivery;
+        for (key, domain) in [
+            ("delivery.return_path_domain", &delivery.return_path_domain),
+            ("delivery.message_id_domain", &delivery.message_id_domain),
+        ] {
+            crate::domain::address::EmailAddress::parse(&format!("probe@{domain}"))
+                .map_err(|_| anyhow::anyhow!("{key}: `{domain}` is not a valid domain"))?;
+        }
+        const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 86_400);
+        for (key, value) in [
+            ("delivery.retry_base", delivery.retry_base.0),
+            ("delivery.retry_max", delivery.retry_max.0),
+            ("delivery.max_age", delivery.max_age.0),
+            ("delivery.smtp_timeout", delivery.smtp_timeout.0),
+            ("templates.render_timeout", self.templates.render_timeout.0),
+        ] {
+            if value.is_zero() || value > TEN_YEARS {
+                bail!("{key} must be more than 0 and at most 10 years");
+            }
+        }
         if self.auth.hs256_secret_env.is_some() && self.auth.hs256_secret_file.is_some() {
             bail!("auth: set hs256_secret_file or hs256_secret_env, not both");
         }
@@ -388,6 +408,19 @@ mod tests {
         std::fs::write(&file, "[delivery]\nretry_bse = \"1s\"\n").unwrap();
         let err = Settings::load(Some(&file), []).unwrap_err();
         assert!(format!("{err:#}").contains("delivery.retry_bse"), "{err:#}");
+    }
+
+    #[test]
+    fn nonsensical_delivery_values_are_refused() {
+        for (key, value) in [
+            ("MAILGATE_DELIVERY__RETRY_BASE", "0s"),
+            ("MAILGATE_DELIVERY__MAX_AGE", "500y"),
+            ("MAILGATE_DELIVERY__RETURN_PATH_DOMAIN", "not a domain"),
+        ] {
+            let err = Settings::load(None, env(&[(key, value)])).unwrap_err();
+            let field = key.trim_start_matches("MAILGATE_").replace("__", ".").to_lowercase();
+            assert!(format!("{err:#}").contains(&field), "{err:#}");
+        }
     }
 
     #[test]

@@ -45,8 +45,9 @@ fn authenticate<S: RequiredScope>(req: &HttpRequest) -> Result<Authenticated<S>,
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .ok_or_else(|| ApiError::invalid_token("send `Authorization: Bearer <token>`"))?;
     let principal = state
         .tokens

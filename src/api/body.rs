@@ -93,8 +93,7 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         if !inner.is_data() {
             return malformed(&inner);
         }
-        let text = inner.to_string();
-        let text = text.split(" at line ").next().unwrap_or(&text).to_owned();
+        let text = without_values(&inner.to_string());
         let (code, field) = if let Some(name) = quoted_after(&text, "unknown field `") {
             ("unknown_field", child(&pointer, &name))
         } else if let Some(name) = quoted_after(&text, "missing field `") {
@@ -106,6 +105,21 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })?;
     de.end().map_err(|err| malformed(&err))?;
     Ok(value)
+}
+
+/// serde's data errors quote the offending value (`invalid type: string "…"`), which
+/// may be a 25 MiB attachment or a secret: keep only what was expected, bounded.
+fn without_values(serde_message: &str) -> String {
+    let message = serde_message.split(" at line ").next().unwrap_or(serde_message);
+    let message = match message.split_once(", expected ") {
+        Some((head, expected)) if head.starts_with("invalid type") => format!("wrong type, expected {expected}"),
+        Some((head, expected)) if head.starts_with("invalid value") => format!("invalid value, expected {expected}"),
+        Some((head, expected)) if head.starts_with("unknown variant") => {
+            format!("unknown variant, expected {expected}")
+        }
+        _ => message.to_owned(),
+    };
+    message.chars().take(300).collect()
 }
 
 fn quoted_after(text: &str, prefix: &str) -> Option<String> {
@@ -182,8 +196,10 @@ mod tests {
         let (kind, text) = problem(r#"{"to": [], "htlm": 1}"#);
         assert_eq!(kind, Kind::Unprocessable);
         assert!(text.starts_with("unknown_field: /htlm"), "{text}");
-        let (_, text) = problem(r#"{"to": [1]}"#);
-        assert!(text.starts_with("invalid_type: /to/0"), "{text}");
+        let (_, text) = problem(r#"{"to": ["ok", {"secret": "hunter2"}]}"#);
+        assert!(text.starts_with("invalid_type: /to/1"), "{text}");
+        let (_, text) = problem(r#"{"to": "hunter2"}"#);
+        assert!(!text.contains("hunter2"), "{text}");
         let (_, text) = problem(r#"{"to": [], "inner": {"b": 1}}"#);
         assert!(text.starts_with("unknown_field: /inner/b"), "{text}");
         let (_, text) = problem(r#"{}"#);

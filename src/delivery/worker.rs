@@ -15,6 +15,9 @@ use crate::bounces::verp;
 use crate::domain::message::DeliveryOutcome;
 use crate::store::{Lease, Store, StoreError};
 
+/// Tries of one store write before a worker step gives up (about 3 s in all).
+const PERSIST_ATTEMPTS: u32 = 5;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     #[error("the store failed")]
@@ -68,17 +71,40 @@ impl Worker {
             log_outcome(&job, &outcome, message.attempts);
             message.record_outcome(index, outcome, give_up, Utc::now());
             if n + 1 < pending.len() {
-                let store = Arc::clone(&self.store);
                 let snapshot = message.clone();
-                tokio::task::spawn_blocking(move || store.save_progress(&snapshot)).await??;
+                self.persist(move |store| store.save_progress(&snapshot)).await?;
             }
         }
         let retry_at = self.policy.retry_at(message.attempts, first_due, Utc::now());
         message.finish_attempt(Some(retry_at));
         tracing::info!(status = ?message.status, attempts = message.attempts, next_attempt_at = ?message.next_attempt_at, "delivery attempt finished");
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || store.release(&message)).await??;
-        Ok(())
+        self.persist(move |store| store.release(&message)).await
+    }
+
+    /// Runs a store write on a blocking thread, retrying a failure a few times: giving
+    /// up leaves the message leased (and its outcomes unrecorded) until the next start,
+    /// so it is worth waiting out a short disk hiccup.
+    async fn persist(
+        &self,
+        write: impl Fn(&dyn Store) -> Result<(), StoreError> + Send + Sync + 'static,
+    ) -> Result<(), DeliveryError> {
+        let write = Arc::new(write);
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            let store = Arc::clone(&self.store);
+            let write = Arc::clone(&write);
+            match tokio::task::spawn_blocking(move || write(store.as_ref())).await? {
+                Ok(()) => return Ok(()),
+                Err(err) if attempt >= PERSIST_ATTEMPTS => return Err(err.into()),
+                Err(err) => {
+                    tracing::warn!(attempt, error = %crate::telemetry::ErrorChain(&err), "store write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+            }
+        }
     }
 }
 

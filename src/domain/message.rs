@@ -71,6 +71,12 @@ impl MediaType {
                     .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
         };
         match input.split_once('/') {
+            Some((kind, _)) if ["multipart", "message"].contains(&kind.to_ascii_lowercase().as_str()) => {
+                Err(ValidationError::new(
+                    "invalid_content_type",
+                    "multipart/* and message/* cannot be attachment types; send them as application/octet-stream",
+                ))
+            }
             Some((kind, sub)) if token(kind) && token(sub) && input.len() <= 127 => {
                 Ok(Self(input.to_ascii_lowercase()))
             }
@@ -323,7 +329,7 @@ impl Message {
         if has(RecipientStatus::Deferred) {
             MessageStatus::Deferred
         } else if has(RecipientStatus::Queued) {
-            if self.send_at.is_some() && self.attempts == 0 {
+            if self.send_at.is_some_and(|at| at > self.created_at) && self.attempts == 0 {
                 MessageStatus::Scheduled
             } else {
                 MessageStatus::Queued
@@ -394,6 +400,20 @@ mod tests {
         assert_eq!(msg.next_attempt_at, None);
         let seqs: Vec<u64> = msg.events.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [1, 2, 3]);
+    }
+
+    #[test]
+    fn container_types_are_not_attachment_types() {
+        assert!(MediaType::parse("application/pdf").is_ok());
+        for bad in [
+            "multipart/mixed",
+            "Message/rfc822",
+            "text",
+            "text/plain; charset=x",
+            "a/b\r\n",
+        ] {
+            assert!(MediaType::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The sled implementation of [`Store`].
 //!
 //! Trees: `messages` (id → JSON), `mime` (id → bytes), `queue` (due millis BE ++ id →
-//! nothing, so iteration order is due order) and `leases` (id → nothing). Multi-tree
+//! nothing, so iteration order is due order), `leases` (id → nothing) and `parked`
+//! (queue entries that could not be leased, with the reason). Multi-tree
 //! transactions keep them consistent; `flush` makes a write durable.
 
 use std::path::Path;
@@ -23,6 +24,7 @@ pub struct SledStore {
     mime: Tree,
     queue: Tree,
     leases: Tree,
+    parked: Tree,
     templates: Tree,
     template_names: Tree,
     template_versions: Tree,
@@ -86,6 +88,7 @@ impl SledStore {
             mime: db.open_tree("mime")?,
             queue: db.open_tree("queue")?,
             leases: db.open_tree("leases")?,
+            parked: db.open_tree("parked")?,
             templates: db.open_tree("templates")?,
             template_names: db.open_tree("template_names")?,
             template_versions: db.open_tree("template_versions")?,
@@ -102,6 +105,28 @@ impl SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
+        Ok(())
+    }
+
+    /// Leases the message behind one queue entry; `None` if another worker won it.
+    fn lease_entry(&self, key: &[u8]) -> Result<Option<Lease>, StoreError> {
+        let id = id_of_queue_key(key)?;
+        let mime = self
+            .mime
+            .get(id.as_str())?
+            .ok_or_else(|| StoreError::Missing(format!("mime of {id}")))?;
+        Ok(self.try_lease(key, &id)?.map(|message| Lease {
+            message,
+            mime: mime.to_vec(),
+        }))
+    }
+
+    /// Moves a queue entry that cannot be delivered (undecodable, or its message is
+    /// gone) to `parked`, with the reason, so that it cannot block the queue.
+    fn park(&self, key: &[u8], reason: &StoreError) -> Result<(), StoreError> {
+        tracing::error!(key = ?String::from_utf8_lossy(key.get(8..).unwrap_or_default()), error = %reason, "parked an unusable queue entry");
+        self.parked.insert(key, reason.to_string().as_bytes())?;
+        self.queue.remove(key)?;
         Ok(())
     }
 
@@ -159,16 +184,11 @@ impl Store for SledStore {
             .to_be_bytes();
         for entry in self.queue.range(..end.as_slice()) {
             let (key, _) = entry?;
-            let id = id_of_queue_key(&key)?;
-            if let Some(message) = self.try_lease(&key, &id)? {
-                let mime = self
-                    .mime
-                    .get(id.as_str())?
-                    .ok_or_else(|| StoreError::Missing(format!("mime of {id}")))?;
-                return Ok(Some(Lease {
-                    message,
-                    mime: mime.to_vec(),
-                }));
+            match self.lease_entry(&key) {
+                Ok(Some(lease)) => return Ok(Some(lease)),
+                Ok(None) => {}
+                Err(StoreError::Io(err)) => return Err(StoreError::Io(err)),
+                Err(unusable) => self.park(&key, &unusable)?,
             }
         }
         Ok(None)
@@ -336,7 +356,7 @@ impl Store for SledStore {
 
     fn check_writable(&self) -> Result<(), StoreError> {
         self.db.insert("readyz", Utc::now().to_rfc3339().as_bytes())?;
-        Ok(())
+        self.flush()
     }
 }
 
@@ -418,5 +438,25 @@ mod tests {
         store.release(&lease.message).unwrap();
         assert!(store.lease_due(Utc::now()).unwrap().is_none());
         assert!(store.lease_due(retry_at).unwrap().is_some());
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    #[test]
+    fn an_unusable_queue_entry_is_parked_instead_of_blocking_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let ghost = MessageId::generate();
+        store
+            .queue
+            .insert(queue_key(Utc::now() - chrono::Duration::seconds(5), &ghost), &[])
+            .unwrap();
+        store.queue.insert([&[0u8; 8][..], b"garbage"].concat(), &[]).unwrap();
+        assert!(store.lease_due(Utc::now()).unwrap().is_none());
+        assert_eq!(store.parked.len(), 2);
+        assert!(store.queue.is_empty());
     }
 }

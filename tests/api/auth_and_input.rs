@@ -1,6 +1,9 @@
 //! Authentication, tenancy and input validation: every refusal is a problem+json with a
 //! stable code and pointer, and nothing is stored.
 
+use std::io::{Read as _, Write as _};
+
+use base64::Engine as _;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 
@@ -44,9 +47,13 @@ async fn missing_malformed_wrongly_signed_or_expired_tokens_are_401() {
         "messages:send",
     );
     let expired = forged_token(&app, -3600);
-    let mut tampered = app.token.clone();
-    tampered.pop();
-    tampered.push('x');
+    // Same header and signature, payload raised to `admin`: only the signature check
+    // can refuse it.
+    let parts: Vec<&str> = app.token.split('.').collect();
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    claims["scope"] = json!("admin");
+    let tampered = format!("{}.{}.{}", parts[0], b64.encode(claims.to_string()), parts[2]);
 
     let mut responses = vec![no_token];
     for token in ["not-a-jwt", &foreign, &expired, &tampered] {
@@ -181,6 +188,37 @@ async fn malformed_json_is_400_and_an_oversized_body_is_413() {
         .unwrap();
     let (status, problem_json) = read_problem(response).await;
     assert_eq!((status, problem_json["code"].as_str()), (400, Some("malformed_json")));
+
+    // Without Content-Length (chunked), the limit is enforced while reading.
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let token = app.token.clone();
+    let status_line = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        let head = format!(
+            "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        let chunk = format!("{{\"text\": \"{}", "x".repeat(1000));
+        for _ in 0..4 {
+            if stream
+                .write_all(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes())
+                .is_err()
+            {
+                break;
+            }
+        }
+        let mut response = [0u8; 64];
+        let n = stream.read(&mut response).unwrap();
+        String::from_utf8_lossy(&response[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    })
+    .await
+    .unwrap();
+    assert!(status_line.contains(" 413 "), "{status_line}");
 
     let mut big = simple_message("a@example.test");
     big["text"] = json!("x".repeat(4096));
