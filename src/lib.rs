@@ -16,3 +16,4 @@ pub mod sending;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod templates;

@@ -60,17 +60,19 @@ impl CompiledParts {
         }
     }
 
-    /// The names of every partial any part includes, sorted and unique.
-    pub fn partial_names(&self) -> Vec<String> {
-        let mut names = Vec::new();
+    /// Every partial each part includes, as (part, name), sorted and unique.
+    pub fn partials(&self) -> Vec<(Part, String)> {
+        let mut found = Vec::new();
         for part in Part::ALL {
+            let mut names = Vec::new();
             if let Some(template) = self.get(part) {
                 collect_partials(template, &mut names);
             }
+            names.sort();
+            names.dedup();
+            found.extend(names.into_iter().map(|name| (part, name)));
         }
-        names.sort();
-        names.dedup();
-        names
+        found
     }
 }
 
@@ -328,7 +330,8 @@ mod tests {
             "x",
         ))
         .unwrap();
-        assert_eq!(compiled.partial_names(), ["aside", "footer", "layout"]);
+        let names: Vec<String> = compiled.partials().into_iter().map(|(_, name)| name).collect();
+        assert_eq!(names, ["aside", "footer", "layout"]);
     }
 
     #[test]
