@@ -8,16 +8,32 @@ use chrono::Utc;
 use tokio::sync::Notify;
 
 use crate::config::Settings;
+use crate::domain::address::Mailbox;
 use crate::domain::auth::TenantId;
 use crate::domain::ids::MessageId;
-use crate::domain::message::{Message, NewMessage};
+use crate::domain::message::{Body, Content, Message, NewMessage, ReadyContent, TemplateCall, TemplateUse};
+use crate::domain::template::TemplateKey;
+use crate::domain::text::Subject;
+use crate::domain::ValidationError;
 use crate::render::{render_mime, RenderError};
 use crate::store::{Store, StoreError};
+use crate::templates::{Templates, TemplatesError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("the sender domain `{0}` is not allowed for this tenant")]
     SenderDomainNotAllowed(String),
+    #[error("the template could not be used")]
+    Template(#[from] TemplatesError),
+    /// The template rendered, but not into a sendable subject and body.
+    #[error("{0}")]
+    TemplateContent(ValidationError),
+    /// A preview's `from` or `to` is not a mailbox.
+    #[error("{error}")]
+    PreviewAddress {
+        field: &'static str,
+        error: ValidationError,
+    },
     #[error("rendering the MIME message failed")]
     Render(#[from] RenderError),
     #[error("storing the message failed")]
@@ -32,6 +48,7 @@ pub struct Sender {
     pub store: Arc<dyn Store>,
     pub wake: Arc<Notify>,
     pub settings: Arc<Settings>,
+    pub templates: Templates,
 }
 
 impl Sender {
@@ -42,14 +59,90 @@ impl Sender {
         self.check_sender_domain(tenant, &new)?;
         let id = MessageId::generate();
         tracing::Span::current().record("message_id", tracing::field::display(&id));
-        let mime = render_mime(&new, &id, &self.settings.delivery.message_id_domain, SystemTime::now())?;
-        let message = Message::accepted(id, tenant.clone(), &new, Utc::now());
+        let content = match &new.content {
+            Content::Ready(ready) => ready.clone(),
+            Content::Template(call) => self.render_template(tenant, call).await?,
+        };
+        let mime = render_mime(
+            &new,
+            &content,
+            &id,
+            &self.settings.delivery.message_id_domain,
+            SystemTime::now(),
+        )?;
+        let message = Message::accepted(id, tenant.clone(), &new, &content, Utc::now());
         let store = Arc::clone(&self.store);
         let stored = message.clone();
         tokio::task::spawn_blocking(move || store.accept(&stored, &mime)).await??;
         self.wake.notify_one();
         tracing::info!(recipients = message.recipients.len(), status = ?message.status, "message accepted");
         Ok(message)
+    }
+
+    /// The exact MIME a send of this template would produce (its own Message-ID and
+    /// Date aside), without storing anything.
+    pub async fn preview(
+        &self,
+        tenant: &TenantId,
+        key: TemplateKey,
+        version: Option<u32>,
+        data: serde_json::Value,
+        from: Option<String>,
+        to: Option<String>,
+    ) -> Result<Vec<u8>, SendError> {
+        let domain = &self.settings.delivery.message_id_domain;
+        let mailbox = |field: &'static str, raw: String| {
+            Mailbox::parse(&raw).map_err(|error| SendError::PreviewAddress { field, error })
+        };
+        let call = TemplateCall { key, version, data };
+        let content = self.render_template(tenant, &call).await?;
+        let new = NewMessage {
+            from: mailbox("/from", from.unwrap_or_else(|| format!("preview@{domain}")))?,
+            to: vec![mailbox(
+                "/to",
+                to.unwrap_or_else(|| "recipient@example.com".to_owned()),
+            )?],
+            cc: Vec::new(),
+            bcc: Vec::new(),
+            reply_to: Vec::new(),
+            content: Content::Template(call),
+            headers: Vec::new(),
+            attachments: Vec::new(),
+            tags: Vec::new(),
+            metadata: Default::default(),
+            send_at: None,
+        };
+        Ok(render_mime(
+            &new,
+            &content,
+            &MessageId::generate(),
+            domain,
+            SystemTime::now(),
+        )?)
+    }
+
+    /// Renders the template into a subject and body, remembering which version it was.
+    async fn render_template(&self, tenant: &TenantId, call: &TemplateCall) -> Result<ReadyContent, SendError> {
+        let rendering = self
+            .templates
+            .render(tenant, call.key.clone(), call.version, call.data.clone())
+            .await?;
+        let parts = rendering.parts;
+        let subject = parts.subject.ok_or_else(|| {
+            SendError::TemplateContent(ValidationError::new(
+                "missing_content",
+                "the template has no subject part",
+            ))
+        })?;
+        Ok(ReadyContent {
+            subject: Subject::parse(&subject).map_err(SendError::TemplateContent)?,
+            body: Body::parse(parts.text, parts.html).map_err(SendError::TemplateContent)?,
+            template: Some(TemplateUse {
+                id: rendering.template.id,
+                name: rendering.template.name.as_str().to_owned(),
+                version: rendering.version,
+            }),
+        })
     }
 
     fn check_sender_domain(&self, tenant: &TenantId, new: &NewMessage) -> Result<(), SendError> {

@@ -13,8 +13,10 @@ use crate::api::{self, AppState};
 use crate::auth::TokenKeys;
 use crate::config::Settings;
 use crate::delivery::{run_worker_until_stopped, RetryPolicy, Transport, Worker};
+use crate::render::template::RenderLimits;
 use crate::sending::Sender;
 use crate::store::{SledStore, Store};
+use crate::templates::Templates;
 
 /// A built service: listening, with its workers ready to start.
 pub struct Application {
@@ -84,6 +86,14 @@ impl Application {
             },
             return_path_domain: delivery.return_path_domain.clone(),
         };
+        let templates = Templates::new(
+            Arc::clone(&store),
+            RenderLimits {
+                max_output_bytes: settings.templates.max_output_bytes,
+                timeout: settings.templates.render_timeout.0,
+            },
+        )
+        .context("Failed to load the shipped templates")?;
         let state = web::Data::new(AppState {
             store: Arc::clone(&store),
             tokens: Arc::clone(&tokens),
@@ -92,7 +102,9 @@ impl Application {
                 store,
                 wake: Arc::clone(&wake),
                 settings: Arc::clone(&settings),
+                templates: templates.clone(),
             },
+            templates,
             settings,
         });
         let port = listener.local_addr()?.port();

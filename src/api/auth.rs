@@ -30,6 +30,8 @@ macro_rules! scope_marker {
 
 scope_marker!(MessagesSend, Scope::MessagesSend);
 scope_marker!(MessagesRead, Scope::MessagesRead);
+scope_marker!(TemplatesRead, Scope::TemplatesRead);
+scope_marker!(TemplatesWrite, Scope::TemplatesWrite);
 
 /// A caller whose token verified and grants `S`.
 pub struct Authenticated<S: RequiredScope> {

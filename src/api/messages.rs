@@ -16,10 +16,13 @@ use super::AppState;
 use crate::domain::address::Mailbox;
 use crate::domain::auth::TenantId;
 use crate::domain::ids::MessageId;
+use crate::domain::ids::TemplateId;
 use crate::domain::message::{
     decode_base64, Attachment, Body, ContentId, Filename, MediaType, Message, NewMessage, SmtpReply,
 };
+use crate::domain::message::{Content, ReadyContent, TemplateCall, TemplateUse};
 use crate::domain::status::{EventType, MessageStatus, RecipientStatus};
+use crate::domain::template::{TemplateKey, TemplateName};
 use crate::domain::text::{CustomHeader, Subject, Tag};
 use crate::domain::ValidationError;
 use crate::store::{Store, StoreError};
@@ -79,8 +82,13 @@ pub struct SendMessageRequest {
     pub bcc: AddressList,
     #[serde(default)]
     pub reply_to: AddressList,
-    pub subject: String,
-    /// Plain-text part. At least one of `text` and `html` is required.
+    /// Required unless `template` is given (then it must be absent).
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Render subject, html and text from a stored template instead.
+    #[serde(default)]
+    pub template: Option<TemplateRequest>,
+    /// Plain-text part. Without `template`, at least one of `text` and `html` is required.
     #[serde(default)]
     pub text: Option<String>,
     #[serde(default)]
@@ -101,6 +109,55 @@ pub struct SendMessageRequest {
     #[serde(default)]
     #[schema(format = DateTime)]
     pub send_at: Option<String>,
+}
+
+/// A stored template to render: by `name` or by `id` (one of them), at a pinned
+/// `version` or the latest. Rendering is strict: every variable the template uses
+/// must be in `data` (a 422 names the missing one, e.g. `/template/data/order/total`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "welcome", "data": {"first_name": "Ana"}}))]
+pub struct TemplateRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub version: Option<u32>,
+    /// The variables, a JSON object.
+    #[serde(default = "empty_object")]
+    pub data: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// Reads the template reference and data of a send request.
+fn template_call(f: &mut Fields, req: TemplateRequest) -> Option<TemplateCall> {
+    let key = match (&req.name, &req.id) {
+        (Some(name), None) => f.check("/template/name", TemplateName::parse(name).map(TemplateKey::Name)),
+        (None, Some(id)) => f.check("/template/id", TemplateId::parse(id).map(TemplateKey::Id)),
+        _ => f.check(
+            "/template",
+            Err(ValidationError::new(
+                "invalid_template",
+                "give the template's `name` or its `id`, not both",
+            )),
+        ),
+    };
+    if !req.data.is_object() {
+        f.check::<()>(
+            "/template/data",
+            Err(ValidationError::new("invalid_type", "`data` must be a JSON object")),
+        );
+        return None;
+    }
+    Some(TemplateCall {
+        key: key?,
+        version: req.version,
+        data: req.data,
+    })
 }
 
 /// Collects field errors with their JSON Pointers while building domain values.
@@ -138,8 +195,46 @@ fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<NewM
     let cc = f.mailboxes("cc", &req.cc);
     let bcc = f.mailboxes("bcc", &req.bcc);
     let reply_to = f.mailboxes("reply_to", &req.reply_to);
-    let subject = f.check("/subject", Subject::parse(&req.subject));
-    let body = f.check("/text", Body::parse(req.text, req.html));
+    let content = match req.template {
+        Some(template) => {
+            for (field, present) in [
+                ("subject", req.subject.is_some()),
+                ("text", req.text.is_some()),
+                ("html", req.html.is_some()),
+            ] {
+                if present {
+                    f.check::<()>(
+                        format!("/{field}"),
+                        Err(ValidationError::new(
+                            "template_conflict",
+                            "the template supplies subject, html and text; leave them out",
+                        )),
+                    );
+                }
+            }
+            template_call(&mut f, template).map(Content::Template)
+        }
+        None => {
+            let subject = match &req.subject {
+                Some(subject) => f.check("/subject", Subject::parse(subject)),
+                None => f.check(
+                    "/subject",
+                    Err(ValidationError::new(
+                        "missing_field",
+                        "`subject` is required without `template`",
+                    )),
+                ),
+            };
+            let body = f.check("/text", Body::parse(req.text, req.html));
+            subject.zip(body).map(|(subject, body)| {
+                Content::Ready(ReadyContent {
+                    subject,
+                    body,
+                    template: None,
+                })
+            })
+        }
+    };
     let headers: Vec<CustomHeader> = req
         .headers
         .iter()
@@ -199,7 +294,7 @@ fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<NewM
                 }),
         )
     });
-    let (Some(from), Some(subject), Some(body), true) = (from, subject, body, f.0.is_empty()) else {
+    let (Some(from), Some(content), true) = (from, content, f.0.is_empty()) else {
         return Err(ApiError::unprocessable(f.0));
     };
     let message = NewMessage {
@@ -208,8 +303,7 @@ fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<NewM
         cc,
         bcc,
         reply_to,
-        subject,
-        body,
+        content,
         headers,
         attachments,
         tags,
@@ -315,6 +409,8 @@ pub struct MessageView {
     pub to: Vec<String>,
     pub cc: Vec<String>,
     pub subject: String,
+    /// The template version the content was rendered from, when sent with one.
+    pub template: Option<TemplateUse>,
     pub tags: Vec<String>,
     pub metadata: BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
@@ -336,6 +432,7 @@ impl From<Message> for MessageView {
             to: m.to,
             cc: m.cc,
             subject: m.subject,
+            template: m.template,
             tags: m.tags,
             metadata: m.metadata,
             created_at: m.created_at,

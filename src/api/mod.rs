@@ -7,6 +7,7 @@ pub mod fallback;
 pub mod health;
 pub mod messages;
 pub mod problem;
+pub mod templates;
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use crate::config::Settings;
 use crate::delivery::Transport;
 use crate::sending::Sender;
 use crate::store::Store;
+use crate::templates::Templates;
 use fallback::KnownPaths;
 
 /// Everything handlers share.
@@ -29,6 +31,7 @@ pub struct AppState {
     pub tokens: Arc<TokenKeys>,
     pub transport: Arc<Transport>,
     pub sender: Sender,
+    pub templates: Templates,
     pub settings: Arc<Settings>,
 }
 
@@ -65,6 +68,7 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth),
     tags(
         (name = "messages", description = "Send messages and follow their delivery"),
+        (name = "templates", description = "Versioned handlebars templates, strict rendering and previews"),
         (name = "operations", description = "Health and readiness"),
     )
 )]
@@ -76,6 +80,14 @@ fn routes(cfg: &mut ServiceConfig) {
     cfg.service(messages::send_message)
         .service(messages::get_message)
         .service(messages::get_message_mime)
+        .service(templates::create_template)
+        .service(templates::list_templates)
+        .service(templates::get_template)
+        .service(templates::update_template)
+        .service(templates::delete_template)
+        .service(templates::list_template_versions)
+        .service(templates::get_template_version)
+        .service(templates::render_template)
         .service(health::healthz)
         .service(health::readyz);
 }
@@ -98,6 +110,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         let document = document.clone();
         async move { web::Json(document) }
     })));
+    cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
+        problem::ApiError::unprocessable(vec![problem::FieldError::coded(
+            "query",
+            "invalid_query",
+            err.to_string(),
+        )])
+        .into()
+    }));
     routes(&mut ServiceConfig::new(cfg));
     cfg.default_service(web::to(move |req: HttpRequest| {
         let known = Arc::clone(&known);

@@ -11,8 +11,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::ValidationError;
+use crate::render::template::TemplateError;
 use crate::sending::SendError;
 use crate::store::StoreError;
+use crate::templates::TemplatesError;
 
 /// One invalid field of the request body.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -24,14 +26,25 @@ pub struct FieldError {
     #[schema(example = "invalid_address")]
     pub code: String,
     pub message: String,
+    /// For template syntax errors: where in the part (1-based).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
 }
 
 impl FieldError {
     pub fn new(field: impl Into<String>, error: &ValidationError) -> Self {
+        Self::coded(field, error.code, error.message.clone())
+    }
+
+    pub fn coded(field: impl Into<String>, code: &str, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
-            code: error.code.to_owned(),
-            message: error.message.clone(),
+            code: code.to_owned(),
+            message: message.into(),
+            line: None,
+            column: None,
         }
     }
 }
@@ -67,6 +80,7 @@ pub enum Kind {
     Forbidden,
     NotFound,
     MethodNotAllowed,
+    Conflict,
     PayloadTooLarge,
     UnsupportedMediaType,
     Unprocessable,
@@ -81,6 +95,7 @@ impl Kind {
             Kind::Forbidden => (StatusCode::FORBIDDEN, "Forbidden"),
             Kind::NotFound => (StatusCode::NOT_FOUND, "Not found"),
             Kind::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
+            Kind::Conflict => (StatusCode::CONFLICT, "Conflict"),
             Kind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"),
             Kind::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type"),
             Kind::Unprocessable => (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable request"),
@@ -223,7 +238,62 @@ impl From<SendError> for ApiError {
                     format!("this tenant may not send from `{domain}`"),
                 ),
             )]),
+            SendError::Template(err) => ApiError::from_templates(err, TemplateContext::Send),
+            SendError::TemplateContent(err) => ApiError::unprocessable(vec![FieldError::new("/template", &err)]),
+            SendError::PreviewAddress { field, error } => ApiError::unprocessable(vec![FieldError::new(field, &error)]),
             other => ApiError::internal(other),
+        }
+    }
+}
+
+/// Where a template error happened: on a template endpoint (an unknown template is a
+/// 404, data errors point into `/data`), or inside a send (everything is a 422 under
+/// `/template`, data errors point into `/template/data`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateContext {
+    Endpoint,
+    Send,
+}
+
+impl ApiError {
+    pub fn from_templates(err: TemplatesError, context: TemplateContext) -> Self {
+        let (base, data) = match context {
+            TemplateContext::Endpoint => ("", "/data"),
+            TemplateContext::Send => ("/template", "/template/data"),
+        };
+        let message = err.to_string();
+        let field =
+            |pointer: String, code: &str| ApiError::unprocessable(vec![FieldError::coded(pointer, code, &message)]);
+        match err {
+            TemplatesError::NotFound if context == TemplateContext::Endpoint => {
+                ApiError::new(Kind::NotFound, "template_not_found", message)
+            }
+            TemplatesError::NotFound => field(base.to_owned(), "template_not_found"),
+            TemplatesError::VersionNotFound(_) if context == TemplateContext::Endpoint => {
+                ApiError::new(Kind::NotFound, "template_version_not_found", message)
+            }
+            TemplatesError::VersionNotFound(_) => field(format!("{base}/version"), "template_version_not_found"),
+            TemplatesError::NameTaken(_) => ApiError::new(Kind::Conflict, "template_name_taken", message),
+            TemplatesError::ReadOnly => ApiError::new(Kind::Conflict, "template_read_only", message),
+            TemplatesError::Empty => field(format!("{base}/subject"), "missing_content"),
+            TemplatesError::Compile(compile) => ApiError::unprocessable(vec![FieldError {
+                line: Some(compile.line),
+                column: Some(compile.column),
+                ..FieldError::coded(format!("/{}", compile.part.as_str()), "template_syntax", &message)
+            }]),
+            TemplatesError::UnknownPartial { part, .. } => field(format!("/{}", part.as_str()), "partial_not_found"),
+            TemplatesError::Cycle(_) => field(base.to_owned(), "template_cycle"),
+            TemplatesError::Render(TemplateError::MissingVariable { path, .. }) => {
+                field(format!("{data}{path}"), "missing_variable")
+            }
+            TemplatesError::Render(TemplateError::MissingPartial { .. }) => field(base.to_owned(), "partial_not_found"),
+            TemplatesError::Render(TemplateError::OutputTooLarge { .. }) => {
+                field(base.to_owned(), "template_output_too_large")
+            }
+            TemplatesError::Render(TemplateError::TooSlow { .. }) => field(base.to_owned(), "template_render_timeout"),
+            TemplatesError::Render(TemplateError::Failed { .. }) => field(data.to_owned(), "template_render_failed"),
+            TemplatesError::SubjectLineBreak => field(data.to_owned(), "invalid_subject"),
+            other @ (TemplatesError::Store(_) | TemplatesError::Join(_)) => ApiError::internal(other),
         }
     }
 }

@@ -11,8 +11,9 @@ use utoipa::ToSchema;
 
 use super::address::Mailbox;
 use super::auth::TenantId;
-use super::ids::{EventId, MessageId};
+use super::ids::{EventId, MessageId, TemplateId};
 use super::status::{EventType, MessageStatus, RecipientStatus};
+use super::template::TemplateKey;
 use super::text::{CustomHeader, Subject, Tag};
 use super::{reject_line_breaks, ValidationError};
 
@@ -136,6 +137,39 @@ pub struct Attachment {
     pub content_id: Option<ContentId>,
 }
 
+/// Which template version a message was rendered from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TemplateUse {
+    #[schema(value_type = String)]
+    pub id: TemplateId,
+    pub name: String,
+    pub version: u32,
+}
+
+/// Subject and body ready for MIME, and the template they came from, if any.
+#[derive(Debug, Clone)]
+pub struct ReadyContent {
+    pub subject: Subject,
+    pub body: Body,
+    pub template: Option<TemplateUse>,
+}
+
+/// A request to render a stored template with data.
+#[derive(Debug, Clone)]
+pub struct TemplateCall {
+    pub key: TemplateKey,
+    /// Pinned version; the latest when `None`.
+    pub version: Option<u32>,
+    pub data: serde_json::Value,
+}
+
+/// Where a message's subject and body come from.
+#[derive(Debug, Clone)]
+pub enum Content {
+    Ready(ReadyContent),
+    Template(TemplateCall),
+}
+
 /// A validated send request: every part is already a checked domain value.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
@@ -144,8 +178,7 @@ pub struct NewMessage {
     pub cc: Vec<Mailbox>,
     pub bcc: Vec<Mailbox>,
     pub reply_to: Vec<Mailbox>,
-    pub subject: Subject,
-    pub body: Body,
+    pub content: Content,
     pub headers: Vec<CustomHeader>,
     pub attachments: Vec<Attachment>,
     pub tags: Vec<Tag>,
@@ -217,6 +250,9 @@ pub struct Message {
     pub to: Vec<String>,
     pub cc: Vec<String>,
     pub subject: String,
+    /// The template version the content was rendered from.
+    #[serde(default)]
+    pub template: Option<TemplateUse>,
     pub tags: Vec<String>,
     pub metadata: BTreeMap<String, String>,
     pub created_at: DateTime<Utc>,
@@ -230,7 +266,13 @@ pub struct Message {
 
 impl Message {
     /// The state of a message at the moment it is accepted.
-    pub fn accepted(id: MessageId, tenant: TenantId, new: &NewMessage, now: DateTime<Utc>) -> Self {
+    pub fn accepted(
+        id: MessageId,
+        tenant: TenantId,
+        new: &NewMessage,
+        content: &ReadyContent,
+        now: DateTime<Utc>,
+    ) -> Self {
         let scheduled = new.send_at.is_some_and(|at| at > now);
         Self {
             id,
@@ -238,7 +280,8 @@ impl Message {
             from: new.from.to_string(),
             to: new.to.iter().map(ToString::to_string).collect(),
             cc: new.cc.iter().map(ToString::to_string).collect(),
-            subject: new.subject.as_str().to_owned(),
+            subject: content.subject.as_str().to_owned(),
+            template: content.template.clone(),
             tags: new.tags.iter().map(|t| t.as_str().to_owned()).collect(),
             metadata: new.metadata.clone(),
             created_at: now,
@@ -353,13 +396,20 @@ mod tests {
             cc: vec![],
             bcc: vec![Mailbox::parse("B@example.test").unwrap()],
             reply_to: vec![],
-            subject: Subject::parse("s").unwrap(),
-            body: Body::Text("t".into()),
+            content: Content::Ready(ready()),
             headers: vec![],
             attachments: vec![],
             tags: vec![],
             metadata: BTreeMap::new(),
             send_at: None,
+        }
+    }
+
+    fn ready() -> ReadyContent {
+        ReadyContent {
+            subject: Subject::parse("s").unwrap(),
+            body: Body::Text("t".into()),
+            template: None,
         }
     }
 
@@ -384,6 +434,7 @@ mod tests {
             MessageId::generate(),
             TenantId::parse("t").unwrap(),
             &new_message(&["x@example.test"]),
+            &ready(),
             now,
         );
         msg.begin_attempt();
@@ -423,6 +474,7 @@ mod tests {
             MessageId::generate(),
             TenantId::parse("t").unwrap(),
             &new_message(&[]),
+            &ready(),
             now,
         );
         msg.begin_attempt();

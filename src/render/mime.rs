@@ -14,7 +14,7 @@ use lettre::{Address, Message};
 
 use crate::domain::address::Mailbox;
 use crate::domain::ids::MessageId;
-use crate::domain::message::{Attachment, Body, NewMessage};
+use crate::domain::message::{Attachment, Body, NewMessage, ReadyContent};
 
 /// A message that passed validation but that lettre still refused to build. This is
 /// a bug or a gap in validation, never user error worth a 4xx with details.
@@ -43,6 +43,7 @@ fn to_lettre(mbox: &Mailbox) -> Result<LettreMailbox, RenderError> {
 /// envelope the worker builds per recipient.
 pub fn render_mime(
     msg: &NewMessage,
+    content: &ReadyContent,
     id: &MessageId,
     message_id_domain: &str,
     date: SystemTime,
@@ -50,7 +51,7 @@ pub fn render_mime(
     let from = to_lettre(&msg.from)?;
     let mut builder = Message::builder()
         .from(from.clone())
-        .subject(msg.subject.as_str())
+        .subject(content.subject.as_str())
         .date(date)
         .message_id(Some(format!("<{id}@{message_id_domain}>")));
     for mbox in &msg.to {
@@ -70,7 +71,7 @@ pub fn render_mime(
     // The envelope is rebuilt per recipient at delivery; lettre only needs a valid one.
     let envelope = lettre::address::Envelope::new(Some(from.email.clone()), vec![from.email])?;
     let builder = builder.envelope(envelope);
-    let message = match body_tree(msg)? {
+    let message = match body_tree(msg, &content.body)? {
         Node::Single(part) => builder.singlepart(part)?,
         Node::Multi(multi) => builder.multipart(multi)?,
     };
@@ -107,8 +108,8 @@ fn attachment_part(att: &Attachment) -> Result<SinglePart, RenderError> {
 /// Nests the parts as mail clients expect —
 /// mixed[ related[ alternative[text, html], inline… ], attachment… ] —
 /// leaving out every level that would hold a single part.
-fn body_tree(msg: &NewMessage) -> Result<Node, RenderError> {
-    let mut node = match &msg.body {
+fn body_tree(msg: &NewMessage, body: &Body) -> Result<Node, RenderError> {
+    let mut node = match body {
         Body::Text(text) => Node::Single(SinglePart::plain(text.clone())),
         Body::Html(html) => Node::Single(SinglePart::html(html.clone())),
         Body::Both { text, html } => Node::Multi(MultiPart::alternative_plain_html(text.clone(), html.clone())),

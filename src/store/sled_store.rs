@@ -366,18 +366,22 @@ mod tests {
 
     use super::*;
     use crate::domain::address::Mailbox;
-    use crate::domain::message::{Body, NewMessage};
+    use crate::domain::message::{Body, Content, NewMessage, ReadyContent};
     use crate::domain::text::Subject;
 
     fn message() -> Message {
+        let ready = ReadyContent {
+            subject: Subject::parse("s").unwrap(),
+            body: Body::Text("t".into()),
+            template: None,
+        };
         let new = NewMessage {
             from: Mailbox::parse("a@example.test").unwrap(),
             to: vec![Mailbox::parse("b@example.test").unwrap()],
             cc: vec![],
             bcc: vec![],
             reply_to: vec![],
-            subject: Subject::parse("s").unwrap(),
-            body: Body::Text("t".into()),
+            content: Content::Ready(ready.clone()),
             headers: vec![],
             attachments: vec![],
             tags: vec![],
@@ -388,6 +392,7 @@ mod tests {
             MessageId::generate(),
             TenantId::parse("acme").unwrap(),
             &new,
+            &ready,
             Utc::now(),
         )
     }

@@ -1,0 +1,519 @@
+//! `/v1/templates`: versioned handlebars templates, and rendering them without sending.
+
+use actix_web::http::header;
+use actix_web::{delete, get, post, put, web, HttpResponse};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{Authenticated, TemplatesRead, TemplatesWrite};
+use super::body::JsonBody;
+use super::problem::{ApiError, FieldError, Problem, TemplateContext};
+use super::AppState;
+use crate::domain::ids::TemplateId;
+use crate::domain::template::{Template, TemplateKey, TemplateName, TemplateSources, TemplateVersion};
+use crate::domain::ValidationError;
+use crate::sending::SendError;
+use crate::templates::{TemplateInput, TemplatesError};
+
+/// A new template. At least one of `subject`, `html` and `text`; each is a handlebars
+/// template. `{{> name}}` includes another template of yours (the same part of it);
+/// a layout is a template whose html contains `{{> @partial-block}}` and is used as
+/// `{{#> layout}}…{{/layout}}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "order-shipped",
+    "subject": "Your order {{order.id}} has shipped",
+    "html": "<p>Hi {{default first_name \"there\"}}, order {{order.id}} is on its way.</p>",
+    "text": "Hi {{default first_name \"there\"}}, order {{order.id}} is on its way.",
+    "description": "Sent when the warehouse hands the parcel over"
+}))]
+pub struct CreateTemplateRequest {
+    /// Unique per tenant: lowercase letters, digits, `-` and `_`.
+    pub name: String,
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub html: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A new version: replaces all parts (a part left out is removed in the new version).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"subject": "Order {{order.id}} shipped", "html": "<p>On its way.</p>", "text": "On its way."}))]
+pub struct UpdateTemplateRequest {
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub html: Option<String>,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// One version of a template, with its sources.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateView {
+    #[schema(example = "tpl_01a2239b6f4576c6abf5dbfeff8e03ca")]
+    pub id: String,
+    pub name: String,
+    pub version: u32,
+    /// The newest version number; older ones stay readable.
+    pub latest_version: u32,
+    pub subject: Option<String>,
+    pub html: Option<String>,
+    pub text: Option<String>,
+    pub description: Option<String>,
+    /// Templates this version includes with `{{> name}}`.
+    pub partials: Vec<String>,
+    /// Shipped with mailgate: usable by every tenant, read-only.
+    pub builtin: bool,
+    pub created_at: DateTime<Utc>,
+    /// When this version was created.
+    pub version_created_at: DateTime<Utc>,
+}
+
+impl TemplateView {
+    fn new(template: &Template, version: TemplateVersion) -> Self {
+        Self {
+            id: template.id.to_string(),
+            name: template.name.as_str().to_owned(),
+            version: version.version,
+            latest_version: template.latest_version,
+            subject: version.sources.subject,
+            html: version.sources.html,
+            text: version.sources.text,
+            description: version.description,
+            partials: version.partials.iter().map(|p| p.as_str().to_owned()).collect(),
+            builtin: template.builtin,
+            created_at: template.created_at,
+            version_created_at: version.created_at,
+        }
+    }
+}
+
+/// A template without its sources.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateSummary {
+    pub id: String,
+    pub name: String,
+    pub latest_version: u32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateList {
+    pub data: Vec<TemplateSummary>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateVersionList {
+    /// Newest first.
+    pub data: Vec<TemplateView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// 1 to 100, default 20.
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Render without sending: the stored (or pinned) version with `data`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"data": {"first_name": "Ana", "order": {"id": "A-1042"}}}))]
+pub struct RenderTemplateRequest {
+    /// The variables, a JSON object.
+    #[serde(default = "empty_object")]
+    pub data: serde_json::Value,
+    /// The version to render; the latest when absent.
+    #[serde(default)]
+    pub version: Option<u32>,
+    /// For `format=mime`: the From of the preview (default `preview@<message_id_domain>`).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// For `format=mime`: the To of the preview (default `recipient@example.com`).
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RenderQuery {
+    /// `json` (default) or `mime` for the exact `message/rfc822` that would be sent.
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RenderTemplateResponse {
+    pub template_id: String,
+    pub version: u32,
+    pub subject: Option<String>,
+    pub html: Option<String>,
+    pub text: Option<String>,
+}
+
+fn key(raw: &str) -> Result<TemplateKey, ApiError> {
+    TemplateKey::parse(raw).map_err(|_| ApiError::from_templates(TemplatesError::NotFound, TemplateContext::Endpoint))
+}
+
+fn problem(err: TemplatesError) -> ApiError {
+    ApiError::from_templates(err, TemplateContext::Endpoint)
+}
+
+fn input(
+    subject: Option<String>,
+    html: Option<String>,
+    text: Option<String>,
+    description: Option<String>,
+) -> Result<TemplateInput, ApiError> {
+    if description.as_ref().is_some_and(|d| d.len() > 1000) {
+        return Err(ApiError::unprocessable(vec![FieldError::new(
+            "/description",
+            &ValidationError::new("invalid_description", "at most 1000 bytes"),
+        )]));
+    }
+    Ok(TemplateInput {
+        sources: TemplateSources { subject, html, text },
+        description,
+    })
+}
+
+const PROBLEM: &str = "application/problem+json";
+
+/// Create a template (version 1).
+///
+/// Every part must compile (a 422 `template_syntax` names the part, line and
+/// column), every `{{> partial}}` must be an existing template, and a template may
+/// not include itself, directly or through others (`template_cycle`). Nothing is
+/// stored when any check fails.
+#[utoipa::path(
+    tag = "templates",
+    request_body = CreateTemplateRequest,
+    security(("bearer" = ["templates:write"])),
+    responses(
+        (status = 201, description = "Created", body = TemplateView, headers(("Location" = String))),
+        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "The token lacks `templates:write`", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "The name is taken (`template_name_taken`)", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid name, syntax error, unknown partial or cycle", body = Problem, content_type = PROBLEM,
+            example = json!({"type": "urn:mailgate:problem:template_syntax", "title": "Unprocessable request", "status": 422,
+                "detail": "/html: the html part does not compile at line 3, column 1: …", "code": "template_syntax",
+                "errors": [{"field": "/html", "code": "template_syntax", "message": "…", "line": 3, "column": 1}]})),
+    )
+)]
+#[post("/v1/templates")]
+pub async fn create_template(
+    auth: Authenticated<TemplatesWrite>,
+    body: JsonBody<CreateTemplateRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let req = body.0;
+    let name =
+        TemplateName::parse(&req.name).map_err(|e| ApiError::unprocessable(vec![FieldError::new("/name", &e)]))?;
+    let input = input(req.subject, req.html, req.text, req.description)?;
+    let (template, version) = state
+        .templates
+        .create(&auth.principal.tenant, name, input)
+        .await
+        .map_err(problem)?;
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/v1/templates/{}", template.id)))
+        .json(TemplateView::new(&template, version)))
+}
+
+/// List your templates, newest first (the shipped ones are not listed; see the README).
+#[utoipa::path(
+    tag = "templates",
+    params(ListQuery),
+    security(("bearer" = ["templates:read"])),
+    responses(
+        (status = 200, description = "A page of templates", body = TemplateList),
+        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "The token lacks `templates:read`", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid `limit` or `cursor`", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[get("/v1/templates")]
+pub async fn list_templates(
+    auth: Authenticated<TemplatesRead>,
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<TemplateList>, ApiError> {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::unprocessable(vec![FieldError::coded(
+            "limit",
+            "invalid_limit",
+            "`limit` is 1 to 100",
+        )]));
+    }
+    let cursor = match &query.cursor {
+        Some(raw) => Some(TemplateId::parse(raw).map_err(|_| {
+            ApiError::unprocessable(vec![FieldError::coded(
+                "cursor",
+                "invalid_cursor",
+                "not a cursor from this list",
+            )])
+        })?),
+        None => None,
+    };
+    let mut page = state
+        .templates
+        .list(&auth.principal.tenant, cursor, limit as usize + 1)
+        .await
+        .map_err(problem)?;
+    let more = page.len() > limit as usize;
+    page.truncate(limit as usize);
+    Ok(web::Json(TemplateList {
+        next_cursor: more.then(|| page.last().map(|t| t.id.to_string())).flatten(),
+        data: page
+            .into_iter()
+            .map(|t| TemplateSummary {
+                id: t.id.to_string(),
+                name: t.name.as_str().to_owned(),
+                latest_version: t.latest_version,
+                created_at: t.created_at,
+                updated_at: t.updated_at,
+            })
+            .collect(),
+    }))
+}
+
+/// Get a template (its latest version) by id or name.
+///
+/// A name resolves to your own template first, then to a shipped one. Another
+/// tenant's template is answered 404, exactly like a missing one.
+#[utoipa::path(
+    tag = "templates",
+    params(("id_or_name" = String, Path, description = "`tpl_…` id or template name")),
+    security(("bearer" = ["templates:read"])),
+    responses(
+        (status = 200, description = "The template", body = TemplateView),
+        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "The token lacks `templates:read`", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such template (`template_not_found`)", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[get("/v1/templates/{id_or_name}")]
+pub async fn get_template(
+    auth: Authenticated<TemplatesRead>,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<TemplateView>, ApiError> {
+    let (template, version) = state
+        .templates
+        .get(&auth.principal.tenant, key(&path)?, None)
+        .await
+        .map_err(problem)?;
+    Ok(web::Json(TemplateView::new(&template, version)))
+}
+
+/// Update a template: creates a new immutable version; the old ones stay readable.
+#[utoipa::path(
+    tag = "templates",
+    params(("id_or_name" = String, Path, description = "`tpl_…` id or template name")),
+    request_body = UpdateTemplateRequest,
+    security(("bearer" = ["templates:write"])),
+    responses(
+        (status = 200, description = "The new version", body = TemplateView),
+        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "The token lacks `templates:write`", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such template", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "Shipped templates are read-only (`template_read_only`)", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Syntax error, unknown partial or cycle", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[put("/v1/templates/{id_or_name}")]
+pub async fn update_template(
+    auth: Authenticated<TemplatesWrite>,
+    path: web::Path<String>,
+    body: JsonBody<UpdateTemplateRequest>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<TemplateView>, ApiError> {
+    let req = body.0;
+    let input = input(req.subject, req.html, req.text, req.description)?;
+    let (template, version) = state
+        .templates
+        .update(&auth.principal.tenant, key(&path)?, input)
+        .await
+        .map_err(problem)?;
+    Ok(web::Json(TemplateView::new(&template, version)))
+}
+
+/// Delete a template and all its versions. Messages keep the id and version they
+/// were rendered from.
+#[utoipa::path(
+    tag = "templates",
+    params(("id_or_name" = String, Path, description = "`tpl_…` id or template name")),
+    security(("bearer" = ["templates:write"])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "The token lacks `templates:write`", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such template", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "Shipped templates are read-only", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[delete("/v1/templates/{id_or_name}")]
+pub async fn delete_template(
+    auth: Authenticated<TemplatesWrite>,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state
+        .templates
+        .delete(&auth.principal.tenant, key(&path)?)
+        .await
+        .map_err(problem)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// List every version of a template, newest first.
+#[utoipa::path(
+    tag = "templates",
+    params(("id_or_name" = String, Path, description = "`tpl_…` id or template name")),
+    security(("bearer" = ["templates:read"])),
+    responses(
+        (status = 200, description = "The versions", body = TemplateVersionList),
+        (status = 404, description = "No such template", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[get("/v1/templates/{id_or_name}/versions")]
+pub async fn list_template_versions(
+    auth: Authenticated<TemplatesRead>,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<TemplateVersionList>, ApiError> {
+    let (template, versions) = state
+        .templates
+        .versions(&auth.principal.tenant, key(&path)?)
+        .await
+        .map_err(problem)?;
+    Ok(web::Json(TemplateVersionList {
+        data: versions.into_iter().map(|v| TemplateView::new(&template, v)).collect(),
+        next_cursor: None,
+    }))
+}
+
+/// Get one version of a template.
+#[utoipa::path(
+    tag = "templates",
+    params(
+        ("id_or_name" = String, Path, description = "`tpl_…` id or template name"),
+        ("version" = u32, Path, description = "Version number, from 1"),
+    ),
+    security(("bearer" = ["templates:read"])),
+    responses(
+        (status = 200, description = "The version", body = TemplateView),
+        (status = 404, description = "No such template or version", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[get("/v1/templates/{id_or_name}/versions/{version}")]
+pub async fn get_template_version(
+    auth: Authenticated<TemplatesRead>,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<TemplateView>, ApiError> {
+    let (raw_key, raw_version) = path.into_inner();
+    let version: u32 = raw_version
+        .parse()
+        .map_err(|_| problem(TemplatesError::VersionNotFound(0)))?;
+    let (template, version) = state
+        .templates
+        .get(&auth.principal.tenant, key(&raw_key)?, Some(version))
+        .await
+        .map_err(problem)?;
+    Ok(web::Json(TemplateView::new(&template, version)))
+}
+
+/// Render a template with data, without sending anything.
+///
+/// Strict like a send: a variable the template uses and `data` lacks is a 422
+/// `missing_variable` whose `field` names it (`/data/order/total`). With
+/// `?format=mime` the answer is the exact `message/rfc822` a send would produce
+/// (Message-ID and Date differ per send).
+#[utoipa::path(
+    tag = "templates",
+    params(("id_or_name" = String, Path, description = "`tpl_…` id or template name"), RenderQuery),
+    request_body = RenderTemplateRequest,
+    security(("bearer" = ["templates:read"])),
+    responses(
+        (status = 200, description = "The rendered parts (or `message/rfc822` with `format=mime`)", body = RenderTemplateResponse),
+        (status = 404, description = "No such template or version", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "A variable is missing, or the output is too large or too slow", body = Problem, content_type = PROBLEM,
+            example = json!({"type": "urn:mailgate:problem:missing_variable", "title": "Unprocessable request", "status": 422,
+                "detail": "/data/order/total: the html part uses `order.total`, which the data does not have",
+                "code": "missing_variable",
+                "errors": [{"field": "/data/order/total", "code": "missing_variable", "message": "the html part uses `order.total`, which the data does not have"}]})),
+    )
+)]
+#[post("/v1/templates/{id_or_name}/render")]
+pub async fn render_template(
+    auth: Authenticated<TemplatesRead>,
+    path: web::Path<String>,
+    query: web::Query<RenderQuery>,
+    body: JsonBody<RenderTemplateRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let req = body.0;
+    let as_mime = match query.format.as_deref() {
+        None | Some("json") => false,
+        Some("mime") => true,
+        Some(_) => {
+            return Err(ApiError::unprocessable(vec![FieldError::coded(
+                "format",
+                "invalid_format",
+                "`format` is `json` or `mime`",
+            )]))
+        }
+    };
+    if !req.data.is_object() {
+        return Err(ApiError::unprocessable(vec![FieldError::coded(
+            "/data",
+            "invalid_type",
+            "`data` must be a JSON object",
+        )]));
+    }
+    let tenant = &auth.principal.tenant;
+    if as_mime {
+        let mime = state
+            .sender
+            .preview(tenant, key(&path)?, req.version, req.data, req.from, req.to)
+            .await
+            .map_err(|err| match err {
+                SendError::Template(err) => problem(err),
+                other => other.into(),
+            })?;
+        return Ok(HttpResponse::Ok().content_type("message/rfc822").body(mime));
+    }
+    let rendering = state
+        .templates
+        .render(tenant, key(&path)?, req.version, req.data)
+        .await
+        .map_err(problem)?;
+    Ok(HttpResponse::Ok().json(RenderTemplateResponse {
+        template_id: rendering.template.id.to_string(),
+        version: rendering.version,
+        subject: rendering.parts.subject,
+        html: rendering.parts.html,
+        text: rendering.parts.text,
+    }))
+}
