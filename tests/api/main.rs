@@ -9,3 +9,4 @@ mod delivery;
 mod helpers;
 mod operations;
 mod sandbox;
+mod templates;
