@@ -184,6 +184,9 @@ pub struct TemplateSettings {
     /// Subject, html and text together.
     pub max_output_bytes: usize,
     pub render_timeout: ConfigDuration,
+    /// Bound on `#each` iterations, estimated from the template and data before
+    /// rendering (loops that write nothing escape the output and time checks).
+    pub max_loop_iterations: u64,
 }
 
 impl Default for TemplateSettings {
@@ -191,6 +194,7 @@ impl Default for TemplateSettings {
         Self {
             max_output_bytes: 5 * 1024 * 1024,
             render_timeout: ConfigDuration(Duration::from_secs(2)),
+            max_loop_iterations: 1_000_000,
         }
     }
 }

@@ -91,6 +91,7 @@ impl Application {
             RenderLimits {
                 max_output_bytes: settings.templates.max_output_bytes,
                 timeout: settings.templates.render_timeout.0,
+                max_iterations: settings.templates.max_loop_iterations,
             },
         )
         .context("Failed to load the shipped templates")?;

@@ -291,6 +291,7 @@ impl ApiError {
                 field(base.to_owned(), "template_output_too_large")
             }
             TemplatesError::Render(TemplateError::TooSlow { .. }) => field(base.to_owned(), "template_render_timeout"),
+            TemplatesError::Render(TemplateError::TooComplex { .. }) => field(base.to_owned(), "template_too_complex"),
             TemplatesError::Render(TemplateError::Failed { .. }) => field(data.to_owned(), "template_render_failed"),
             TemplatesError::SubjectLineBreak => field(data.to_owned(), "invalid_subject"),
             other @ (TemplatesError::Store(_) | TemplatesError::Join(_)) => ApiError::internal(other),

@@ -39,6 +39,9 @@ pub enum TemplateError {
     OutputTooLarge { limit: usize },
     #[error("rendering took longer than {limit:?}")]
     TooSlow { limit: Duration },
+    /// The loops over this data could run more than `limit` iterations.
+    #[error("the template's loops over this data could run more than {limit} iterations")]
+    TooComplex { limit: u64 },
     #[error("the {} part failed to render: {message}", part.as_str())]
     Failed { part: Part, message: String },
 }
@@ -130,6 +133,10 @@ pub fn compile(sources: &TemplateSources) -> Result<CompiledParts, CompileError>
 pub struct RenderLimits {
     pub max_output_bytes: usize,
     pub timeout: Duration,
+    /// Upper bound on `#each` iterations, estimated before rendering. Output size and
+    /// time are checked as bytes are written; loops that write nothing are not, so
+    /// their cost is bounded up front.
+    pub max_iterations: u64,
 }
 
 /// The rendered parts; a part absent from the template is `None`.
@@ -182,6 +189,16 @@ pub fn render(
     limits: RenderLimits,
 ) -> Result<RenderedParts, TemplateError> {
     let deadline = Instant::now() + limits.timeout;
+    let widest = widest_collection(data);
+    for part in Part::ALL {
+        if let Some(template) = main.get(part) {
+            if loop_cost(template, part, partials, widest, 1, 0) > limits.max_iterations {
+                return Err(TemplateError::TooComplex {
+                    limit: limits.max_iterations,
+                });
+            }
+        }
+    }
     let mut used = 0;
     let mut rendered = RenderedParts::default();
     for part in Part::ALL {
@@ -226,6 +243,69 @@ pub fn render(
     Ok(rendered)
 }
 
+/// The length of the longest array or object anywhere in `data`: no `#each` can
+/// iterate more often than that.
+fn widest_collection(data: &Value) -> u64 {
+    match data {
+        Value::Array(items) => items.iter().map(widest_collection).fold(items.len() as u64, u64::max),
+        Value::Object(map) => map.values().map(widest_collection).fold(map.len() as u64, u64::max),
+        _ => 0,
+    }
+}
+
+/// Partials nest at most this deep in the estimate (cycles are refused at save).
+const MAX_PARTIAL_DEPTH: usize = 16;
+
+/// An upper bound on the iterations of every `#each` in `template` when each loop
+/// runs `widest` times and the template itself runs `runs` times. Saturating.
+fn loop_cost(
+    template: &Compiled,
+    part: Part,
+    partials: &[(String, &CompiledParts)],
+    widest: u64,
+    runs: u64,
+    depth: usize,
+) -> u64 {
+    let mut cost: u64 = 0;
+    for element in &template.elements {
+        let add = match element {
+            TemplateElement::HelperBlock(h) => {
+                let inner_runs = if h.name.as_name() == Some("each") {
+                    runs.saturating_mul(widest)
+                } else {
+                    runs
+                };
+                let own = if h.name.as_name() == Some("each") {
+                    inner_runs
+                } else {
+                    0
+                };
+                h.template
+                    .iter()
+                    .chain(&h.inverse)
+                    .map(|t| loop_cost(t, part, partials, widest, inner_runs, depth))
+                    .fold(own, u64::saturating_add)
+            }
+            TemplateElement::PartialExpression(d) | TemplateElement::PartialBlock(d) if depth < MAX_PARTIAL_DEPTH => {
+                let included = d
+                    .name
+                    .as_name()
+                    .and_then(|name| partials.iter().find(|(n, _)| n == name))
+                    .and_then(|(_, compiled)| compiled.get(part))
+                    .map_or(0, |t| loop_cost(t, part, partials, widest, runs, depth + 1));
+                let block = d
+                    .template
+                    .as_ref()
+                    .map_or(0, |t| loop_cost(t, part, partials, widest, runs, depth + 1));
+                included.saturating_add(block)
+            }
+            _ => 0,
+        };
+        cost = cost.saturating_add(add);
+    }
+    cost
+}
+
 fn classify(part: Part, err: &RenderError) -> TemplateError {
     match err.reason() {
         RenderErrorReason::MissingVariable(path) => TemplateError::MissingVariable {
@@ -267,6 +347,7 @@ mod tests {
     const LIMITS: RenderLimits = RenderLimits {
         max_output_bytes: 10_000,
         timeout: Duration::from_secs(2),
+        max_iterations: 100_000,
     };
 
     fn sources(subject: &str, html: &str, text: &str) -> TemplateSources {
@@ -351,6 +432,20 @@ mod tests {
         let out = render(&page, &[("layout".into(), &layout)], &json!({"n": 1}), LIMITS).unwrap();
         assert_eq!(out.html.unwrap(), "<main><p>1</p></main>");
         assert_eq!(out.text.unwrap(), "[1]");
+    }
+
+    #[test]
+    fn nested_loops_that_write_nothing_are_bounded_before_rendering() {
+        let s = sources(
+            "x",
+            "{{#each a}}{{#each ../a}}{{#each ../../a}}{{/each}}{{/each}}{{/each}}",
+            "x",
+        );
+        let wide: Vec<u32> = (0..100).collect();
+        let err = render_one(&s, json!({"a": wide})).unwrap_err();
+        assert_eq!(err, TemplateError::TooComplex { limit: 100_000 });
+        let ok = sources("x", "{{#each a}}{{this}}{{/each}}", "x");
+        assert!(render_one(&ok, json!({"a": wide})).is_ok());
     }
 
     #[test]

@@ -118,6 +118,7 @@ mod tests {
         let limits = RenderLimits {
             max_output_bytes: 1 << 20,
             timeout: Duration::from_secs(5),
+            max_iterations: 1_000_000,
         };
         for (builtin, shipped) in load().unwrap().iter().zip(&SHIPPED) {
             let data: serde_json::Value = serde_json::from_str(shipped.sample).unwrap();
