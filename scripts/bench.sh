@@ -43,5 +43,28 @@ LUA
       | grep -E 'Requests/sec|50%|99%|Non-2xx'
   done
 fi
+if command -v wrk >/dev/null; then
+  # The same send through the shipped `welcome` template: the difference is what
+  # rendering (strict, cached compile) adds to POST /v1/messages.
+  data=$(tr -d '\n' < templates/welcome/sample.json)
+  cat >"$work/template.lua" <<LUA
+wrk.method = "POST"
+wrk.body = [[{"from":"Bench <bench@acme.test>","to":["ana@example.test"],"template":{"name":"welcome","data":$data}}]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $token"
+LUA
+  echo "== wrk, template send (welcome): 2 threads, 16 connections, 10 s"
+  wrk -t2 -c16 -d10s --latency -s "$work/template.lua" "http://127.0.0.1:$port/v1/messages" \
+    | grep -E 'Requests/sec|50%|99%|Non-2xx'
+  cat >"$work/render.lua" <<LUA
+wrk.method = "POST"
+wrk.body = [[{"data":$data}]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $token"
+LUA
+  echo "== wrk, render only (POST /v1/templates/welcome/render, nothing stored): 2 threads, 16 connections, 10 s"
+  wrk -t2 -c16 -d10s --latency -s "$work/render.lua" "http://127.0.0.1:$port/v1/templates/welcome/render" \
+    | grep -E 'Requests/sec|50%|99%|Non-2xx'
+fi
 echo "== resident memory after the run: $(ps -o rss= -p $pid | awk '{printf "%.1f MiB", $1/1024}')"
 echo "== sandbox files written: $(ls "$work/data/sandbox" | wc -l)"
