@@ -59,6 +59,14 @@ pub struct UpdateTemplateRequest {
 
 /// One version of a template, with its sources.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "tpl_01a2239b6f4576c6abf5dbfeff8e03ca", "name": "order-shipped", "version": 2, "latest_version": 2,
+    "subject": "Your order {{order.id}} has shipped",
+    "html": "<p>Hi {{default first_name \"there\"}}, order {{order.id}} is on its way.</p>",
+    "text": "Hi {{default first_name \"there\"}}, order {{order.id}} is on its way.",
+    "description": "Sent when the warehouse hands the parcel over", "partials": [], "builtin": false,
+    "created_at": "2026-11-28T10:00:00Z", "version_created_at": "2026-11-28T12:30:00Z"
+}))]
 pub struct TemplateView {
     #[schema(example = "tpl_01a2239b6f4576c6abf5dbfeff8e03ca")]
     pub id: String,
@@ -109,6 +117,11 @@ pub struct TemplateSummary {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "data": [{"id": "tpl_01a2239b6f4576c6abf5dbfeff8e03ca", "name": "order-shipped", "latest_version": 2,
+              "created_at": "2026-11-28T10:00:00Z", "updated_at": "2026-11-28T12:30:00Z"}],
+    "next_cursor": null
+}))]
 pub struct TemplateList {
     pub data: Vec<TemplateSummary>,
     /// Pass as `cursor` for the next page; `null` on the last page.
@@ -162,6 +175,12 @@ pub struct RenderQuery {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "template_id": "tpl_01a2239b6f4576c6abf5dbfeff8e03ca", "version": 2,
+    "subject": "Your order A-1042 has shipped",
+    "html": "<p>Hi Ana, order A-1042 is on its way.</p>",
+    "text": "Hi Ana, order A-1042 is on its way."
+}))]
 pub struct RenderTemplateResponse {
     pub template_id: String,
     pub version: u32,
@@ -393,6 +412,8 @@ pub async fn delete_template(
     security(("bearer" = ["templates:read"])),
     responses(
         (status = 200, description = "The versions", body = TemplateVersionList),
+        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "The token lacks `templates:read`", body = Problem, content_type = PROBLEM),
         (status = 404, description = "No such template", body = Problem, content_type = PROBLEM),
     )
 )]
@@ -423,6 +444,8 @@ pub async fn list_template_versions(
     security(("bearer" = ["templates:read"])),
     responses(
         (status = 200, description = "The version", body = TemplateView),
+        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "The token lacks `templates:read`", body = Problem, content_type = PROBLEM),
         (status = 404, description = "No such template or version", body = Problem, content_type = PROBLEM),
     )
 )]
@@ -446,7 +469,8 @@ pub async fn get_template_version(
 
 /// Render a template with data, without sending anything.
 ///
-/// Strict like a send: a variable the template uses and `data` lacks is a 422
+/// Partials are always rendered at their latest version (a pinned `version` pins
+/// the template itself). Strict like a send: a variable the template uses and `data` lacks is a 422
 /// `missing_variable` whose `field` names it (`/data/order/total`). With
 /// `?format=mime` the answer is the exact `message/rfc822` a send would produce
 /// (Message-ID and Date differ per send).
@@ -456,7 +480,10 @@ pub async fn get_template_version(
     request_body = RenderTemplateRequest,
     security(("bearer" = ["templates:read"])),
     responses(
-        (status = 200, description = "The rendered parts (or `message/rfc822` with `format=mime`)", body = RenderTemplateResponse),
+        (status = 200, description = "The rendered parts, or with `format=mime` the message",
+            content((RenderTemplateResponse = "application/json"), (String = "message/rfc822"))),
+        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "The token lacks `templates:read`", body = Problem, content_type = PROBLEM),
         (status = 404, description = "No such template or version", body = Problem, content_type = PROBLEM),
         (status = 422, description = "A variable is missing, or the output is too large or too slow", body = Problem, content_type = PROBLEM,
             example = json!({"type": "urn:mailgate:problem:missing_variable", "title": "Unprocessable request", "status": 422,

@@ -10,7 +10,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use handlebars::template::{Template as Compiled, TemplateElement};
+use handlebars::template::{Parameter, Template as Compiled, TemplateElement};
 use handlebars::{Handlebars, RenderError, RenderErrorReason};
 use serde_json::Value;
 
@@ -55,7 +55,7 @@ pub struct CompiledParts {
 }
 
 impl CompiledParts {
-    fn get(&self, part: Part) -> Option<&Compiled> {
+    pub fn get(&self, part: Part) -> Option<&Compiled> {
         match part {
             Part::Subject => self.subject.as_ref(),
             Part::Html => self.html.as_ref(),
@@ -111,7 +111,21 @@ pub fn compile(sources: &TemplateSources) -> Result<CompiledParts, CompileError>
         let Some(source) = sources.get(part) else {
             return Ok(None);
         };
-        Compiled::compile(source).map(Some).map_err(|err| {
+        let refuse = |message: String| CompileError {
+            part,
+            line: 1,
+            column: 1,
+            message,
+        };
+        if source.len() > MAX_SOURCE_BYTES {
+            return Err(refuse(format!("a part is at most {MAX_SOURCE_BYTES} bytes")));
+        }
+        // The parser recurses per nested block: refuse absurd nesting before it can
+        // exhaust the stack.
+        if block_depth(source) > MAX_BLOCK_DEPTH {
+            return Err(refuse(format!("blocks nest at most {MAX_BLOCK_DEPTH} deep")));
+        }
+        let template = Compiled::compile(source).map_err(|err| {
             let (line, column) = err.pos().unwrap_or((1, 1));
             CompileError {
                 part,
@@ -119,13 +133,73 @@ pub fn compile(sources: &TemplateSources) -> Result<CompiledParts, CompileError>
                 column,
                 message: err.reason().to_string(),
             }
-        })
+        })?;
+        check_supported(&template).map_err(refuse)?;
+        Ok(Some(template))
     };
     Ok(CompiledParts {
         subject: compile_part(Part::Subject)?,
         html: compile_part(Part::Html)?,
         text: compile_part(Part::Text)?,
     })
+}
+
+const MAX_SOURCE_BYTES: usize = 1 << 20;
+const MAX_BLOCK_DEPTH: usize = 64;
+
+/// The deepest nesting of `{{#…}}` blocks, counted without parsing.
+fn block_depth(source: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut rest = source;
+    while let Some(at) = rest.find("{{") {
+        rest = &rest[at + 2..];
+        let tag = rest.trim_start_matches(['~', '{']);
+        if tag.starts_with('#') {
+            depth += 1;
+            deepest = deepest.max(depth);
+        } else if tag.starts_with('/') {
+            depth = depth.saturating_sub(1);
+        }
+    }
+    deepest
+}
+
+/// Refuses what would escape the save-time checks: inline partials and other
+/// decorators, `@`-partials other than `@partial-block`, computed partial names, and
+/// arguments to partials (strict mode does not apply to them).
+fn check_supported(template: &Compiled) -> Result<(), String> {
+    for element in &template.elements {
+        match element {
+            TemplateElement::DecoratorExpression(_) | TemplateElement::DecoratorBlock(_) => {
+                return Err(
+                    "inline partials and decorators (`{{*…}}`, `{{#*…}}`) are not supported; \
+                            make the partial a template of its own"
+                        .into(),
+                );
+            }
+            TemplateElement::PartialExpression(d) | TemplateElement::PartialBlock(d) => {
+                match d.name.as_name() {
+                    Some("@partial-block") => {}
+                    Some(name)
+                        if !name.starts_with('@') && matches!(d.name, Parameter::Name(_) | Parameter::Path(_)) => {}
+                    _ => return Err("a partial must be named literally (`{{> footer}}`)".into()),
+                }
+                if !d.params.is_empty() || !d.hash.is_empty() {
+                    return Err("partials take no arguments; they see the same data as the template".into());
+                }
+                if let Some(inner) = &d.template {
+                    check_supported(inner)?;
+                }
+            }
+            TemplateElement::HelperBlock(h) => {
+                for inner in h.template.iter().chain(&h.inverse) {
+                    check_supported(inner)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Bounds on one render (all three parts together).
@@ -329,7 +403,7 @@ fn classify(part: Part, err: &RenderError) -> TemplateError {
 /// `order.items.[0].price` → `/order/items/0/price`.
 fn pointer_of(path: &str) -> String {
     path.split(['.', '/'])
-        .filter(|seg| !seg.is_empty() && *seg != "this")
+        .filter(|seg| !seg.is_empty() && *seg != "this" && *seg != "..")
         .map(|seg| seg.trim_start_matches('[').trim_end_matches(']'))
         .fold(String::new(), |mut acc, seg| {
             acc.push('/');
@@ -401,6 +475,22 @@ mod tests {
         let err = compile(&sources("ok", "<p>\n  {{#if x}}\n</p>", "ok")).unwrap_err();
         assert_eq!(err.part, Part::Html);
         assert!(err.line >= 2, "{err}");
+    }
+
+    #[test]
+    fn constructs_that_escape_the_save_checks_are_refused() {
+        for html in [
+            "{{> @main}}",
+            "{{#*inline \"x\"}}{{> x}}{{/inline}}{{> x}}",
+            "{{> (lookup . \"p\")}}",
+            "{{> footer company=missing}}",
+            "{{> footer this}}",
+        ] {
+            assert!(compile(&sources("s", html, "t")).is_err(), "{html} must be refused");
+        }
+        let deep = "{{#if a}}".repeat(100) + &"{{/if}}".repeat(100);
+        assert!(compile(&sources("s", &deep, "t")).is_err());
+        assert!(compile(&sources("s", "{{#> layout}}{{> footer}}{{/layout}}", "t")).is_ok());
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub enum TemplatesError {
     Empty,
     #[error(transparent)]
     Compile(#[from] CompileError),
-    #[error("the {} part includes `{name}`, which is not a template of this tenant", part.as_str())]
+    #[error("the {} part includes `{name}`, which is not a template of this tenant with a {} part", part.as_str(), part.as_str())]
     UnknownPartial { part: Part, name: String },
     #[error("`{0}` would include itself through its partials")]
     Cycle(String),
@@ -77,7 +77,8 @@ struct Inner {
     store: Arc<dyn Store>,
     builtins: Vec<Builtin>,
     compiled: Mutex<HashMap<(TemplateId, u32), Arc<CompiledParts>>>,
-    /// Serializes writes so that two updates cannot both claim the same version number.
+    /// Serializes writes: two updates cannot claim the same version number, and a
+    /// cycle cannot slip between two concurrent checks.
     writes: Mutex<()>,
     limits: RenderLimits,
 }
@@ -175,6 +176,7 @@ impl Templates {
     pub async fn delete(&self, tenant: &TenantId, key: TemplateKey) -> Result<(), TemplatesError> {
         let tenant = tenant.clone();
         self.blocking(move |t| {
+            let _write = t.lock_writes();
             let template = t.resolve(&tenant, &key)?;
             if template.builtin {
                 return Err(TemplatesError::ReadOnly);
@@ -250,6 +252,12 @@ impl Inner {
         Ok(compiled)
     }
 
+    /// Holds off every other create, update and delete, so that each sees the
+    /// partials as the previous one left them (cycle checks depend on it).
+    fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<(TemplateId, u32), Arc<CompiledParts>>> {
         self.compiled.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -273,8 +281,14 @@ impl Inner {
                 name: raw.clone(),
             };
             let partial = TemplateName::parse(&raw).map_err(|_| unknown())?;
-            if &partial != name && self.find(tenant, &TemplateKey::Name(partial.clone()))?.is_none() {
-                return Err(unknown());
+            if &partial != name {
+                let template = self
+                    .find(tenant, &TemplateKey::Name(partial.clone()))?
+                    .ok_or_else(unknown)?;
+                let latest = self.version_of(&template, template.latest_version)?;
+                if latest.sources.get(part).is_none() {
+                    return Err(unknown());
+                }
             }
             if !partials.contains(&partial) {
                 partials.push(partial);
@@ -321,6 +335,7 @@ impl Inner {
         name: TemplateName,
         input: TemplateInput,
     ) -> Result<(Template, TemplateVersion), TemplatesError> {
+        let _write = self.lock_writes();
         let partials = self.check(tenant, &name, &input)?;
         let now = Utc::now();
         let template = Template {
@@ -346,7 +361,7 @@ impl Inner {
         key: &TemplateKey,
         input: TemplateInput,
     ) -> Result<(Template, TemplateVersion), TemplatesError> {
-        let _write = self.writes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _write = self.lock_writes();
         let mut template = self.resolve(tenant, key)?;
         if template.builtin {
             return Err(TemplatesError::ReadOnly);
@@ -360,6 +375,55 @@ impl Inner {
         Ok((template, version))
     }
 
+    /// Every template `main` can reach through partials (latest versions), checked on
+    /// the way: each exists, has the part that includes it, and none includes itself.
+    /// Saves already refuse all three; this guards against what concurrent changes or
+    /// deletions left behind, because handlebars would recurse without end on a cycle.
+    fn partial_closure(
+        &self,
+        tenant: &TenantId,
+        main_name: &TemplateName,
+        main: &Arc<CompiledParts>,
+    ) -> Result<Vec<(String, Arc<CompiledParts>)>, TemplatesError> {
+        let mut found: Vec<(String, Arc<CompiledParts>)> = Vec::new();
+        let mut edges: HashMap<String, Vec<String>> = HashMap::new();
+        let mut pending = vec![(main_name.as_str().to_owned(), Arc::clone(main))];
+        while let Some((name, compiled)) = pending.pop() {
+            if edges.contains_key(&name) {
+                continue;
+            }
+            let uses = compiled.partials();
+            edges.insert(name.clone(), uses.iter().map(|(_, n)| n.clone()).collect());
+            for (part, used) in uses {
+                let missing = || {
+                    TemplatesError::Render(TemplateError::MissingPartial {
+                        part,
+                        name: used.clone(),
+                    })
+                };
+                let partial = match found.iter().find(|(n, _)| *n == used) {
+                    Some((_, partial)) => Arc::clone(partial),
+                    None => {
+                        let key = TemplateName::parse(&used).map_err(|_| missing())?;
+                        let template = self.find(tenant, &TemplateKey::Name(key))?.ok_or_else(missing)?;
+                        let latest = self.version_of(&template, template.latest_version)?;
+                        let partial = self.compiled(&template, &latest)?;
+                        found.push((used.clone(), Arc::clone(&partial)));
+                        partial
+                    }
+                };
+                if partial.get(part).is_none() {
+                    return Err(missing());
+                }
+                pending.push((used.clone(), partial));
+            }
+        }
+        if let Some(name) = first_cycle(&edges) {
+            return Err(TemplatesError::Cycle(name));
+        }
+        Ok(found)
+    }
+
     fn render(
         &self,
         tenant: &TenantId,
@@ -369,23 +433,8 @@ impl Inner {
     ) -> Result<Rendering, TemplatesError> {
         let template = self.resolve(tenant, key)?;
         let chosen = self.version_of(&template, version.unwrap_or(template.latest_version))?;
-        if self.reaches(tenant, &chosen.partials, &template.name)? {
-            return Err(TemplatesError::Cycle(template.name.as_str().to_owned()));
-        }
         let main = self.compiled(&template, &chosen)?;
-        let mut partials: Vec<(String, Arc<CompiledParts>)> = Vec::new();
-        let mut pending = chosen.partials.clone();
-        while let Some(name) = pending.pop() {
-            if partials.iter().any(|(n, _)| n == name.as_str()) {
-                continue;
-            }
-            // A partial that has gone missing is reported by the renderer, by name.
-            if let Some(partial) = self.find(tenant, &TemplateKey::Name(name.clone()))? {
-                let latest = self.version_of(&partial, partial.latest_version)?;
-                pending.extend(latest.partials.iter().cloned());
-                partials.push((name.as_str().to_owned(), self.compiled(&partial, &latest)?));
-            }
-        }
+        let partials = self.partial_closure(tenant, &template.name, &main)?;
         let borrowed: Vec<(String, &CompiledParts)> = partials.iter().map(|(n, c)| (n.clone(), c.as_ref())).collect();
         let parts = render(&main, &borrowed, data, self.limits)?;
         if parts.subject.as_deref().is_some_and(|s| s.contains(['\r', '\n', '\0'])) {
@@ -396,5 +445,49 @@ impl Inner {
             template,
             parts,
         })
+    }
+}
+
+/// A template name on a cycle of `edges` (name → names it includes), if any.
+fn first_cycle(edges: &HashMap<String, Vec<String>>) -> Option<String> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Open,
+        Done,
+    }
+    fn visit(name: &str, edges: &HashMap<String, Vec<String>>, marks: &mut HashMap<String, Mark>) -> Option<String> {
+        match marks.get(name) {
+            Some(Mark::Open) => return Some(name.to_owned()),
+            Some(Mark::Done) => return None,
+            None => {}
+        }
+        marks.insert(name.to_owned(), Mark::Open);
+        for next in edges.get(name).into_iter().flatten() {
+            if let Some(hit) = visit(next, edges, marks) {
+                return Some(hit);
+            }
+        }
+        marks.insert(name.to_owned(), Mark::Done);
+        None
+    }
+    let mut marks = HashMap::new();
+    edges.keys().find_map(|name| visit(name, edges, &mut marks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycles_are_found_anywhere_in_the_graph() {
+        let graph = |pairs: &[(&str, &[&str])]| -> HashMap<String, Vec<String>> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                .collect()
+        };
+        assert!(first_cycle(&graph(&[("main", &["b"]), ("b", &["c"]), ("c", &["b"])])).is_some());
+        assert!(first_cycle(&graph(&[("main", &["main"])])).is_some());
+        assert!(first_cycle(&graph(&[("main", &["b", "c"]), ("b", &["c"]), ("c", &[])])).is_none());
     }
 }

@@ -287,6 +287,68 @@ async fn partials_and_layouts_compose_and_cycles_are_refused() {
     );
     let (_, footer) = api.get("/v1/templates/footer").await;
     assert_eq!(footer["version"], 1, "a refused update stores nothing");
+
+    let (status, problem) = api
+        .post("/v1/templates", json!({"name": "no-text", "text": "{{> layout-less}}"}))
+        .await;
+    assert_eq!((status, first_error(&problem).1), (422, "partial_not_found"));
+    api.create(json!({"name": "html-only", "html": "<b>x</b>"})).await;
+    let (status, problem) = api
+        .post("/v1/templates", json!({"name": "uses-text", "text": "{{> html-only}}"}))
+        .await;
+    assert_eq!(
+        (status, first_error(&problem)),
+        (422, ("/text", "partial_not_found")),
+        "{problem}"
+    );
+    for html in [
+        "{{> @main}}",
+        "{{#*inline \"x\"}}{{> x}}{{/inline}}{{> x}}",
+        "{{> footer company=nope}}",
+    ] {
+        let (status, problem) = api.post("/v1/templates", json!({"name": "sneaky", "html": html})).await;
+        assert_eq!(
+            (status, first_error(&problem)),
+            (422, ("/html", "template_syntax")),
+            "{html}: {problem}"
+        );
+    }
+
+    // Deleting a layout others use makes their renders fail loudly, never silently
+    // without the layout.
+    assert_eq!(
+        api.call(reqwest::Method::DELETE, "/v1/templates/layout", None).await.0,
+        204
+    );
+    let (status, problem) = api
+        .post(
+            "/v1/templates/page/render",
+            json!({"data": {"body": "x", "company": "y"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, first_error(&problem).1),
+        (422, "partial_not_found"),
+        "{problem}"
+    );
+}
+
+#[tokio::test]
+async fn loops_whose_work_would_explode_are_refused_before_rendering() {
+    let app = spawn_app().await;
+    let api = Api::new(&app, "acme");
+    api.create(json!({"name": "cube", "subject": "s",
+                      "text": "{{#each a}}{{#each ../a}}{{#each ../../a}}{{/each}}{{/each}}{{/each}}"}))
+        .await;
+    let wide: Vec<u32> = (0..1000).collect();
+    let (status, problem) = api
+        .post("/v1/templates/cube/render", json!({"data": {"a": wide}}))
+        .await;
+    assert_eq!(
+        (status, first_error(&problem).1),
+        (422, "template_too_complex"),
+        "{problem}"
+    );
 }
 
 #[tokio::test]
