@@ -72,9 +72,22 @@ impl Sender {
         )?;
         let message = Message::accepted(id, tenant.clone(), &new, &content, Utc::now());
         let store = Arc::clone(&self.store);
-        let stored = message.clone();
-        tokio::task::spawn_blocking(move || store.accept(&stored, &mime)).await??;
-        self.wake.notify_one();
+        let message = tokio::task::spawn_blocking(move || {
+            let mut message = message;
+            let emails: Vec<String> = message.recipients.iter().map(|r| r.email.clone()).collect();
+            let suppressed = store.suppressed(&message.tenant, &emails)?;
+            let now = Utc::now();
+            for (index, email) in emails.iter().enumerate() {
+                if suppressed.contains(email) {
+                    message.suppress(index, now);
+                }
+            }
+            store.accept(&message, &mime).map(|()| message)
+        })
+        .await??;
+        if message.next_attempt_at.is_some() {
+            self.wake.notify_one();
+        }
         tracing::info!(recipients = message.recipients.len(), status = ?message.status, "message accepted");
         Ok(message)
     }

@@ -32,6 +32,7 @@ scope_marker!(MessagesSend, Scope::MessagesSend);
 scope_marker!(MessagesRead, Scope::MessagesRead);
 scope_marker!(TemplatesRead, Scope::TemplatesRead);
 scope_marker!(TemplatesWrite, Scope::TemplatesWrite);
+scope_marker!(SuppressionsManage, Scope::SuppressionsManage);
 
 /// A caller whose token verified and grants `S`.
 pub struct Authenticated<S: RequiredScope> {

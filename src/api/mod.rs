@@ -3,10 +3,12 @@
 
 pub mod auth;
 pub mod body;
+pub mod events;
 pub mod fallback;
 pub mod health;
 pub mod messages;
 pub mod problem;
+pub mod suppressions;
 pub mod templates;
 
 use std::sync::Arc;
@@ -69,6 +71,8 @@ impl Modify for BearerAuth {
     tags(
         (name = "messages", description = "Send messages and follow their delivery"),
         (name = "templates", description = "Versioned handlebars templates, strict rendering and previews"),
+        (name = "events", description = "The ordered event stream that webhooks also push"),
+        (name = "suppressions", description = "Addresses that are never sent to"),
         (name = "operations", description = "Health and readiness"),
     )
 )]
@@ -88,6 +92,11 @@ fn routes(cfg: &mut ServiceConfig) {
         .service(templates::list_template_versions)
         .service(templates::get_template_version)
         .service(templates::render_template)
+        .service(events::list_events)
+        .service(suppressions::list_suppressions)
+        .service(suppressions::get_suppression)
+        .service(suppressions::put_suppression)
+        .service(suppressions::delete_suppression)
         .service(health::healthz)
         .service(health::readyz);
 }

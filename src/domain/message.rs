@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 
 use super::address::Mailbox;
 use super::auth::TenantId;
+use super::bounce::{classify, Bounce};
 use super::ids::{EventId, MessageId, TemplateId};
 use super::status::{EventType, MessageStatus, RecipientStatus};
 use super::template::TemplateKey;
@@ -239,6 +240,8 @@ pub struct Event {
     pub recipient: String,
     pub created_at: DateTime<Utc>,
     pub smtp: Option<SmtpReply>,
+    #[serde(default)]
+    pub bounce: Option<Bounce>,
 }
 
 /// An accepted message and everything that has happened to it since.
@@ -333,6 +336,8 @@ impl Message {
             DeliveryOutcome::Deferred(r) if give_up => (RecipientStatus::Failed, EventType::Failed, r),
             DeliveryOutcome::Deferred(r) => (RecipientStatus::Deferred, EventType::Deferred, r),
         };
+        let bounce = (event_type == EventType::Bounced)
+            .then(|| classify(reply.code, reply.enhanced.as_deref(), &reply.diagnostic, "smtp"));
         let Some(recipient) = self.recipients.get_mut(index) else {
             return;
         };
@@ -340,10 +345,33 @@ impl Message {
         recipient.smtp = Some(reply.clone());
         recipient.updated_at = now;
         let email = recipient.email.clone();
-        self.push_event(event_type, email, Some(reply), now);
+        self.push_event(event_type, email, Some(reply), bounce, now);
     }
 
-    fn push_event(&mut self, event_type: EventType, recipient: String, smtp: Option<SmtpReply>, now: DateTime<Utc>) {
+    /// Marks recipient `index` as suppressed at acceptance: it gets an event and is
+    /// never attempted.
+    pub fn suppress(&mut self, index: usize, now: DateTime<Utc>) {
+        let Some(recipient) = self.recipients.get_mut(index) else {
+            return;
+        };
+        recipient.status = RecipientStatus::Suppressed;
+        recipient.updated_at = now;
+        let email = recipient.email.clone();
+        self.push_event(EventType::Suppressed, email, None, None, now);
+        self.status = self.settled_status();
+        if self.pending_recipients().is_empty() {
+            self.next_attempt_at = None;
+        }
+    }
+
+    fn push_event(
+        &mut self,
+        event_type: EventType,
+        recipient: String,
+        smtp: Option<SmtpReply>,
+        bounce: Option<Bounce>,
+        now: DateTime<Utc>,
+    ) {
         let seq = self.events.last().map_or(1, |e| e.seq + 1);
         self.events.push(Event {
             id: EventId::generate(),
@@ -352,6 +380,7 @@ impl Message {
             recipient,
             created_at: now,
             smtp,
+            bounce,
         });
     }
 

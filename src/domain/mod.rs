@@ -5,9 +5,12 @@
 
 pub mod address;
 pub mod auth;
+pub mod bounce;
+pub mod event;
 pub mod ids;
 pub mod message;
 pub mod status;
+pub mod suppression;
 pub mod template;
 pub mod text;
 

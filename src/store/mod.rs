@@ -11,8 +11,11 @@ pub use sled_store::SledStore;
 use chrono::{DateTime, Utc};
 
 use crate::domain::auth::TenantId;
+use crate::domain::event::PublishedEvent;
 use crate::domain::ids::{MessageId, TemplateId};
 use crate::domain::message::Message;
+use crate::domain::status::EventType;
+use crate::domain::suppression::Suppression;
 use crate::domain::template::{Template, TemplateKey, TemplateVersion};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,10 @@ pub struct Lease {
 pub trait Store: Send + Sync {
     /// Stores the message, its MIME and its queue entry atomically, and returns only
     /// once all of it is on disk (fsync). This is what makes a `202` a promise.
+    ///
+    /// Every write of a message (this, [`Store::save_progress`], [`Store::release`])
+    /// also appends the message's new events to the tenant's event stream, and adds the
+    /// suppressions they imply (hard bounces, complaints), in the same transaction.
     fn accept(&self, message: &Message, mime: &[u8]) -> Result<(), StoreError>;
 
     /// The tenant's message, or `None` when it does not exist *or belongs to another
@@ -93,6 +100,37 @@ pub trait Store: Send + Sync {
     /// Removes a template, its name and its versions, durably. Messages keep the id
     /// and version they were rendered from.
     fn delete_template(&self, template: &Template) -> Result<(), StoreError>;
+
+    /// The tenant's events after stream position `after`, oldest first, of the given
+    /// types (all when empty), at most `limit`; with the position of the last entry
+    /// examined, to continue from. Positions only grow, and an event becomes visible
+    /// only after every event with a lower position has.
+    fn events(
+        &self,
+        tenant: &TenantId,
+        after: Option<u64>,
+        types: &[EventType],
+        limit: usize,
+    ) -> Result<(Vec<PublishedEvent>, Option<u64>), StoreError>;
+
+    /// Which of `emails` (lowercase) the tenant has suppressed.
+    fn suppressed(&self, tenant: &TenantId, emails: &[String]) -> Result<Vec<String>, StoreError>;
+
+    fn suppression(&self, tenant: &TenantId, email: &str) -> Result<Option<Suppression>, StoreError>;
+
+    /// The tenant's suppressions ordered by address, after `after` when given.
+    fn list_suppressions(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Suppression>, StoreError>;
+
+    /// Adds or replaces a suppression, durably.
+    fn put_suppression(&self, tenant: &TenantId, suppression: &Suppression) -> Result<(), StoreError>;
+
+    /// Removes a suppression, durably; `false` when there was none.
+    fn delete_suppression(&self, tenant: &TenantId, email: &str) -> Result<bool, StoreError>;
 
     /// How many messages are stored, for every tenant (operations and tests).
     fn count_messages(&self) -> Result<usize, StoreError>;

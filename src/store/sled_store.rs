@@ -13,9 +13,12 @@ use sled::{Db, Tree};
 
 use super::{Lease, Store, StoreError};
 use crate::domain::auth::TenantId;
+use crate::domain::event::PublishedEvent;
 use crate::domain::ids::{MessageId, TemplateId};
 use crate::domain::message::Message;
+use crate::domain::status::EventType;
 use crate::domain::status::MessageStatus;
+use crate::domain::suppression::Suppression;
 use crate::domain::template::{Template, TemplateKey, TemplateVersion};
 
 pub struct SledStore {
@@ -28,6 +31,11 @@ pub struct SledStore {
     templates: Tree,
     template_names: Tree,
     template_versions: Tree,
+    events: Tree,
+    event_ids: Tree,
+    suppressions: Tree,
+    /// Held while stream positions are taken and committed (see `commit`).
+    stream_order: std::sync::Mutex<()>,
 }
 
 /// `tenant \0 rest`: keys that group one tenant's rows together in iteration order.
@@ -78,7 +86,87 @@ fn encode(message: &Message) -> Result<Vec<u8>, ConflictableTransactionError<Sto
     encode_json(message)
 }
 
+/// Which write of a message [`SledStore::commit`] performs.
+enum Commit<'a> {
+    /// First write: with the MIME, queued when due.
+    Accept { mime: &'a [u8] },
+    /// Mid-attempt: the lease stays.
+    Progress,
+    /// End of an attempt: the lease ends, queued again when a retry is due.
+    Release,
+}
+
+/// `tenant \0 position`: the tenant's event stream in position order.
+fn stream_key(tenant: &TenantId, position: u64) -> Vec<u8> {
+    let mut key = tenant.as_str().as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(&position.to_be_bytes());
+    key
+}
+
 impl SledStore {
+    /// Writes a message and everything that follows from it in one transaction: its
+    /// MIME and queue entry (accept), its lease (release), its new events in the
+    /// tenant's stream, and the suppressions those events imply. Then fsyncs.
+    ///
+    /// Stream positions come from one counter, and the commit holds `stream_order`
+    /// from taking positions until the transaction is applied, so a reader never sees
+    /// a position before a smaller one that is still to come.
+    fn commit(&self, message: &Message, change: Commit<'_>) -> Result<(), StoreError> {
+        let order = self
+            .stream_order
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut fresh = Vec::new();
+        for event in &message.events {
+            if !self.event_ids.contains_key(event.id.as_str())? {
+                fresh.push((self.db.generate_id()?, PublishedEvent::of(message, event)));
+            }
+        }
+        let implied: Vec<Suppression> = fresh.iter().filter_map(|(_, e)| Suppression::caused_by(e)).collect();
+        let tenant = &message.tenant;
+        (
+            &self.messages,
+            &self.mime,
+            &self.queue,
+            &self.leases,
+            &self.events,
+            &self.event_ids,
+            &self.suppressions,
+        )
+            .transaction(|(messages, mimes, queue, leases, events, event_ids, suppressions)| {
+                messages.insert(message.id.as_str(), encode(message)?)?;
+                let requeue = match change {
+                    Commit::Accept { mime } => {
+                        mimes.insert(message.id.as_str(), mime)?;
+                        true
+                    }
+                    Commit::Progress => false,
+                    Commit::Release => {
+                        leases.remove(message.id.as_str())?;
+                        true
+                    }
+                };
+                if let (true, Some(due)) = (requeue, message.next_attempt_at) {
+                    queue.insert(queue_key(due, &message.id), &[])?;
+                }
+                for (position, event) in &fresh {
+                    events.insert(stream_key(tenant, *position), encode_json(event)?)?;
+                    event_ids.insert(event.id.as_str(), &position.to_be_bytes())?;
+                }
+                for suppression in &implied {
+                    let key = tenant_key(tenant, &suppression.email);
+                    if suppressions.get(&key)?.is_none() {
+                        suppressions.insert(key, encode_json(suppression)?)?;
+                    }
+                }
+                Ok(())
+            })
+            .map_err(flatten)?;
+        drop(order);
+        self.flush()
+    }
+
     /// Opens (or creates) the store in `path`. sled holds a lock on the directory, so a
     /// second process on the same data dir fails here instead of corrupting it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -92,6 +180,10 @@ impl SledStore {
             templates: db.open_tree("templates")?,
             template_names: db.open_tree("template_names")?,
             template_versions: db.open_tree("template_versions")?,
+            events: db.open_tree("events")?,
+            event_ids: db.open_tree("event_ids")?,
+            suppressions: db.open_tree("suppressions")?,
+            stream_order: std::sync::Mutex::new(()),
             db,
         })
     }
@@ -154,16 +246,7 @@ impl SledStore {
 
 impl Store for SledStore {
     fn accept(&self, message: &Message, mime: &[u8]) -> Result<(), StoreError> {
-        let due = message.next_attempt_at.unwrap_or(message.created_at);
-        (&self.messages, &self.mime, &self.queue)
-            .transaction(|(messages, mimes, queue)| {
-                messages.insert(message.id.as_str(), encode(message)?)?;
-                mimes.insert(message.id.as_str(), mime)?;
-                queue.insert(queue_key(due, &message.id), &[])?;
-                Ok(())
-            })
-            .map_err(flatten)?;
-        self.flush()
+        self.commit(message, Commit::Accept { mime })
     }
 
     fn message(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<Message>, StoreError> {
@@ -195,23 +278,11 @@ impl Store for SledStore {
     }
 
     fn save_progress(&self, message: &Message) -> Result<(), StoreError> {
-        self.messages
-            .insert(message.id.as_str(), serde_json::to_vec(message)?)?;
-        self.flush()
+        self.commit(message, Commit::Progress)
     }
 
     fn release(&self, message: &Message) -> Result<(), StoreError> {
-        (&self.messages, &self.queue, &self.leases)
-            .transaction(|(messages, queue, leases)| {
-                messages.insert(message.id.as_str(), encode(message)?)?;
-                leases.remove(message.id.as_str())?;
-                if let Some(due) = message.next_attempt_at {
-                    queue.insert(queue_key(due, &message.id), &[])?;
-                }
-                Ok(())
-            })
-            .map_err(flatten)?;
-        self.flush()
+        self.commit(message, Commit::Release)
     }
 
     fn recover_leases(&self) -> Result<usize, StoreError> {
@@ -348,6 +419,91 @@ impl Store for SledStore {
             })
             .map_err(flatten)?;
         self.flush()
+    }
+
+    fn events(
+        &self,
+        tenant: &TenantId,
+        after: Option<u64>,
+        types: &[EventType],
+        limit: usize,
+    ) -> Result<(Vec<PublishedEvent>, Option<u64>), StoreError> {
+        let start = match after {
+            Some(position) => stream_key(tenant, position.saturating_add(1)),
+            None => stream_key(tenant, 0),
+        };
+        let end = stream_key(tenant, u64::MAX);
+        let mut found = Vec::new();
+        let mut last = after;
+        for entry in self.events.range(start..=end) {
+            let (key, value) = entry?;
+            last = key
+                .get(key.len() - 8..)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
+            let event: PublishedEvent = decode(&value)?;
+            if types.is_empty() || types.contains(&event.event_type) {
+                found.push(event);
+                if found.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok((found, last))
+    }
+
+    fn suppressed(&self, tenant: &TenantId, emails: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut hits = Vec::new();
+        for email in emails {
+            if self
+                .suppressions
+                .contains_key(tenant_key(tenant, &email.to_ascii_lowercase()))?
+            {
+                hits.push(email.clone());
+            }
+        }
+        Ok(hits)
+    }
+
+    fn suppression(&self, tenant: &TenantId, email: &str) -> Result<Option<Suppression>, StoreError> {
+        self.suppressions
+            .get(tenant_key(tenant, &email.to_ascii_lowercase()))?
+            .map(|raw| decode(&raw))
+            .transpose()
+    }
+
+    fn list_suppressions(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Suppression>, StoreError> {
+        let mut start = tenant_key(tenant, after.unwrap_or(""));
+        if after.is_some() {
+            start.push(0);
+        }
+        let mut end = tenant.as_str().as_bytes().to_vec();
+        end.push(1);
+        self.suppressions
+            .range(start..end)
+            .take(limit)
+            .map(|entry| decode(&entry?.1))
+            .collect()
+    }
+
+    fn put_suppression(&self, tenant: &TenantId, suppression: &Suppression) -> Result<(), StoreError> {
+        self.suppressions
+            .insert(tenant_key(tenant, &suppression.email), serde_json::to_vec(suppression)?)?;
+        self.flush()
+    }
+
+    fn delete_suppression(&self, tenant: &TenantId, email: &str) -> Result<bool, StoreError> {
+        let removed = self
+            .suppressions
+            .remove(tenant_key(tenant, &email.to_ascii_lowercase()))?
+            .is_some();
+        self.flush()?;
+        Ok(removed)
     }
 
     fn count_messages(&self) -> Result<usize, StoreError> {

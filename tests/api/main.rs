@@ -6,6 +6,7 @@ mod auth_and_input;
 mod cli;
 mod crash;
 mod delivery;
+mod events;
 mod helpers;
 mod operations;
 mod sandbox;

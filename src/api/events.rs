@@ -1,0 +1,92 @@
+//! `/v1/events`: the tenant's event stream, in order, with a cursor — the same events
+//! webhooks push, so a consumer can catch up after downtime.
+
+use std::sync::Arc;
+
+use actix_web::{get, web};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{Authenticated, MessagesRead};
+use super::problem::{ApiError, FieldError, Problem};
+use super::AppState;
+use crate::domain::event::PublishedEvent;
+use crate::domain::status::EventType;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Continue after this cursor (a `next_cursor` of an earlier page); from the
+    /// beginning when absent.
+    pub after: Option<String>,
+    /// Only these types, comma-separated (e.g. `message.bounced,message.complained`).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub event_type: Option<String>,
+    /// 1 to 100, default 20.
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventList {
+    /// Oldest first.
+    pub data: Vec<PublishedEvent>,
+    /// Where to continue: pass it as `after`. It moves past filtered-out events too,
+    /// and stays put while no new events exist, so polling with it never misses one.
+    pub next_cursor: Option<String>,
+}
+
+fn invalid(field: &str, code: &str, message: &str) -> ApiError {
+    ApiError::unprocessable(vec![FieldError::coded(field, code, message)])
+}
+
+/// List events in stream order.
+///
+/// Each event is written in the same transaction as the status change it records.
+/// The stream is ordered: an event appears only after every event before it.
+#[utoipa::path(
+    tag = "events",
+    params(EventsQuery),
+    security(("bearer" = ["messages:read"])),
+    responses(
+        (status = 200, description = "A page of events", body = EventList),
+        (status = 401, description = "Invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `messages:read`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid `after`, `type` or `limit`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/v1/events")]
+pub async fn list_events(
+    auth: Authenticated<MessagesRead>,
+    query: web::Query<EventsQuery>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<EventList>, ApiError> {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(invalid("limit", "invalid_limit", "`limit` is 1 to 100"));
+    }
+    let after = match &query.after {
+        Some(raw) => Some(
+            raw.parse::<u64>()
+                .map_err(|_| invalid("after", "invalid_cursor", "not a cursor from this stream"))?,
+        ),
+        None => None,
+    };
+    let types = match &query.event_type {
+        Some(raw) => raw
+            .split(',')
+            .map(|t| serde_json::from_value::<EventType>(serde_json::Value::String(t.trim().to_owned())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| invalid("type", "invalid_event_type", "unknown event type"))?,
+        None => Vec::new(),
+    };
+    let store = Arc::clone(&state.store);
+    let tenant = auth.principal.tenant.clone();
+    let (data, last) = web::block(move || store.events(&tenant, after, &types, limit as usize))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(web::Json(EventList {
+        data,
+        next_cursor: last.map(|p| p.to_string()),
+    }))
+}

@@ -1,0 +1,187 @@
+//! `/v1/suppressions`: addresses the tenant will not send to. Hard bounces and
+//! complaints add themselves; operators add and remove addresses here.
+
+use std::sync::Arc;
+
+use actix_web::{delete, get, put, web, HttpResponse};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::auth::{Authenticated, SuppressionsManage};
+use super::problem::{ApiError, FieldError, Kind, Problem};
+use super::AppState;
+use crate::domain::address::EmailAddress;
+use crate::domain::suppression::{Suppression, SuppressionReason};
+
+const PROBLEM: &str = "application/problem+json";
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SuppressionQuery {
+    /// 1 to 100, default 20.
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SuppressionList {
+    /// Ordered by address.
+    pub data: Vec<Suppression>,
+    pub next_cursor: Option<String>,
+}
+
+/// The address in the path, lowercased, or a 422.
+fn address(raw: &str) -> Result<String, ApiError> {
+    EmailAddress::parse(raw)
+        .map(|a| a.to_string().to_ascii_lowercase())
+        .map_err(|e| ApiError::unprocessable(vec![FieldError::new("email", &e)]))
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(
+        Kind::NotFound,
+        "suppression_not_found",
+        "this address is not suppressed",
+    )
+}
+
+/// List suppressed addresses.
+#[utoipa::path(
+    tag = "suppressions",
+    params(SuppressionQuery),
+    security(("bearer" = ["suppressions:manage"])),
+    responses(
+        (status = 200, description = "A page of suppressions", body = SuppressionList),
+        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "The token lacks `suppressions:manage`", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid `limit`", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[get("/v1/suppressions")]
+pub async fn list_suppressions(
+    auth: Authenticated<SuppressionsManage>,
+    query: web::Query<SuppressionQuery>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<SuppressionList>, ApiError> {
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::unprocessable(vec![FieldError::coded(
+            "limit",
+            "invalid_limit",
+            "`limit` is 1 to 100",
+        )]));
+    }
+    let store = Arc::clone(&state.store);
+    let tenant = auth.principal.tenant.clone();
+    let after = query.cursor.clone();
+    let mut page = web::block(move || store.list_suppressions(&tenant, after.as_deref(), limit as usize + 1))
+        .await
+        .map_err(ApiError::internal)??;
+    let more = page.len() > limit as usize;
+    page.truncate(limit as usize);
+    Ok(web::Json(SuppressionList {
+        next_cursor: more.then(|| page.last().map(|s| s.email.clone())).flatten(),
+        data: page,
+    }))
+}
+
+/// Get one suppressed address.
+#[utoipa::path(
+    tag = "suppressions",
+    params(("email" = String, Path, description = "The address")),
+    security(("bearer" = ["suppressions:manage"])),
+    responses(
+        (status = 200, description = "The address is suppressed", body = Suppression),
+        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "The token lacks `suppressions:manage`", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "Not suppressed (`suppression_not_found`)", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[get("/v1/suppressions/{email}")]
+pub async fn get_suppression(
+    auth: Authenticated<SuppressionsManage>,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<Suppression>, ApiError> {
+    let email = address(&path)?;
+    let store = Arc::clone(&state.store);
+    let tenant = auth.principal.tenant.clone();
+    web::block(move || store.suppression(&tenant, &email))
+        .await
+        .map_err(ApiError::internal)??
+        .map(web::Json)
+        .ok_or_else(not_found)
+}
+
+/// Suppress an address by hand (`reason: manual`). Takes no body; an address already
+/// suppressed keeps its original reason.
+#[utoipa::path(
+    tag = "suppressions",
+    params(("email" = String, Path, description = "The address")),
+    security(("bearer" = ["suppressions:manage"])),
+    responses(
+        (status = 200, description = "The address is suppressed", body = Suppression),
+        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "The token lacks `suppressions:manage`", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Not an email address", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[put("/v1/suppressions/{email}")]
+pub async fn put_suppression(
+    auth: Authenticated<SuppressionsManage>,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<Suppression>, ApiError> {
+    let email = address(&path)?;
+    let store = Arc::clone(&state.store);
+    let tenant = auth.principal.tenant.clone();
+    let suppression = web::block(move || {
+        if let Some(existing) = store.suppression(&tenant, &email)? {
+            return Ok(existing);
+        }
+        let suppression = Suppression {
+            email,
+            reason: SuppressionReason::Manual,
+            created_at: Utc::now(),
+            source: "api".into(),
+            event_id: None,
+        };
+        store.put_suppression(&tenant, &suppression).map(|()| suppression)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(web::Json(suppression))
+}
+
+/// Remove an address from the suppression list: mail to it is sent again.
+#[utoipa::path(
+    tag = "suppressions",
+    params(("email" = String, Path, description = "The address")),
+    security(("bearer" = ["suppressions:manage"])),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "The token lacks `suppressions:manage`", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "Not suppressed", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[delete("/v1/suppressions/{email}")]
+pub async fn delete_suppression(
+    auth: Authenticated<SuppressionsManage>,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let email = address(&path)?;
+    let store = Arc::clone(&state.store);
+    let tenant = auth.principal.tenant.clone();
+    let removed = web::block(move || store.delete_suppression(&tenant, &email))
+        .await
+        .map_err(ApiError::internal)??;
+    if removed {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(not_found())
+    }
+}
