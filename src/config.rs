@@ -140,10 +140,29 @@ impl Default for DeliverySettings {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Outbound webhooks: retried with capped exponential backoff and jitter from
+/// `retry_base` up to `retry_max` between tries, for `max_age` in all.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookSettings {
+    /// Allow targets on loopback, private and link-local addresses (tests, on-prem).
     pub allow_private_targets: bool,
+    pub retry_base: ConfigDuration,
+    pub retry_max: ConfigDuration,
+    pub max_age: ConfigDuration,
+    pub request_timeout: ConfigDuration,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            allow_private_targets: false,
+            retry_base: ConfigDuration(Duration::from_secs(5)),
+            retry_max: ConfigDuration(Duration::from_secs(12 * 3600)),
+            max_age: ConfigDuration(Duration::from_secs(3 * 24 * 3600)),
+            request_timeout: ConfigDuration(Duration::from_secs(15)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -299,6 +318,10 @@ impl Settings {
             ("delivery.max_age", delivery.max_age.0),
             ("delivery.smtp_timeout", delivery.smtp_timeout.0),
             ("templates.render_timeout", self.templates.render_timeout.0),
+            ("webhooks.retry_base", self.webhooks.retry_base.0),
+            ("webhooks.retry_max", self.webhooks.retry_max.0),
+            ("webhooks.max_age", self.webhooks.max_age.0),
+            ("webhooks.request_timeout", self.webhooks.request_timeout.0),
         ] {
             if value.is_zero() || value > TEN_YEARS {
                 bail!("{key} must be more than 0 and at most 10 years");

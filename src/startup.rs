@@ -17,6 +17,8 @@ use crate::render::template::RenderLimits;
 use crate::sending::Sender;
 use crate::store::{SledStore, Store};
 use crate::templates::Templates;
+use crate::webhooks::dispatcher::{run_dispatcher_until_stopped, Dispatcher};
+use crate::webhooks::Webhooks;
 
 /// A built service: listening, with its workers ready to start.
 pub struct Application {
@@ -26,7 +28,11 @@ pub struct Application {
     worker_count: usize,
     wake: Arc<Notify>,
     tokens: Arc<TokenKeys>,
+    dispatcher: Dispatcher,
 }
+
+/// Concurrent webhook deliveries.
+const DISPATCHERS: usize = 4;
 
 /// Delivery workers when the sandbox is the transport (no connection limit applies).
 const SANDBOX_WORKERS: usize = 2;
@@ -95,6 +101,21 @@ impl Application {
             },
         )
         .context("Failed to load the shipped templates")?;
+        let hooks = &settings.webhooks;
+        let dispatcher = Dispatcher {
+            store: Arc::clone(&store),
+            policy: RetryPolicy {
+                base: hooks.retry_base.0,
+                max: hooks.retry_max.0,
+                max_age: hooks.max_age.0,
+            },
+            allow_private_targets: hooks.allow_private_targets,
+            timeout: hooks.request_timeout.0,
+        };
+        let webhooks = Webhooks {
+            store: Arc::clone(&store),
+            allow_private_targets: hooks.allow_private_targets,
+        };
         let state = web::Data::new(AppState {
             store: Arc::clone(&store),
             tokens: Arc::clone(&tokens),
@@ -106,6 +127,7 @@ impl Application {
                 templates: templates.clone(),
             },
             templates,
+            webhooks,
             settings,
         });
         let port = listener.local_addr()?.port();
@@ -130,6 +152,7 @@ impl Application {
             worker_count,
             wake,
             tokens,
+            dispatcher,
         })
     }
 
@@ -147,11 +170,11 @@ impl Application {
         &self.tokens
     }
 
-    /// Serves HTTP and runs the workers until the server stops (SIGINT/SIGTERM), then
-    /// lets each worker finish its current transaction.
+    /// Serves HTTP and runs the delivery workers and webhook dispatchers until the
+    /// server stops (SIGINT/SIGTERM), then lets each finish its current step.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
-        let workers: Vec<_> = (0..self.worker_count)
+        let mut workers: Vec<_> = (0..self.worker_count)
             .map(|_| {
                 tokio::spawn(run_worker_until_stopped(
                     self.worker.clone(),
@@ -160,6 +183,10 @@ impl Application {
                 ))
             })
             .collect();
+        workers.extend(
+            (0..DISPATCHERS)
+                .map(|_| tokio::spawn(run_dispatcher_until_stopped(self.dispatcher.clone(), stopped.clone()))),
+        );
         let served = self.server.await;
         let _ = stop.send(true);
         for worker in workers {

@@ -33,6 +33,7 @@ scope_marker!(MessagesRead, Scope::MessagesRead);
 scope_marker!(TemplatesRead, Scope::TemplatesRead);
 scope_marker!(TemplatesWrite, Scope::TemplatesWrite);
 scope_marker!(SuppressionsManage, Scope::SuppressionsManage);
+scope_marker!(WebhooksManage, Scope::WebhooksManage);
 
 /// A caller whose token verified and grants `S`.
 pub struct Authenticated<S: RequiredScope> {

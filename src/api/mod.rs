@@ -10,6 +10,7 @@ pub mod messages;
 pub mod problem;
 pub mod suppressions;
 pub mod templates;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use crate::delivery::Transport;
 use crate::sending::Sender;
 use crate::store::Store;
 use crate::templates::Templates;
+use crate::webhooks::Webhooks;
 use fallback::KnownPaths;
 
 /// Everything handlers share.
@@ -34,6 +36,7 @@ pub struct AppState {
     pub transport: Arc<Transport>,
     pub sender: Sender,
     pub templates: Templates,
+    pub webhooks: Webhooks,
     pub settings: Arc<Settings>,
 }
 
@@ -73,6 +76,7 @@ impl Modify for BearerAuth {
         (name = "templates", description = "Versioned handlebars templates, strict rendering and previews"),
         (name = "events", description = "The ordered event stream that webhooks also push"),
         (name = "suppressions", description = "Addresses that are never sent to"),
+        (name = "webhooks", description = "Signed, durable, replayable event delivery to your endpoints"),
         (name = "operations", description = "Health and readiness"),
     )
 )]
@@ -97,6 +101,14 @@ fn routes(cfg: &mut ServiceConfig) {
         .service(suppressions::get_suppression)
         .service(suppressions::put_suppression)
         .service(suppressions::delete_suppression)
+        .service(webhooks::create_webhook)
+        .service(webhooks::list_webhooks)
+        .service(webhooks::get_webhook)
+        .service(webhooks::update_webhook)
+        .service(webhooks::delete_webhook)
+        .service(webhooks::rotate_webhook_secret)
+        .service(webhooks::list_webhook_deliveries)
+        .service(webhooks::replay_webhook)
         .service(health::healthz)
         .service(health::readyz);
 }

@@ -73,6 +73,7 @@ macro_rules! prefixed_id {
 prefixed_id!(MessageId, "msg_", "a message");
 prefixed_id!(EventId, "evt_", "an event");
 prefixed_id!(TemplateId, "tpl_", "a template");
+prefixed_id!(WebhookId, "whk_", "a webhook");
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@ pub mod status;
 pub mod suppression;
 pub mod template;
 pub mod text;
+pub mod webhook;
 
 /// Why a single input value was refused, with a stable machine code.
 ///

@@ -12,11 +12,13 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
+use crate::domain::ids::WebhookId;
 use crate::domain::ids::{MessageId, TemplateId};
 use crate::domain::message::Message;
 use crate::domain::status::EventType;
 use crate::domain::suppression::Suppression;
 use crate::domain::template::{Template, TemplateKey, TemplateVersion};
+use crate::domain::webhook::{DeliveryAttempt, OutboxEntry, Webhook};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -131,6 +133,42 @@ pub trait Store: Send + Sync {
 
     /// Removes a suppression, durably; `false` when there was none.
     fn delete_suppression(&self, tenant: &TenantId, email: &str) -> Result<bool, StoreError>;
+
+    /// Creates or replaces a webhook endpoint, durably. New events are queued for it
+    /// from the next message write on.
+    fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError>;
+
+    fn webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<Option<Webhook>, StoreError>;
+
+    /// The tenant's webhooks, oldest first.
+    fn webhooks(&self, tenant: &TenantId) -> Result<Vec<Webhook>, StoreError>;
+
+    /// Removes a webhook; its queued deliveries are dropped when they come due.
+    fn delete_webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError>;
+
+    /// Queues deliveries (replays), durably.
+    fn enqueue_deliveries(&self, entries: &[OutboxEntry]) -> Result<(), StoreError>;
+
+    /// Takes the earliest due delivery and hides it for `lease`; a dispatcher that
+    /// dies leaves it to come back after that, so nothing is lost (at least once).
+    fn lease_delivery(&self, now: DateTime<Utc>, lease: chrono::Duration) -> Result<Option<OutboxEntry>, StoreError>;
+
+    /// Ends a leased delivery in one durable transaction: removes `leased` (as
+    /// returned by [`Store::lease_delivery`]), queues `next` (the retry) when given,
+    /// records the attempt, and saves `webhook` when given (e.g. disabled after a 410).
+    fn finish_delivery(
+        &self,
+        leased: &OutboxEntry,
+        next: Option<&OutboxEntry>,
+        attempt: &DeliveryAttempt,
+        webhook: Option<&Webhook>,
+    ) -> Result<(), StoreError>;
+
+    /// The latest delivery attempts to a webhook, newest first.
+    fn deliveries(&self, id: &WebhookId, limit: usize) -> Result<Vec<DeliveryAttempt>, StoreError>;
+
+    /// One event of the tenant's stream by id.
+    fn event(&self, tenant: &TenantId, id: &str) -> Result<Option<PublishedEvent>, StoreError>;
 
     /// How many messages are stored, for every tenant (operations and tests).
     fn count_messages(&self) -> Result<usize, StoreError>;

@@ -14,12 +14,14 @@ use sled::{Db, Tree};
 use super::{Lease, Store, StoreError};
 use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
+use crate::domain::ids::WebhookId;
 use crate::domain::ids::{MessageId, TemplateId};
 use crate::domain::message::Message;
 use crate::domain::status::EventType;
 use crate::domain::status::MessageStatus;
 use crate::domain::suppression::Suppression;
 use crate::domain::template::{Template, TemplateKey, TemplateVersion};
+use crate::domain::webhook::{DeliveryAttempt, OutboxEntry, Webhook};
 
 pub struct SledStore {
     db: Db,
@@ -34,6 +36,9 @@ pub struct SledStore {
     events: Tree,
     event_ids: Tree,
     suppressions: Tree,
+    webhooks: Tree,
+    outbox: Tree,
+    webhook_deliveries: Tree,
     /// Held while stream positions are taken and committed (see `commit`).
     stream_order: std::sync::Mutex<()>,
 }
@@ -96,6 +101,14 @@ enum Commit<'a> {
     Release,
 }
 
+/// `due millis ++ entry id`: deliveries in due order.
+fn outbox_key(entry: &OutboxEntry) -> Vec<u8> {
+    let millis = u64::try_from(entry.due_at.timestamp_millis()).unwrap_or(0);
+    let mut key = millis.to_be_bytes().to_vec();
+    key.extend_from_slice(entry.entry_id.as_bytes());
+    key
+}
+
 /// `tenant \0 position`: the tenant's event stream in position order.
 fn stream_key(tenant: &TenantId, position: u64) -> Vec<u8> {
     let mut key = tenant.as_str().as_bytes().to_vec();
@@ -125,6 +138,25 @@ impl SledStore {
         }
         let implied: Vec<Suppression> = fresh.iter().filter_map(|(_, e)| Suppression::caused_by(e)).collect();
         let tenant = &message.tenant;
+        let deliveries: Vec<OutboxEntry> = if fresh.is_empty() {
+            Vec::new()
+        } else {
+            let now = Utc::now();
+            let hooks = self.webhooks(tenant)?;
+            fresh
+                .iter()
+                .flat_map(|(_, event)| hooks.iter().filter(|h| h.wants(event)).map(move |h| (h, event)))
+                .map(|(hook, event)| OutboxEntry {
+                    entry_id: uuid::Uuid::now_v7().simple().to_string(),
+                    webhook_id: hook.id.clone(),
+                    tenant: tenant.clone(),
+                    event: event.clone(),
+                    attempts: 0,
+                    first_queued_at: now,
+                    due_at: now,
+                })
+                .collect()
+        };
         (
             &self.messages,
             &self.mime,
@@ -133,35 +165,41 @@ impl SledStore {
             &self.events,
             &self.event_ids,
             &self.suppressions,
+            &self.outbox,
         )
-            .transaction(|(messages, mimes, queue, leases, events, event_ids, suppressions)| {
-                messages.insert(message.id.as_str(), encode(message)?)?;
-                let requeue = match change {
-                    Commit::Accept { mime } => {
-                        mimes.insert(message.id.as_str(), mime)?;
-                        true
+            .transaction(
+                |(messages, mimes, queue, leases, events, event_ids, suppressions, outbox)| {
+                    messages.insert(message.id.as_str(), encode(message)?)?;
+                    let requeue = match change {
+                        Commit::Accept { mime } => {
+                            mimes.insert(message.id.as_str(), mime)?;
+                            true
+                        }
+                        Commit::Progress => false,
+                        Commit::Release => {
+                            leases.remove(message.id.as_str())?;
+                            true
+                        }
+                    };
+                    if let (true, Some(due)) = (requeue, message.next_attempt_at) {
+                        queue.insert(queue_key(due, &message.id), &[])?;
                     }
-                    Commit::Progress => false,
-                    Commit::Release => {
-                        leases.remove(message.id.as_str())?;
-                        true
+                    for (position, event) in &fresh {
+                        events.insert(stream_key(tenant, *position), encode_json(event)?)?;
+                        event_ids.insert(event.id.as_str(), &position.to_be_bytes())?;
                     }
-                };
-                if let (true, Some(due)) = (requeue, message.next_attempt_at) {
-                    queue.insert(queue_key(due, &message.id), &[])?;
-                }
-                for (position, event) in &fresh {
-                    events.insert(stream_key(tenant, *position), encode_json(event)?)?;
-                    event_ids.insert(event.id.as_str(), &position.to_be_bytes())?;
-                }
-                for suppression in &implied {
-                    let key = tenant_key(tenant, &suppression.email);
-                    if suppressions.get(&key)?.is_none() {
-                        suppressions.insert(key, encode_json(suppression)?)?;
+                    for suppression in &implied {
+                        let key = tenant_key(tenant, &suppression.email);
+                        if suppressions.get(&key)?.is_none() {
+                            suppressions.insert(key, encode_json(suppression)?)?;
+                        }
                     }
-                }
-                Ok(())
-            })
+                    for entry in &deliveries {
+                        outbox.insert(outbox_key(entry), encode_json(entry)?)?;
+                    }
+                    Ok(())
+                },
+            )
             .map_err(flatten)?;
         drop(order);
         self.flush()
@@ -183,6 +221,9 @@ impl SledStore {
             events: db.open_tree("events")?,
             event_ids: db.open_tree("event_ids")?,
             suppressions: db.open_tree("suppressions")?,
+            webhooks: db.open_tree("webhooks")?,
+            outbox: db.open_tree("outbox")?,
+            webhook_deliveries: db.open_tree("webhook_deliveries")?,
             stream_order: std::sync::Mutex::new(()),
             db,
         })
@@ -504,6 +545,117 @@ impl Store for SledStore {
             .is_some();
         self.flush()?;
         Ok(removed)
+    }
+
+    fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
+        self.webhooks.insert(
+            tenant_key(&webhook.tenant, webhook.id.as_str()),
+            serde_json::to_vec(webhook)?,
+        )?;
+        self.flush()
+    }
+
+    fn webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<Option<Webhook>, StoreError> {
+        self.webhooks
+            .get(tenant_key(tenant, id.as_str()))?
+            .map(|raw| decode(&raw))
+            .transpose()
+    }
+
+    fn webhooks(&self, tenant: &TenantId) -> Result<Vec<Webhook>, StoreError> {
+        self.webhooks
+            .scan_prefix(tenant_key(tenant, ""))
+            .map(|entry| decode(&entry?.1))
+            .collect()
+    }
+
+    fn delete_webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError> {
+        let removed = self.webhooks.remove(tenant_key(tenant, id.as_str()))?.is_some();
+        self.flush()?;
+        Ok(removed)
+    }
+
+    fn enqueue_deliveries(&self, entries: &[OutboxEntry]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(outbox_key(entry), serde_json::to_vec(entry)?);
+        }
+        self.outbox.apply_batch(batch)?;
+        self.flush()
+    }
+
+    fn lease_delivery(&self, now: DateTime<Utc>, lease: chrono::Duration) -> Result<Option<OutboxEntry>, StoreError> {
+        let end = u64::try_from(now.timestamp_millis())
+            .unwrap_or(0)
+            .saturating_add(1)
+            .to_be_bytes();
+        for item in self.outbox.range(..end.as_slice()) {
+            let (key, value) = item?;
+            let Ok(mut entry) = decode::<OutboxEntry>(&value) else {
+                self.outbox.remove(&key)?;
+                continue;
+            };
+            entry.due_at = now + lease;
+            let moved = self.outbox.transaction(|outbox| {
+                if outbox.remove(&key)?.is_none() {
+                    return Ok(false);
+                }
+                outbox.insert(outbox_key(&entry), encode_json(&entry)?)?;
+                Ok(true)
+            });
+            if moved.map_err(flatten)? {
+                return Ok(Some(entry));
+            }
+        }
+        Ok(None)
+    }
+
+    fn finish_delivery(
+        &self,
+        leased: &OutboxEntry,
+        next: Option<&OutboxEntry>,
+        attempt: &DeliveryAttempt,
+        webhook: Option<&Webhook>,
+    ) -> Result<(), StoreError> {
+        let mut attempt_key = leased.webhook_id.as_str().as_bytes().to_vec();
+        attempt_key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+        (&self.outbox, &self.webhook_deliveries, &self.webhooks)
+            .transaction(|(outbox, log, webhooks)| {
+                outbox.remove(outbox_key(leased))?;
+                if let Some(next) = next {
+                    outbox.insert(outbox_key(next), encode_json(next)?)?;
+                }
+                log.insert(attempt_key.as_slice(), encode_json(attempt)?)?;
+                if let Some(hook) = webhook {
+                    webhooks.insert(tenant_key(&hook.tenant, hook.id.as_str()), encode_json(hook)?)?;
+                }
+                Ok(())
+            })
+            .map_err(flatten)?;
+        self.flush()
+    }
+
+    fn deliveries(&self, id: &WebhookId, limit: usize) -> Result<Vec<DeliveryAttempt>, StoreError> {
+        self.webhook_deliveries
+            .scan_prefix(id.as_str().as_bytes())
+            .rev()
+            .take(limit)
+            .map(|entry| decode(&entry?.1))
+            .collect()
+    }
+
+    fn event(&self, tenant: &TenantId, id: &str) -> Result<Option<PublishedEvent>, StoreError> {
+        let Some(position) = self.event_ids.get(id)? else {
+            return Ok(None);
+        };
+        let position: [u8; 8] = position
+            .as_ref()
+            .try_into()
+            .map_err(|_| StoreError::Missing(id.to_owned()))?;
+        self.events
+            .get(stream_key(tenant, u64::from_be_bytes(position)))?
+            .map(|raw| decode(&raw))
+            .transpose()
     }
 
     fn count_messages(&self) -> Result<usize, StoreError> {

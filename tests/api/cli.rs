@@ -101,7 +101,7 @@ async fn json_logs_carry_ids_and_never_a_token_password_or_body() {
     );
     binary.wait_healthy().await;
     let body_marker = "BODY-MARKER-7d1f";
-    let response = reqwest::Client::new()
+    let response = crate::helpers::http()
         .post(format!("{}/v1/messages", binary.address))
         .bearer_auth(&token)
         .json(&json!({"from": "a@sender.mailgate.test", "to": "logs@example.test",

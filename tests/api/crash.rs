@@ -82,7 +82,7 @@ async fn sigkill_after_a_burst_of_202s_loses_no_accepted_message() {
 
     let mut first = Binary::spawn(&["serve", "--config", &config_arg], data.path(), free_port(), &[]);
     first.wait_healthy().await;
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http();
     // Half the burst first, then the rest once delivery is flowing, so the kill lands
     // in the middle of SMTP transactions rather than before the first one.
     let mut ids = send_burst(&client, &first.address, &token, 0..BURST / 2).await;
@@ -121,7 +121,7 @@ async fn sigkill_after_a_burst_of_202s_loses_no_accepted_message() {
         delivered_before_restart < BURST,
         "the kill must land before the burst is fully delivered, or this proves nothing"
     );
-    let status_client = reqwest::Client::new();
+    let status_client = crate::helpers::http();
     for id in &ids {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {

@@ -141,7 +141,6 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {
         mailgate::telemetry::init(&Default::default());
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let postfix = Postfix::shared();
     let data = tempfile::tempdir().expect("temp dir");
     let mut settings = test_settings(data.path(), &postfix);
@@ -154,7 +153,7 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     let token = mint(&keys, "acme", "messages:send messages:read");
     TestApp {
         address,
-        client: reqwest::Client::new(),
+        client: http(),
         token,
         keys,
         store,
@@ -229,6 +228,12 @@ impl TestApp {
     }
 }
 
+/// An HTTP client; installs the process-wide rustls provider first, as `main` does.
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// A message body with the given recipient(s) and a unique subject.
 pub fn simple_message(to: &str) -> Value {
     serde_json::json!({
@@ -284,7 +289,7 @@ impl Binary {
     }
 
     pub async fn wait_healthy(&mut self) {
-        let client = reqwest::Client::new();
+        let client = http();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(r) = client.get(format!("{}/healthz", self.address)).send().await {

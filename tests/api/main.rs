@@ -11,3 +11,4 @@ mod helpers;
 mod operations;
 mod sandbox;
 mod templates;
+mod webhooks;

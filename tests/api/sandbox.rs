@@ -27,7 +27,7 @@ async fn the_binary_with_no_config_prints_a_token_and_delivers_to_the_sandbox() 
     binary.wait_healthy().await;
     assert!(cwd.path().join("data/dev-hs256.key").is_file());
 
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http();
     let response = client
         .post(format!("{}/v1/messages", binary.address))
         .bearer_auth(&token)
