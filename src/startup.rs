@@ -11,6 +11,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::api::{self, AppState};
 use crate::auth::TokenKeys;
+use crate::bounces::ingest::Bounces;
 use crate::config::Settings;
 use crate::delivery::{run_worker_until_stopped, RetryPolicy, Transport, Worker};
 use crate::render::template::RenderLimits;
@@ -121,13 +122,14 @@ impl Application {
             tokens: Arc::clone(&tokens),
             transport: Arc::clone(&transport),
             sender: Sender {
-                store,
+                store: Arc::clone(&store),
                 wake: Arc::clone(&wake),
                 settings: Arc::clone(&settings),
                 templates: templates.clone(),
             },
             templates,
             webhooks,
+            bounces: Bounces { store },
             settings,
         });
         let port = listener.local_addr()?.port();

@@ -34,6 +34,7 @@ scope_marker!(TemplatesRead, Scope::TemplatesRead);
 scope_marker!(TemplatesWrite, Scope::TemplatesWrite);
 scope_marker!(SuppressionsManage, Scope::SuppressionsManage);
 scope_marker!(WebhooksManage, Scope::WebhooksManage);
+scope_marker!(BouncesWrite, Scope::BouncesWrite);
 
 /// A caller whose token verified and grants `S`.
 pub struct Authenticated<S: RequiredScope> {

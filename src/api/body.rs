@@ -25,19 +25,45 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
+/// Reads the whole body, refusing it (413) past the configured limit — up front from
+/// `Content-Length`, or while streaming a chunked body.
+fn read_limited(req: &HttpRequest, payload: &mut Payload) -> LocalBoxFuture<'static, Result<web::Bytes, ApiError>> {
+    let limit = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(25 * 1024 * 1024, |s| s.settings.http.max_body_bytes);
+    let declared: Option<usize> = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let mut payload = payload.take();
+    Box::pin(async move {
+        if declared.is_some_and(|len| len > limit) {
+            return Err(too_large(limit));
+        }
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|_| {
+                ApiError::new(
+                    Kind::BadRequest,
+                    "unreadable_body",
+                    "the request body could not be read",
+                )
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large(limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body.freeze())
+    })
+}
+
 impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limit = req
-            .app_data::<web::Data<AppState>>()
-            .map_or(25 * 1024 * 1024, |s| s.settings.http.max_body_bytes);
-        let declared: Option<usize> = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
         let media_ok = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -46,7 +72,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                 let essence = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
                 essence == "application/json" || essence.ends_with("+json")
             });
-        let mut payload = payload.take();
+        let body = read_limited(req, payload);
         Box::pin(async move {
             if !media_ok {
                 return Err(ApiError::new(
@@ -55,25 +81,21 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                     "send the body as `Content-Type: application/json`",
                 ));
             }
-            if declared.is_some_and(|len| len > limit) {
-                return Err(too_large(limit));
-            }
-            let mut body = web::BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk.map_err(|_| {
-                    ApiError::new(
-                        Kind::BadRequest,
-                        "unreadable_body",
-                        "the request body could not be read",
-                    )
-                })?;
-                if body.len() + chunk.len() > limit {
-                    return Err(too_large(limit));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            parse(&body).map(JsonBody)
+            parse(&body.await?).map(JsonBody)
         })
+    }
+}
+
+/// The body as bytes, of any media type, under the same size limit.
+pub struct RawBody(pub web::Bytes);
+
+impl FromRequest for RawBody {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = read_limited(req, payload);
+        Box::pin(async move { body.await.map(RawBody) })
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod body;
+pub mod bounces;
 pub mod events;
 pub mod fallback;
 pub mod health;
@@ -21,6 +22,7 @@ use utoipa_actix_web::service_config::ServiceConfig;
 use utoipa_actix_web::AppExt as _;
 
 use crate::auth::TokenKeys;
+use crate::bounces::ingest::Bounces;
 use crate::config::Settings;
 use crate::delivery::Transport;
 use crate::sending::Sender;
@@ -37,6 +39,7 @@ pub struct AppState {
     pub sender: Sender,
     pub templates: Templates,
     pub webhooks: Webhooks,
+    pub bounces: Bounces,
     pub settings: Arc<Settings>,
 }
 
@@ -77,6 +80,7 @@ impl Modify for BearerAuth {
         (name = "events", description = "The ordered event stream that webhooks also push"),
         (name = "suppressions", description = "Addresses that are never sent to"),
         (name = "webhooks", description = "Signed, durable, replayable event delivery to your endpoints"),
+        (name = "bounces", description = "Reports that arrive after delivery: DSNs, complaints, generic JSON"),
         (name = "operations", description = "Health and readiness"),
     )
 )]
@@ -109,6 +113,8 @@ fn routes(cfg: &mut ServiceConfig) {
         .service(webhooks::rotate_webhook_secret)
         .service(webhooks::list_webhook_deliveries)
         .service(webhooks::replay_webhook)
+        .service(bounces::ingest_dsn)
+        .service(bounces::ingest_event)
         .service(health::healthz)
         .service(health::readyz);
 }

@@ -85,6 +85,7 @@ pub enum Kind {
     UnsupportedMediaType,
     Unprocessable,
     Internal,
+    Unavailable,
 }
 
 impl Kind {
@@ -100,6 +101,7 @@ impl Kind {
             Kind::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type"),
             Kind::Unprocessable => (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable request"),
             Kind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),
+            Kind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable"),
         }
     }
 }

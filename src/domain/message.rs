@@ -244,6 +244,14 @@ pub struct Event {
     pub bounce: Option<Bounce>,
 }
 
+/// A report about a recipient that arrives after the SMTP transaction.
+#[derive(Debug, Clone)]
+pub struct ExternalReport {
+    pub event_type: EventType,
+    pub smtp: Option<SmtpReply>,
+    pub bounce: Option<Bounce>,
+}
+
 /// An accepted message and everything that has happened to it since.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Message {
@@ -348,6 +356,33 @@ impl Message {
         self.push_event(event_type, email, Some(reply), bounce, now);
     }
 
+    /// Applies what a later report (DSN, ARF, provider webhook) says about recipient
+    /// `index`: bounced, delivered or complained change its status; a delay is only
+    /// an event.
+    pub fn record_report(&mut self, index: usize, report: ExternalReport, now: DateTime<Utc>) {
+        let status = match report.event_type {
+            EventType::Bounced => Some(RecipientStatus::Bounced),
+            EventType::Delivered => Some(RecipientStatus::Delivered),
+            EventType::Complained => Some(RecipientStatus::Complained),
+            _ => None,
+        };
+        let Some(recipient) = self.recipients.get_mut(index) else {
+            return;
+        };
+        if let Some(status) = status {
+            recipient.status = status;
+            recipient.updated_at = now;
+            if report.smtp.is_some() {
+                recipient.smtp = report.smtp.clone();
+            }
+        }
+        let email = recipient.email.clone();
+        self.push_event(report.event_type, email, report.smtp, report.bounce, now);
+        if self.status != MessageStatus::Sending {
+            self.status = self.settled_status();
+        }
+    }
+
     /// Marks recipient `index` as suppressed at acceptance: it gets an event and is
     /// never attempted.
     pub fn suppress(&mut self, index: usize, now: DateTime<Utc>) {
@@ -406,7 +441,7 @@ impl Message {
             } else {
                 MessageStatus::Queued
             }
-        } else if has(RecipientStatus::Sent) || has(RecipientStatus::Delivered) {
+        } else if has(RecipientStatus::Sent) || has(RecipientStatus::Delivered) || has(RecipientStatus::Complained) {
             MessageStatus::Sent
         } else {
             MessageStatus::Failed

@@ -30,6 +30,16 @@ pub enum StoreError {
     Missing(String),
 }
 
+/// What [`Store::apply_report`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportTarget {
+    Applied,
+    /// No such message for this tenant.
+    NotFound,
+    /// A worker holds the message right now; try again shortly.
+    Busy,
+}
+
 /// A message handed to exactly one worker, with the bytes to send.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -169,6 +179,19 @@ pub trait Store: Send + Sync {
 
     /// One event of the tenant's stream by id.
     fn event(&self, tenant: &TenantId, id: &str) -> Result<Option<PublishedEvent>, StoreError>;
+
+    /// Applies a later report to the tenant's message and writes it like any other
+    /// change (events, suppressions, webhooks in the same transaction), unless a
+    /// worker holds the message: then nothing is written and the caller should retry.
+    fn apply_report(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        apply: &mut dyn FnMut(&mut Message),
+    ) -> Result<ReportTarget, StoreError>;
+
+    /// Keeps the raw report (matched or not) for inspection; returns its key.
+    fn save_report(&self, tenant: &TenantId, source: &str, matched: bool, raw: &[u8]) -> Result<String, StoreError>;
 
     /// How many messages are stored, for every tenant (operations and tests).
     fn count_messages(&self) -> Result<usize, StoreError>;

@@ -11,7 +11,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{Db, Tree};
 
-use super::{Lease, Store, StoreError};
+use super::{Lease, ReportTarget, Store, StoreError};
 use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
 use crate::domain::ids::WebhookId;
@@ -39,6 +39,7 @@ pub struct SledStore {
     webhooks: Tree,
     outbox: Tree,
     webhook_deliveries: Tree,
+    reports: Tree,
     /// Held while stream positions are taken and committed (see `commit`).
     stream_order: std::sync::Mutex<()>,
 }
@@ -224,6 +225,7 @@ impl SledStore {
             webhooks: db.open_tree("webhooks")?,
             outbox: db.open_tree("outbox")?,
             webhook_deliveries: db.open_tree("webhook_deliveries")?,
+            reports: db.open_tree("reports")?,
             stream_order: std::sync::Mutex::new(()),
             db,
         })
@@ -656,6 +658,35 @@ impl Store for SledStore {
             .get(stream_key(tenant, u64::from_be_bytes(position)))?
             .map(|raw| decode(&raw))
             .transpose()
+    }
+
+    fn apply_report(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        apply: &mut dyn FnMut(&mut Message),
+    ) -> Result<ReportTarget, StoreError> {
+        if self.leases.contains_key(id.as_str())? {
+            return Ok(ReportTarget::Busy);
+        }
+        let Some(mut message) = self.message(tenant, id)? else {
+            return Ok(ReportTarget::NotFound);
+        };
+        apply(&mut message);
+        self.commit(&message, Commit::Progress)?;
+        Ok(ReportTarget::Applied)
+    }
+
+    fn save_report(&self, tenant: &TenantId, source: &str, matched: bool, raw: &[u8]) -> Result<String, StoreError> {
+        let id = format!("rpt_{}", uuid::Uuid::now_v7().simple());
+        let record = serde_json::json!({
+            "id": id, "source": source, "matched": matched, "received_at": Utc::now(),
+            "raw": String::from_utf8_lossy(raw),
+        });
+        self.reports
+            .insert(tenant_key(tenant, &id), serde_json::to_vec(&record)?)?;
+        self.flush()?;
+        Ok(id)
     }
 
     fn count_messages(&self) -> Result<usize, StoreError> {

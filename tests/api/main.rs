@@ -3,6 +3,7 @@
 //! `tests/support/postfix.sh` (the README's test command starts it).
 
 mod auth_and_input;
+mod bounces;
 mod cli;
 mod crash;
 mod delivery;

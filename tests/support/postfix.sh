@@ -6,8 +6,12 @@
 # BASE_PORT      submission: STARTTLS required, then SASL AUTH (PLAIN/LOGIN) to relay
 # BASE_PORT + 1  submissions: implicit TLS, then SASL AUTH
 # Every accepted message lands in the Maildir DIR/sink; `reject@<any domain>` is answered
-# 550 5.1.1 and `defer@<any domain>` 451 4.2.0 at RCPT. The CA that signed the server
-# certificate is DIR/tls/ca.pem. Nothing outside DIR is touched except installing the
+# 550 5.1.1 and `defer@<any domain>` 451 4.2.0 at RCPT. Mail to `@nouser.test` is accepted
+# and then fails in a pipe(8) transport with EX_NOUSER, so Postfix sends a real DSN to the
+# envelope sender; every null-sender message (every DSN) goes to a pipe that POSTs it with
+# curl to the URL in DIR/dsnhook.url, with the bearer token in DIR/dsnhook.token (exit 75,
+# so Postfix retries, when that fails). The CA that signed the server certificate is
+# DIR/tls/ca.pem. Nothing outside DIR is touched except installing the
 # Debian packages when they are missing.
 set -euo pipefail
 
@@ -21,13 +25,13 @@ sudo=""
 [ "$(id -u)" = 0 ] || sudo="sudo"
 
 install_packages() {
-  if command -v postfix >/dev/null && command -v saslpasswd2 >/dev/null \
+  if command -v postfix >/dev/null && command -v saslpasswd2 >/dev/null && command -v curl >/dev/null \
      && ls /usr/lib/*/sasl2/libsasldb.so* >/dev/null 2>&1; then
     return
   fi
   echo "postfix.sh: installing postfix and cyrus sasl from Debian" >&2
   echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
-  local pkgs="postfix sasl2-bin libsasl2-modules libsasl2-modules-db"
+  local pkgs="postfix sasl2-bin libsasl2-modules libsasl2-modules-db curl"
   if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $pkgs >/dev/null; then
     $sudo apt-get update -q >/dev/null
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $pkgs >/dev/null
@@ -70,6 +74,11 @@ biff = no
 smtputf8_enable = no
 message_size_limit = 52428800
 virtual_mailbox_limit = 0
+transport_maps = inline:{ nouser.test=nouser: }
+sender_dependent_default_transport_maps = inline:{ <>=dsnhook: }
+minimal_backoff_time = 1s
+maximal_backoff_time = 2s
+queue_run_delay = 1s
 local_header_rewrite_clients =
 default_transport = virtual
 relay_transport = virtual
@@ -121,7 +130,19 @@ virtual    unix  -       n       n       -       -       virtual
 anvil      unix  -       -       n       -       1       anvil
 scache     unix  -       -       n       -       1       scache
 postlog    unix-dgram n  -       n       -       1       postlogd
+nouser     unix  -       n       n       -       -       pipe
+  user=nobody argv=/bin/sh $dir/etc/nouser.sh
+dsnhook    unix  -       n       n       -       -       pipe
+  user=nobody argv=/bin/sh $dir/etc/dsnhook.sh
 CF
+  printf 'exit 67\n' > "$dir/etc/nouser.sh"
+  cat > "$dir/etc/dsnhook.sh" <<'SH'
+url=$(cat "$(dirname "$0")/../dsnhook.url" 2>/dev/null) || exit 75
+token=$(cat "$(dirname "$0")/../dsnhook.token" 2>/dev/null) || exit 75
+curl --fail --silent --output /dev/null --max-time 30 \
+  -H "Authorization: Bearer $token" -H "Content-Type: message/rfc822" \
+  --data-binary @- "$url" || exit 75
+SH
   cat > "$dir/etc/sasl/smtpd.conf" <<CF
 pwcheck_method: auxprop
 auxprop_plugin: sasldb

@@ -1,0 +1,170 @@
+//! `/v1/bounces`: reports that arrive after delivery — raw DSN/ARF messages piped
+//! from an MTA, and a generic JSON format for everything else.
+
+use actix_web::{post, web, HttpResponse};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::auth::{Authenticated, BouncesWrite};
+use super::body::{JsonBody, RawBody};
+use super::problem::{ApiError, FieldError, Kind, Problem};
+use super::AppState;
+use crate::bounces::ingest::{IngestError, Ingested, Statement};
+use crate::domain::bounce::{classify, Bounce, BounceKind};
+use crate::domain::ids::MessageId;
+use crate::domain::message::{ExternalReport, SmtpReply};
+use crate::domain::status::EventType;
+use crate::domain::ValidationError;
+
+const PROBLEM: &str = "application/problem+json";
+
+fn problem(err: IngestError) -> ApiError {
+    match err {
+        IngestError::Busy => ApiError::new(Kind::Unavailable, "message_busy", err.to_string())
+            .with_header(actix_web::http::header::RETRY_AFTER, "5"),
+        other => ApiError::internal(other),
+    }
+}
+
+/// Ingest a raw delivery status notification (RFC 3464) or feedback report (RFC
+/// 5965, ARF), e.g. piped from an MTA.
+///
+/// The report is matched by the VERP address it was sent to (`To`, `Delivered-To`),
+/// falling back to the Message-ID of the returned original. `Action: failed` records
+/// a bounce (hard ones suppress the address), `delayed` a `message.deferred` event
+/// only, `delivered` a delivery; an ARF report records a complaint and suppresses the
+/// address. Unparseable or unmatched reports are stored and still answered 202.
+#[utoipa::path(
+    tag = "bounces",
+    request_body(content = String, content_type = "message/rfc822", description = "The raw report"),
+    security(("bearer" = ["bounces:write"])),
+    responses(
+        (status = 202, description = "Stored (and recorded when matched)", body = Ingested),
+        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "The token lacks `bounces:write`", body = Problem, content_type = PROBLEM),
+        (status = 413, description = "Too large", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "The message is being delivered right now; retry (`message_busy`, with Retry-After)", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[post("/v1/bounces/dsn")]
+pub async fn ingest_dsn(
+    auth: Authenticated<BouncesWrite>,
+    body: RawBody,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let ingested = state
+        .bounces
+        .ingest_report(&auth.principal.tenant, body.0.to_vec())
+        .await
+        .map_err(problem)?;
+    Ok(HttpResponse::Accepted().json(ingested))
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GenericReportType {
+    Bounce,
+    Complaint,
+    Delivery,
+    Delay,
+}
+
+/// A bounce, complaint, delivery or delay report in mailgate's own JSON format, for
+/// sources without a dedicated endpoint.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"type": "bounce", "message_id": "msg_01a2239f5e3276febeab035967b70001",
+                          "recipient": "ana@example.test", "status": "5.1.1", "smtp_code": 550,
+                          "diagnostic": "550 5.1.1 user unknown", "source": "edge-mta"}))]
+pub struct GenericReport {
+    #[serde(rename = "type")]
+    pub report_type: GenericReportType,
+    /// The `msg_…` id mailgate returned for the send.
+    pub message_id: String,
+    pub recipient: String,
+    /// RFC 3463 status, e.g. `5.1.1`.
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub smtp_code: Option<u16>,
+    #[serde(default)]
+    pub diagnostic: Option<String>,
+    /// Overrides the classification of a bounce.
+    #[serde(default)]
+    pub kind: Option<BounceKind>,
+    /// Where the report came from (free text, recorded on the event); default `api`.
+    #[serde(default)]
+    pub source: Option<String>,
+}
+
+/// Ingest one report in the generic JSON format.
+#[utoipa::path(
+    tag = "bounces",
+    request_body = GenericReport,
+    security(("bearer" = ["bounces:write"])),
+    responses(
+        (status = 202, description = "Stored (and recorded when matched)", body = Ingested),
+        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
+        (status = 403, description = "The token lacks `bounces:write`", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid field", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "The message is being delivered right now; retry", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[post("/v1/bounces/events")]
+pub async fn ingest_event(
+    auth: Authenticated<BouncesWrite>,
+    body: RawBody,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let raw = body.0;
+    let JsonBody(report) = JsonBody::<GenericReport>(super::body::parse(&raw)?);
+    let message_id = MessageId::parse(&report.message_id)
+        .map_err(|e| ApiError::unprocessable(vec![FieldError::new("/message_id", &e)]))?;
+    if !report.recipient.contains('@') {
+        return Err(ApiError::unprocessable(vec![FieldError::new(
+            "/recipient",
+            &ValidationError::new("invalid_address", "`recipient` is an email address"),
+        )]));
+    }
+    let source = report.source.clone().unwrap_or_else(|| "api".into());
+    let smtp = SmtpReply {
+        code: report.smtp_code,
+        enhanced: report.status.clone(),
+        diagnostic: report.diagnostic.clone().unwrap_or_default(),
+    };
+    let (event_type, bounce) = match report.report_type {
+        GenericReportType::Bounce => {
+            let mut bounce = classify(smtp.code, smtp.enhanced.as_deref(), &smtp.diagnostic, &source);
+            if let Some(kind) = report.kind {
+                bounce.kind = kind;
+            }
+            (EventType::Bounced, Some(bounce))
+        }
+        GenericReportType::Complaint => (
+            EventType::Complained,
+            Some(Bounce {
+                kind: BounceKind::Hard,
+                bounce_type: crate::domain::bounce::BounceType::Spam,
+                source: source.clone(),
+            }),
+        ),
+        GenericReportType::Delivery => (EventType::Delivered, None),
+        GenericReportType::Delay => (EventType::Deferred, None),
+    };
+    let statement = Statement {
+        message_id: Some(message_id),
+        index: None,
+        recipient: report.recipient.to_ascii_lowercase(),
+        report: ExternalReport {
+            event_type,
+            smtp: Some(smtp),
+            bounce,
+        },
+    };
+    let ingested = state
+        .bounces
+        .ingest(&auth.principal.tenant, "api", raw.to_vec(), vec![statement])
+        .await
+        .map_err(problem)?;
+    Ok(HttpResponse::Accepted().json(ingested))
+}

@@ -1,0 +1,177 @@
+//! Bounce ingestion: a real asynchronous DSN from Postfix, and the report formats.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{mint, simple_message, spawn_app_with, TestApp};
+use crate::webhooks::Receiver;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn post(app: &TestApp, token: &str, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    let response = app
+        .client
+        .post(format!("{}{path}", app.address))
+        .bearer_auth(token)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_real_postfix_dsn_bounces_the_recipient_fires_the_webhook_and_suppresses_the_address() {
+    let app = spawn_app_with(|s| s.webhooks.allow_private_targets = true).await;
+    let receiver = Receiver::start(200).await;
+    let admin = mint(&app.keys, "acme", "webhooks:manage suppressions:manage bounces:write");
+    let hook = app
+        .client
+        .post(format!("{}/v1/webhooks", app.address))
+        .bearer_auth(&admin)
+        .json(&json!({"url": receiver.url, "events": ["message.bounced"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hook.status(), 201);
+    // Postfix's DSN pipe posts to this app with this token.
+    let dir = &app.postfix.dir;
+    std::fs::write(dir.join("dsnhook.url"), format!("{}/v1/bounces/dsn", app.address)).unwrap();
+    std::fs::write(dir.join("dsnhook.token"), &admin).unwrap();
+
+    let id = app.send_ok(&simple_message("nobody@nouser.test")).await;
+    let bounced = app
+        .wait_for(&id, WAIT, |m| m["recipients"][0]["status"] == "bounced")
+        .await;
+    let recipient = &bounced["recipients"][0];
+    assert_eq!(recipient["enhanced_code"], "5.1.1", "{bounced:#}");
+    let types: Vec<&str> = bounced["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["message.sent", "message.bounced"],
+        "accepted by the upstream, bounced later"
+    );
+    assert_eq!(bounced["events"][1]["seq"], 2);
+
+    let got = receiver.wait("message.bounced", |all| !all.is_empty()).await;
+    let event: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(event["type"], "message.bounced");
+    assert_eq!(event["data"]["message_id"], id.as_str());
+    assert_eq!(event["data"]["bounce"]["source"], "dsn");
+    assert_eq!(event["data"]["bounce"]["kind"], "hard");
+
+    let suppression: Value = app
+        .get("/v1/suppressions/nobody@nouser.test", &admin)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (suppression["reason"].as_str(), suppression["source"].as_str()),
+        (Some("hard_bounce"), Some("dsn"))
+    );
+    let again = app.send_ok(&simple_message("nobody@nouser.test")).await;
+    assert_eq!(app.message(&again).await["recipients"][0]["status"], "suppressed");
+}
+
+#[tokio::test]
+async fn reports_that_match_nothing_or_do_not_parse_are_kept_and_answered_202() {
+    let app = spawn_app_with(|_| {}).await;
+    let token = mint(&app.keys, "acme", "bounces:write");
+    for sample in ["postfix-dsn-pipe-bounce.eml", "postfix-dsn-remote-550.eml"] {
+        let raw = std::fs::read(format!("{}/tests/fixtures/dsn/{sample}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let (status, body) = post(&app, &token, "/v1/bounces/dsn", "message/rfc822", raw).await;
+        assert_eq!(
+            (status, body["matched"].as_u64(), body["unmatched"].as_u64()),
+            (202, Some(0), Some(1)),
+            "{sample}"
+        );
+        assert!(body["report_id"].as_str().unwrap().starts_with("rpt_"));
+    }
+    let (status, body) = post(
+        &app,
+        &token,
+        "/v1/bounces/dsn",
+        "text/plain",
+        b"\x00\xffnot mail at all".to_vec(),
+    )
+    .await;
+    assert_eq!((status, body["unmatched"].as_u64()), (202, Some(1)));
+    let (status, _) = post(&app, &app.token, "/v1/bounces/dsn", "message/rfc822", b"x".to_vec()).await;
+    assert_eq!(status, 403, "bounces:write is required");
+}
+
+#[tokio::test]
+async fn complaints_and_generic_reports_are_recorded_on_the_message() {
+    let app = spawn_app_with(|_| {}).await;
+    let token = mint(&app.keys, "acme", "bounces:write suppressions:manage");
+    let id = app.send_ok(&simple_message("ana@example.test")).await;
+    app.wait_for(&id, WAIT, |m| m["status"] == "sent").await;
+
+    let delivered = json!({"type": "delivery", "message_id": id, "recipient": "Ana@Example.test", "source": "edge"});
+    let (status, body) = post(
+        &app,
+        &token,
+        "/v1/bounces/events",
+        "application/json",
+        delivered.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!((status, body["matched"].as_u64()), (202, Some(1)), "{body}");
+    assert_eq!(app.message(&id).await["recipients"][0]["status"], "delivered");
+
+    let arf = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/arf/complaint.eml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .replace("msg_00000000000000000000000000000001", &id)
+    .replace("bounce+", "someone+");
+    let (status, body) = post(&app, &token, "/v1/bounces/dsn", "message/rfc822", arf.into_bytes()).await;
+    assert_eq!(
+        (status, body["matched"].as_u64()),
+        (202, Some(1)),
+        "matched by the returned Message-ID: {body}"
+    );
+    let message = app.message(&id).await;
+    assert_eq!(message["recipients"][0]["status"], "complained");
+    assert_eq!(
+        message["events"].as_array().unwrap().last().unwrap()["type"],
+        "message.complained"
+    );
+    let suppression: Value = app
+        .get("/v1/suppressions/ana@example.test", &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(suppression["reason"], "complaint");
+
+    let unknown =
+        json!({"type": "bounce", "message_id": "msg_00000000000000000000000000000000", "recipient": "x@example.test"});
+    let (status, body) = post(
+        &app,
+        &token,
+        "/v1/bounces/events",
+        "application/json",
+        unknown.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!((status, body["unmatched"].as_u64()), (202, Some(1)));
+    let (status, _) = post(
+        &app,
+        &token,
+        "/v1/bounces/events",
+        "application/json",
+        b"{\"type\": \"nope\"}".to_vec(),
+    )
+    .await;
+    assert_eq!(status, 422);
+}
