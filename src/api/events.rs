@@ -75,7 +75,7 @@ pub async fn list_events(
     let types = match &query.event_type {
         Some(raw) => raw
             .split(',')
-            .map(|t| serde_json::from_value::<EventType>(serde_json::Value::String(t.trim().to_owned())))
+            .map(|t| EventType::parse(t.trim()).ok_or(()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| invalid("type", "invalid_event_type", "unknown event type"))?,
         None => Vec::new(),

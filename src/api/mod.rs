@@ -64,6 +64,66 @@ impl Modify for BearerAuth {
     }
 }
 
+/// Declares what mailgate POSTs to webhook endpoints (OpenAPI 3.1 `webhooks`), one
+/// entry per event type, so generated clients get typed events.
+struct EventWebhooks;
+
+impl Modify for EventWebhooks {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::content::ContentBuilder;
+        use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn};
+        use utoipa::openapi::request_body::RequestBodyBuilder;
+        use utoipa::openapi::response::ResponseBuilder;
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::{PathItem, PathsBuilder, Ref, Required};
+
+        let header = |name: &str, description: &str| {
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Header)
+                .required(Required::True)
+                .description(Some(description))
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                .build()
+        };
+        let mut paths = PathsBuilder::new();
+        for event_type in crate::domain::status::EventType::ALL {
+            let name = event_type.as_str();
+            let operation = OperationBuilder::new()
+                .operation_id(Some(format!("on_{}", name.replace('.', "_"))))
+                .summary(Some(format!("`{name}`, pushed to your endpoint")))
+                .description(Some(
+                    "Signed per Standard Webhooks: verify `webhook-signature` (`v1,` + base64 \
+                     HMAC-SHA256 of `{webhook-id}.{webhook-timestamp}.{body}` keyed with the \
+                     base64 part of your `whsec_` secret). `webhook-id` is the event id, stable \
+                     across retries. The body is exactly an item of `GET /v1/events`.",
+                ))
+                .tag("webhooks")
+                .parameter(header("webhook-id", "The event id (`evt_…`), the same on every retry"))
+                .parameter(header("webhook-timestamp", "Unix seconds when this attempt was signed"))
+                .parameter(header("webhook-signature", "Space-separated `v1,<base64>` signatures"))
+                .request_body(Some(
+                    RequestBodyBuilder::new()
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("PublishedEvent")))
+                                .build(),
+                        )
+                        .required(Some(Required::True))
+                        .build(),
+                ))
+                .response(
+                    "200",
+                    ResponseBuilder::new().description("Any 2xx acknowledges the event"),
+                )
+                .response("410", ResponseBuilder::new().description("Disables the endpoint"));
+            paths = paths.path(name, PathItem::new(HttpMethod::Post, operation));
+        }
+        openapi.webhooks = Some(paths.build());
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -73,7 +133,7 @@ impl Modify for BearerAuth {
                        every outcome. Errors are RFC 9457 problem documents with a stable `code`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &EventWebhooks),
     tags(
         (name = "messages", description = "Send messages and follow their delivery"),
         (name = "templates", description = "Versioned handlebars templates, strict rendering and previews"),

@@ -113,10 +113,7 @@ impl From<Webhook> for WebhookView {
             events: if w.events.is_empty() {
                 vec!["*".into()]
             } else {
-                w.events
-                    .iter()
-                    .filter_map(|e| serde_json::to_value(e).ok()?.as_str().map(str::to_owned))
-                    .collect()
+                w.events.iter().map(|e| e.as_str().to_owned()).collect()
             },
             description: w.description,
             enabled: w.enabled,
@@ -149,7 +146,7 @@ fn event_types(raw: &[String], field: &str) -> Result<Vec<EventType>, ApiError> 
     raw.iter()
         .enumerate()
         .map(|(i, t)| {
-            serde_json::from_value(serde_json::Value::String(t.clone())).map_err(|_| {
+            EventType::parse(t).ok_or_else(|| {
                 field_error(
                     &format!("{field}/{i}"),
                     &ValidationError::new("invalid_event_type", format!("unknown event type `{t}`")),

@@ -59,3 +59,35 @@ pub enum EventType {
     #[serde(rename = "message.cancelled")]
     Cancelled,
 }
+
+impl EventType {
+    pub const ALL: [EventType; 8] = [
+        EventType::Sent,
+        EventType::Delivered,
+        EventType::Deferred,
+        EventType::Bounced,
+        EventType::Complained,
+        EventType::Failed,
+        EventType::Suppressed,
+        EventType::Cancelled,
+    ];
+
+    /// Reads a wire name such as `message.bounced`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// The wire name, e.g. `message.bounced`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Sent => "message.sent",
+            EventType::Delivered => "message.delivered",
+            EventType::Deferred => "message.deferred",
+            EventType::Bounced => "message.bounced",
+            EventType::Complained => "message.complained",
+            EventType::Failed => "message.failed",
+            EventType::Suppressed => "message.suppressed",
+            EventType::Cancelled => "message.cancelled",
+        }
+    }
+}

@@ -35,6 +35,11 @@ async fn committed_openapi_document_is_what_the_service_serves() {
         assert!(served["paths"][path].is_object(), "{path} is not documented");
     }
     assert_eq!(served["paths"]["/v1/messages"]["post"]["operationId"], "send_message");
+    let bounced = &served["webhooks"]["message.bounced"]["post"];
+    assert_eq!(
+        bounced["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/PublishedEvent"
+    );
 }
 
 #[tokio::test]
