@@ -194,6 +194,32 @@ pub struct TenantSettings {
     pub max_recipients: Option<usize>,
     /// When set, `from` must use one of these domains (or a subdomain of one).
     pub allowed_sender_domains: Option<Vec<String>>,
+    /// Mailgun's HTTP webhook signing key, for `POST /v1/bounces/mailgun?tenant=…`.
+    pub mailgun_signing_key_env: Option<String>,
+    pub mailgun_signing_key_file: Option<PathBuf>,
+    /// `user:password` that Postmark sends as Basic auth to `/v1/bounces/postmark`.
+    pub postmark_webhook_auth_env: Option<String>,
+    pub postmark_webhook_auth_file: Option<PathBuf>,
+    /// SendGrid's Event Webhook verification key (public; base64 DER as SendGrid
+    /// shows it), for `/v1/bounces/sendgrid`.
+    pub sendgrid_verification_key: Option<String>,
+}
+
+/// Provider bounce webhooks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BounceSettings {
+    /// Signed provider reports older than this (by their own timestamp) are refused,
+    /// so a captured request cannot be replayed later.
+    pub max_signature_age: ConfigDuration,
+}
+
+impl Default for BounceSettings {
+    fn default() -> Self {
+        Self {
+            max_signature_age: ConfigDuration(Duration::from_secs(600)),
+        }
+    }
 }
 
 /// Bounds on one template render, so a hostile template cannot exhaust the service.
@@ -256,6 +282,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub tenants: BTreeMap<String, TenantSettings>,
     pub templates: TemplateSettings,
+    pub bounces: BounceSettings,
     pub log: LogSettings,
 }
 

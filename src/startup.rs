@@ -102,6 +102,8 @@ impl Application {
             },
         )
         .context("Failed to load the shipped templates")?;
+        let providers =
+            crate::bounces::providers::load_keys(&settings).context("Failed to read provider webhook keys")?;
         let hooks = &settings.webhooks;
         let dispatcher = Dispatcher {
             store: Arc::clone(&store),
@@ -129,7 +131,11 @@ impl Application {
             },
             templates,
             webhooks,
-            bounces: Bounces { store },
+            bounces: Bounces {
+                store,
+                providers: Arc::new(providers),
+                max_signature_age: settings.bounces.max_signature_age.0,
+            },
             settings,
         });
         let port = listener.local_addr()?.port();

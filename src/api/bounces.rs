@@ -10,6 +10,8 @@ use super::body::{JsonBody, RawBody};
 use super::problem::{ApiError, FieldError, Kind, Problem};
 use super::AppState;
 use crate::bounces::ingest::{IngestError, Ingested, Statement};
+use crate::bounces::providers::{mailgun, postmark, sendgrid, ProviderError};
+use crate::domain::auth::TenantId;
 use crate::domain::bounce::{classify, Bounce, BounceKind};
 use crate::domain::ids::MessageId;
 use crate::domain::message::{ExternalReport, SmtpReply};
@@ -167,4 +169,134 @@ pub async fn ingest_event(
         .await
         .map_err(problem)?;
     Ok(HttpResponse::Accepted().json(ingested))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ProviderQuery {
+    /// The tenant whose configured provider key verifies the request.
+    pub tenant: String,
+}
+
+fn provider_problem(err: ProviderError) -> ApiError {
+    let code = match err {
+        ProviderError::Stale => "stale_signature",
+        _ => "invalid_signature",
+    };
+    ApiError::new(Kind::Unauthorized, code, err.to_string())
+}
+
+/// Stores and records what a provider reported; a payload that verified but does not
+/// parse is stored unmatched (202), never refused.
+async fn record(
+    state: &AppState,
+    tenant: &TenantId,
+    source: &'static str,
+    raw: web::Bytes,
+    statements: Result<Vec<Statement>, ProviderError>,
+) -> Result<HttpResponse, ApiError> {
+    let ingested = state
+        .bounces
+        .ingest(tenant, source, raw.to_vec(), statements.unwrap_or_default())
+        .await
+        .map_err(problem)?;
+    Ok(HttpResponse::Accepted().json(ingested))
+}
+
+fn unauthorized() -> ApiError {
+    provider_problem(ProviderError::BadSignature)
+}
+
+/// Mailgun webhooks (bounces, complaints, deliveries). No bearer token: the request is
+/// authenticated by Mailgun's HMAC signature with the tenant's configured signing key,
+/// and refused when its timestamp is older than `bounces.max_signature_age`.
+#[utoipa::path(
+    tag = "bounces",
+    params(ProviderQuery),
+    request_body(content = Object, description = "Mailgun webhook JSON (`signature`, `event-data`)"),
+    responses(
+        (status = 202, description = "Stored (and recorded when matched)", body = Ingested),
+        (status = 401, description = "Bad signature (`invalid_signature`) or too old (`stale_signature`)", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[post("/v1/bounces/mailgun")]
+pub async fn ingest_mailgun(
+    query: web::Query<ProviderQuery>,
+    body: RawBody,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, keys) = state.bounces.provider_tenant(&query.tenant).ok_or_else(unauthorized)?;
+    let key = keys.mailgun_signing_key.clone().ok_or_else(unauthorized)?;
+    let json: serde_json::Value = serde_json::from_slice(&body.0).map_err(|_| unauthorized())?;
+    mailgun::verify(&json, &key, state.bounces.max_signature_age).map_err(provider_problem)?;
+    record(&state, &tenant, "mailgun", body.0, mailgun::parse(&json)).await
+}
+
+/// Postmark webhooks (Bounce, SpamComplaint, Delivery), authenticated with the HTTP
+/// Basic credentials configured for the tenant (put them in the webhook URL in
+/// Postmark). Postmark does not return the Message-ID header: set message metadata
+/// `mailgate_message_id` to match reports to messages; others are stored unmatched.
+#[utoipa::path(
+    tag = "bounces",
+    params(ProviderQuery),
+    request_body(content = Object, description = "Postmark webhook JSON"),
+    responses(
+        (status = 202, description = "Stored (and recorded when matched)", body = Ingested),
+        (status = 401, description = "Missing or wrong Basic credentials (`invalid_signature`)", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[post("/v1/bounces/postmark")]
+pub async fn ingest_postmark(
+    req: actix_web::HttpRequest,
+    query: web::Query<ProviderQuery>,
+    body: RawBody,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, keys) = state.bounces.provider_tenant(&query.tenant).ok_or_else(unauthorized)?;
+    let expected = keys.postmark_basic_auth.clone().ok_or_else(unauthorized)?;
+    let authorization = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    postmark::verify(authorization, &expected).map_err(provider_problem)?;
+    let statements = serde_json::from_slice(&body.0)
+        .map_err(|_| ProviderError::Malformed("Postmark"))
+        .and_then(|json| postmark::parse(&json));
+    record(&state, &tenant, "postmark", body.0, statements).await
+}
+
+/// SendGrid Event Webhook (bounce, dropped, deferred, delivered, spamreport), verified
+/// with the tenant's configured ECDSA verification key over timestamp and body, and
+/// refused when the timestamp is older than `bounces.max_signature_age`.
+#[utoipa::path(
+    tag = "bounces",
+    params(ProviderQuery),
+    request_body(content = Vec<Object>, description = "SendGrid event array"),
+    responses(
+        (status = 202, description = "Stored (and recorded when matched)", body = Ingested),
+        (status = 401, description = "Bad signature (`invalid_signature`) or too old (`stale_signature`)", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[post("/v1/bounces/sendgrid")]
+pub async fn ingest_sendgrid(
+    req: actix_web::HttpRequest,
+    query: web::Query<ProviderQuery>,
+    body: RawBody,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, keys) = state.bounces.provider_tenant(&query.tenant).ok_or_else(unauthorized)?;
+    let key = keys.sendgrid_verification_key.clone().ok_or_else(unauthorized)?;
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    sendgrid::verify(
+        &key,
+        header(sendgrid::SIGNATURE_HEADER),
+        header(sendgrid::TIMESTAMP_HEADER),
+        &body.0,
+        state.bounces.max_signature_age,
+    )
+    .map_err(provider_problem)?;
+    let statements = serde_json::from_slice(&body.0)
+        .map_err(|_| ProviderError::Malformed("SendGrid"))
+        .and_then(|json| sendgrid::parse(&json));
+    record(&state, &tenant, "sendgrid", body.0, statements).await
 }

@@ -175,6 +175,9 @@ fn routes(cfg: &mut ServiceConfig) {
         .service(webhooks::replay_webhook)
         .service(bounces::ingest_dsn)
         .service(bounces::ingest_event)
+        .service(bounces::ingest_mailgun)
+        .service(bounces::ingest_postmark)
+        .service(bounces::ingest_sendgrid)
         .service(health::healthz)
         .service(health::readyz);
 }

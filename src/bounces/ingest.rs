@@ -2,10 +2,13 @@
 //! (VERP return path first, the returned Message-ID as a fallback), record the
 //! outcome, and keep every raw report, matched or not.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
 
+use super::providers::ProviderKeys;
 use super::report::{self, Action, RecipientReport};
 use super::verp::parse_return_path;
 use crate::domain::auth::TenantId;
@@ -51,6 +54,9 @@ pub struct Statement {
 #[derive(Clone)]
 pub struct Bounces {
     pub store: Arc<dyn Store>,
+    /// Each tenant's provider webhook credentials, by tenant name.
+    pub providers: Arc<HashMap<String, ProviderKeys>>,
+    pub max_signature_age: Duration,
 }
 
 fn statement_of(recipient: &RecipientReport, message_id: Option<MessageId>, index: Option<usize>) -> Statement {
@@ -88,6 +94,12 @@ fn statement_of(recipient: &RecipientReport, message_id: Option<MessageId>, inde
 }
 
 impl Bounces {
+    /// The tenant a provider webhook names, with its credentials, when it has any.
+    pub fn provider_tenant(&self, tenant: &str) -> Option<(TenantId, &ProviderKeys)> {
+        let keys = self.providers.get(tenant)?;
+        Some((TenantId::parse(tenant).ok()?, keys))
+    }
+
     /// Ingests a raw DSN or ARF report. Never fails on content: what cannot be parsed
     /// or matched is stored and counted as unmatched.
     #[tracing::instrument(skip_all, fields(tenant = %tenant))]

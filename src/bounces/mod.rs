@@ -2,5 +2,6 @@
 //! recipient they are about (VERP), and recording them.
 
 pub mod ingest;
+pub mod providers;
 pub mod report;
 pub mod verp;

@@ -175,3 +175,136 @@ async fn complaints_and_generic_reports_are_recorded_on_the_message() {
     .await;
     assert_eq!(status, 422);
 }
+
+#[tokio::test]
+async fn provider_webhooks_check_their_signatures_and_record_reports() {
+    use base64::Engine as _;
+    use hmac::{Hmac, KeyInit, Mac};
+    use p256::ecdsa::signature::Signer as _;
+    use p256::pkcs8::EncodePublicKey as _;
+
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let signing = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
+    let sendgrid_key = b64.encode(signing.verifying_key().to_public_key_der().unwrap().as_bytes());
+    let app = spawn_app_with(|s| {
+        let dir = s.storage.path.clone();
+        std::fs::write(dir.join("mailgun.key"), "mg-signing-key").unwrap();
+        std::fs::write(dir.join("postmark.auth"), "pm:hunter2").unwrap();
+        s.tenants.insert(
+            "acme".into(),
+            mailgate::config::TenantSettings {
+                mailgun_signing_key_file: Some(dir.join("mailgun.key")),
+                postmark_webhook_auth_file: Some(dir.join("postmark.auth")),
+                sendgrid_verification_key: Some(sendgrid_key.clone()),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let mut ids = Vec::new();
+    for to in ["mg@example.test", "pm@example.test", "sg@example.test"] {
+        let id = app.send_ok(&simple_message(to)).await;
+        app.wait_for(&id, WAIT, |m| m["status"] == "sent").await;
+        ids.push(id);
+    }
+    let send = |path: &str, headers: Vec<(&'static str, String)>, body: String| {
+        let mut request = app.client.post(format!("{}{path}", app.address)).body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send()
+    };
+
+    // Mailgun: HMAC of timestamp + token.
+    let mailgun_body = |timestamp: &str, key: &str| {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+        mac.update(format!("{timestamp}tok").as_bytes());
+        let signature: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        json!({"signature": {"timestamp": timestamp, "token": "tok", "signature": signature},
+               "event-data": {"event": "failed", "severity": "permanent", "recipient": "mg@example.test",
+                              "message": {"headers": {"message-id": format!("{}@mail.mailgate.test", ids[0])}},
+                              "delivery-status": {"code": 550, "message": "5.1.1 mailbox does not exist"}}})
+        .to_string()
+    };
+    let now = chrono::Utc::now().timestamp().to_string();
+    let response = send(
+        "/v1/bounces/mailgun?tenant=acme",
+        vec![],
+        mailgun_body(&now, "mg-signing-key"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 202);
+    let message = app.message(&ids[0]).await;
+    assert_eq!(message["recipients"][0]["status"], "bounced");
+    assert_eq!(
+        message["events"].as_array().unwrap().last().unwrap()["type"],
+        "message.bounced"
+    );
+    let forged = send("/v1/bounces/mailgun?tenant=acme", vec![], mailgun_body(&now, "wrong"))
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let stale = send(
+        "/v1/bounces/mailgun?tenant=acme",
+        vec![],
+        mailgun_body("1529006854", "mg-signing-key"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(stale.status(), 401);
+    assert_eq!(stale.json::<Value>().await.unwrap()["code"], "stale_signature");
+    let other = send(
+        "/v1/bounces/mailgun?tenant=globex",
+        vec![],
+        mailgun_body(&now, "mg-signing-key"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.status(), 401, "a tenant without a key cannot be written to");
+
+    // Postmark: Basic credentials.
+    let complaint = json!({"RecordType": "SpamComplaint", "Email": "pm@example.test", "Type": "SpamComplaint",
+                           "Metadata": {"mailgate_message_id": ids[1]}, "BouncedAt": "2026-11-28T10:00:00Z"})
+    .to_string();
+    let basic = |creds: &str| ("authorization", format!("Basic {}", b64.encode(creds)));
+    let response = send(
+        "/v1/bounces/postmark?tenant=acme",
+        vec![basic("pm:hunter2")],
+        complaint.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(app.message(&ids[1]).await["recipients"][0]["status"], "complained");
+    let denied = send("/v1/bounces/postmark?tenant=acme", vec![basic("pm:guess")], complaint)
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+
+    // SendGrid: ECDSA over timestamp + body.
+    let events = json!([{"email": "sg@example.test", "timestamp": 1, "event": "delivered",
+                         "smtp-id": format!("<{}@mail.mailgate.test>", ids[2]), "response": "250 OK"}])
+    .to_string();
+    let signature: p256::ecdsa::Signature = signing.sign(format!("{now}{events}").as_bytes());
+    let headers = vec![
+        (
+            "x-twilio-email-event-webhook-signature",
+            b64.encode(signature.to_der().as_bytes()),
+        ),
+        ("x-twilio-email-event-webhook-timestamp", now.clone()),
+    ];
+    let response = send("/v1/bounces/sendgrid?tenant=acme", headers.clone(), events.clone())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(app.message(&ids[2]).await["recipients"][0]["status"], "delivered");
+    let tampered = send(
+        "/v1/bounces/sendgrid?tenant=acme",
+        headers,
+        events.replace("delivered", "bounce"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tampered.status(), 401);
+}
