@@ -203,6 +203,9 @@ pub struct TenantSettings {
     /// SendGrid's Event Webhook verification key (public; base64 DER as SendGrid
     /// shows it), for `/v1/bounces/sendgrid`.
     pub sendgrid_verification_key: Option<String>,
+    /// The SNS topics whose SES notifications belong to this tenant, for
+    /// `/v1/bounces/ses`; a verified notification from any other topic is refused.
+    pub ses_topic_arns: Option<Vec<String>>,
 }
 
 /// Provider bounce webhooks.
@@ -212,12 +215,16 @@ pub struct BounceSettings {
     /// Signed provider reports older than this (by their own timestamp) are refused,
     /// so a captured request cannot be replayed later.
     pub max_signature_age: ConfigDuration,
+    /// A pinned SNS signing certificate (PEM). When set it is used instead of fetching
+    /// `SigningCertURL` (which is only ever fetched from `sns.<region>.amazonaws.com`).
+    pub sns_certificate_file: Option<PathBuf>,
 }
 
 impl Default for BounceSettings {
     fn default() -> Self {
         Self {
             max_signature_age: ConfigDuration(Duration::from_secs(600)),
+            sns_certificate_file: None,
         }
     }
 }

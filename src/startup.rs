@@ -11,7 +11,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::api::{self, AppState};
 use crate::auth::TokenKeys;
-use crate::bounces::ingest::Bounces;
+use crate::bounces::ingest::{Bounces, SnsCertificates};
 use crate::config::Settings;
 use crate::delivery::{run_worker_until_stopped, RetryPolicy, Transport, Worker};
 use crate::render::template::RenderLimits;
@@ -104,6 +104,10 @@ impl Application {
         .context("Failed to load the shipped templates")?;
         let providers =
             crate::bounces::providers::load_keys(&settings).context("Failed to read provider webhook keys")?;
+        let sns_pinned = match &settings.bounces.sns_certificate_file {
+            Some(path) => Some(std::fs::read(path).with_context(|| format!("Failed to read {}", path.display()))?),
+            None => None,
+        };
         let hooks = &settings.webhooks;
         let dispatcher = Dispatcher {
             store: Arc::clone(&store),
@@ -135,6 +139,10 @@ impl Application {
                 store,
                 providers: Arc::new(providers),
                 max_signature_age: settings.bounces.max_signature_age.0,
+                sns_certificates: Arc::new(SnsCertificates {
+                    pinned: sns_pinned,
+                    ..Default::default()
+                }),
             },
             settings,
         });

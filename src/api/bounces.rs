@@ -10,7 +10,7 @@ use super::body::{JsonBody, RawBody};
 use super::problem::{ApiError, FieldError, Kind, Problem};
 use super::AppState;
 use crate::bounces::ingest::{IngestError, Ingested, Statement};
-use crate::bounces::providers::{mailgun, postmark, sendgrid, ProviderError};
+use crate::bounces::providers::{mailgun, postmark, sendgrid, ses, ProviderError};
 use crate::domain::auth::TenantId;
 use crate::domain::bounce::{classify, Bounce, BounceKind};
 use crate::domain::ids::MessageId;
@@ -299,4 +299,71 @@ pub async fn ingest_sendgrid(
         .map_err(|_| ProviderError::Malformed("SendGrid"))
         .and_then(|json| sendgrid::parse(&json));
     record(&state, &tenant, "sendgrid", body.0, statements).await
+}
+
+/// Amazon SES notifications (Bounce, Complaint, Delivery) through an SNS HTTPS
+/// subscription. The SNS signature (versions 1 and 2) is verified with the
+/// certificate at `SigningCertURL` — fetched only from `sns.<region>.amazonaws.com`,
+/// or pinned with `bounces.sns_certificate_file` — the topic must be one of the
+/// tenant's `ses_topic_arns`, and old `Timestamp`s are refused. A
+/// `SubscriptionConfirmation` is confirmed by visiting its `SubscribeURL` on the same
+/// kind of host.
+#[utoipa::path(
+    tag = "bounces",
+    params(ProviderQuery),
+    request_body(content = Object, description = "An SNS message (JSON)"),
+    responses(
+        (status = 202, description = "Stored (and recorded when matched), or subscription handled", body = Ingested),
+        (status = 401, description = "Bad signature, unknown topic (`invalid_signature`) or too old (`stale_signature`)", body = Problem, content_type = PROBLEM),
+    )
+)]
+#[post("/v1/bounces/ses")]
+pub async fn ingest_ses(
+    query: web::Query<ProviderQuery>,
+    body: RawBody,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, keys) = state.bounces.provider_tenant(&query.tenant).ok_or_else(unauthorized)?;
+    let envelope: serde_json::Value = serde_json::from_slice(&body.0).map_err(|_| unauthorized())?;
+    let topic = envelope["TopicArn"].as_str().unwrap_or_default();
+    if !keys.ses_topic_arns.iter().any(|t| t == topic) {
+        return Err(unauthorized());
+    }
+    let cert_url = envelope["SigningCertURL"].as_str().unwrap_or_default();
+    let certificate = state
+        .bounces
+        .sns_certificates
+        .get(cert_url)
+        .await
+        .ok_or_else(unauthorized)?;
+    ses::verify(&envelope, &certificate, state.bounces.max_signature_age).map_err(provider_problem)?;
+    match envelope["Type"].as_str() {
+        Some("Notification") => record(&state, &tenant, "ses", body.0, ses::parse(&envelope)).await,
+        Some("SubscriptionConfirmation") => {
+            let url = envelope["SubscribeURL"].as_str().unwrap_or_default();
+            let confirmed = confirm_subscription(url).await;
+            tracing::info!(topic, confirmed, "SNS subscription confirmation");
+            record(&state, &tenant, "ses", body.0, Ok(Vec::new())).await
+        }
+        _ => record(&state, &tenant, "ses", body.0, Ok(Vec::new())).await,
+    }
+}
+
+/// Visits an SNS `SubscribeURL`, only on `https://sns.<region>.amazonaws.com`.
+async fn confirm_subscription(url: &str) -> bool {
+    let allowed = reqwest::Url::parse(url).is_ok_and(|u| {
+        let probe = format!("https://{}/x.pem", u.host_str().unwrap_or_default());
+        u.scheme() == "https" && ses::cert_url_allowed(&probe)
+    });
+    if !allowed {
+        return false;
+    }
+    let Ok(client) = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    else {
+        return false;
+    };
+    client.get(url).send().await.is_ok_and(|r| r.status().is_success())
 }

@@ -178,6 +178,7 @@ fn routes(cfg: &mut ServiceConfig) {
         .service(bounces::ingest_mailgun)
         .service(bounces::ingest_postmark)
         .service(bounces::ingest_sendgrid)
+        .service(bounces::ingest_ses)
         .service(health::healthz)
         .service(health::readyz);
 }

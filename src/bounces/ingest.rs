@@ -57,6 +57,44 @@ pub struct Bounces {
     /// Each tenant's provider webhook credentials, by tenant name.
     pub providers: Arc<HashMap<String, ProviderKeys>>,
     pub max_signature_age: Duration,
+    /// The pinned SNS certificate, or certificates fetched from SNS hosts, by URL.
+    pub sns_certificates: Arc<SnsCertificates>,
+}
+
+/// SNS signing certificates: one pinned in configuration, or fetched once per URL
+/// (only from `sns.<region>.amazonaws.com`) and kept.
+#[derive(Default)]
+pub struct SnsCertificates {
+    pub pinned: Option<Vec<u8>>,
+    pub fetched: std::sync::Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl SnsCertificates {
+    /// The certificate for `url`, fetching it when allowed and not yet known.
+    pub async fn get(&self, url: &str) -> Option<Vec<u8>> {
+        if let Some(pinned) = &self.pinned {
+            return Some(pinned.clone());
+        }
+        if !super::providers::ses::cert_url_allowed(url) {
+            return None;
+        }
+        if let Some(known) = self.lock().get(url) {
+            return Some(known.clone());
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .ok()?;
+        let response = client.get(url).send().await.ok()?.error_for_status().ok()?;
+        let pem = response.bytes().await.ok()?.to_vec();
+        self.lock().insert(url.to_owned(), pem.clone());
+        Some(pem)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<u8>>> {
+        self.fetched.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 fn statement_of(recipient: &RecipientReport, message_id: Option<MessageId>, index: Option<usize>) -> Statement {

@@ -308,3 +308,112 @@ async fn provider_webhooks_check_their_signatures_and_record_reports() {
     .unwrap();
     assert_eq!(tampered.status(), 401);
 }
+
+/// Signs `data` with `openssl dgst -<digest> -sign key`, base64-encoded.
+fn openssl_sign(dir: &std::path::Path, digest: &str, data: &str) -> String {
+    use base64::Engine as _;
+    std::fs::write(dir.join("canonical.txt"), data).unwrap();
+    let status = std::process::Command::new("openssl")
+        .args(["dgst", &format!("-{digest}"), "-sign"])
+        .arg(dir.join("sns.key"))
+        .arg("-out")
+        .arg(dir.join("sig.bin"))
+        .arg(dir.join("canonical.txt"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.join("sig.bin")).unwrap())
+}
+
+#[tokio::test]
+async fn ses_notifications_through_sns_are_verified_bound_to_the_tenants_topic_and_recorded() {
+    let keys = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=sns.test",
+        ])
+        .arg("-keyout")
+        .arg(keys.path().join("sns.key"))
+        .arg("-out")
+        .arg(keys.path().join("sns.pem"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let topic = "arn:aws:sns:us-east-1:123456789012:ses-bounces";
+    let pem = keys.path().join("sns.pem");
+    let app = spawn_app_with(|s| {
+        s.bounces.sns_certificate_file = Some(pem.clone());
+        s.tenants.insert(
+            "acme".into(),
+            mailgate::config::TenantSettings {
+                ses_topic_arns: Some(vec![topic.into()]),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let id = app.send_ok(&simple_message("ses@example.test")).await;
+    app.wait_for(&id, WAIT, |m| m["status"] == "sent").await;
+
+    // The SES documentation's bounce sample, pointed at our message.
+    let ses_message = json!({"notificationType": "Bounce",
+        "bounce": {"feedbackId": "0100015a", "bounceType": "Permanent", "bounceSubType": "General",
+                   "bouncedRecipients": [{"emailAddress": "ses@example.test", "action": "failed", "status": "5.1.1",
+                                          "diagnosticCode": "smtp; 550 5.1.1 user unknown"}],
+                   "timestamp": "2016-01-27T14:59:38.237Z", "reportingMTA": "dsn; a7-12.smtp-out.us-west-2.amazonses.com"},
+        "mail": {"timestamp": "2016-01-27T14:59:38.237Z", "source": "john@example.com", "messageId": "00000137860315fd",
+                 "commonHeaders": {"from": ["John Doe <john@example.com>"], "to": ["ses@example.test"],
+                                   "messageId": format!("<{id}@mail.mailgate.test>"), "subject": "Hello"}}})
+    .to_string();
+    let envelope = |version: &str, digest: &str, timestamp: &str, topic_arn: &str| {
+        let mut env = json!({"Type": "Notification", "MessageId": "22b80b92-fdea-4c2c-8f9d-bdfb0c7bf324",
+            "TopicArn": topic_arn, "Message": ses_message, "Timestamp": timestamp, "SignatureVersion": version,
+            "SigningCertURL": "https://sns.us-east-1.amazonaws.com/SimpleNotificationService-x.pem"});
+        let canonical = mailgate::bounces::providers::ses::string_to_sign(&env).unwrap();
+        env["Signature"] = json!(openssl_sign(keys.path(), digest, &canonical));
+        env.to_string()
+    };
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    let post_ses = |body: String| {
+        app.client
+            .post(format!("{}/v1/bounces/ses?tenant=acme", app.address))
+            .body(body)
+            .send()
+    };
+
+    let response = post_ses(envelope("2", "sha256", &now, topic)).await.unwrap();
+    assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+    let message = app.message(&id).await;
+    assert_eq!(message["recipients"][0]["status"], "bounced");
+    let bounce = &message["events"].as_array().unwrap().last().unwrap();
+    assert_eq!(bounce["type"], "message.bounced");
+
+    assert_eq!(
+        post_ses(envelope("1", "sha1", &now, topic)).await.unwrap().status(),
+        202,
+        "SignatureVersion 1"
+    );
+    let foreign_topic = post_ses(envelope("2", "sha256", &now, "arn:aws:sns:us-east-1:999:other"))
+        .await
+        .unwrap();
+    assert_eq!(
+        foreign_topic.status(),
+        401,
+        "a verified notification from another topic is refused"
+    );
+    let stale = post_ses(envelope("2", "sha256", "2016-01-27T14:59:38.237Z", topic))
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 401);
+    let tampered = envelope("2", "sha256", &now, topic).replace("Permanent", "Transient");
+    assert_eq!(post_ses(tampered).await.unwrap().status(), 401);
+}

@@ -1,4 +1,4 @@
-//! Provider webhooks (Mailgun, Postmark, SendGrid): each proves its origin its own way
+//! Provider webhooks (Amazon SES via SNS, Mailgun, Postmark, SendGrid): each proves its origin its own way
 //! and speaks its own JSON; all end in the same [`Statement`]s and bounce taxonomy.
 //! They carry no bearer token: the tenant is named in the URL (`?tenant=acme`) and the
 //! provider's signature, checked with that tenant's configured key, authenticates the
@@ -7,6 +7,7 @@
 pub mod mailgun;
 pub mod postmark;
 pub mod sendgrid;
+pub mod ses;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -34,6 +35,7 @@ pub struct ProviderKeys {
     pub mailgun_signing_key: Option<String>,
     pub postmark_basic_auth: Option<String>,
     pub sendgrid_verification_key: Option<String>,
+    pub ses_topic_arns: Vec<String>,
 }
 
 impl std::fmt::Debug for ProviderKeys {
@@ -42,6 +44,7 @@ impl std::fmt::Debug for ProviderKeys {
             .field("mailgun", &self.mailgun_signing_key.is_some())
             .field("postmark", &self.postmark_basic_auth.is_some())
             .field("sendgrid", &self.sendgrid_verification_key.is_some())
+            .field("ses_topics", &self.ses_topic_arns.len())
             .finish()
     }
 }
@@ -62,6 +65,7 @@ pub fn load_keys(settings: &Settings) -> anyhow::Result<HashMap<String, Provider
                     t.postmark_webhook_auth_env.as_deref(),
                 )?,
                 sendgrid_verification_key: t.sendgrid_verification_key.clone(),
+                ses_topic_arns: t.ses_topic_arns.clone().unwrap_or_default(),
             };
             Ok((tenant.clone(), keys))
         })
