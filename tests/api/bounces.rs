@@ -79,6 +79,22 @@ async fn a_real_postfix_dsn_bounces_the_recipient_fires_the_webhook_and_suppress
     );
     let again = app.send_ok(&simple_message("nobody@nouser.test")).await;
     assert_eq!(app.message(&again).await["recipients"][0]["status"], "suppressed");
+
+    // The form real providers send: Postfix relays to a "remote MX" that answers 550,
+    // and its DSN carries `Diagnostic-Code: smtp; 550 …` and `Remote-MTA`.
+    let remote = app.send_ok(&simple_message("someone@remote-bounce.test")).await;
+    let bounced = app
+        .wait_for(&remote, WAIT, |m| m["recipients"][0]["status"] == "bounced")
+        .await;
+    let recipient = &bounced["recipients"][0];
+    assert_eq!(recipient["smtp_code"], 550, "{bounced:#}");
+    assert!(
+        recipient["diagnostic"]
+            .as_str()
+            .unwrap()
+            .contains("Simulated remote MX"),
+        "{recipient}"
+    );
 }
 
 #[tokio::test]
