@@ -143,6 +143,7 @@ impl Application {
                     pinned: sns_pinned,
                     ..Default::default()
                 }),
+                seen_tokens: Arc::default(),
             },
             settings,
         });

@@ -229,6 +229,14 @@ pub async fn ingest_mailgun(
     let key = keys.mailgun_signing_key.clone().ok_or_else(unauthorized)?;
     let json: serde_json::Value = serde_json::from_slice(&body.0).map_err(|_| unauthorized())?;
     mailgun::verify(&json, &key, state.bounces.max_signature_age).map_err(provider_problem)?;
+    let token = json["signature"]["token"].as_str().unwrap_or_default();
+    let timestamp = json["signature"]["timestamp"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    if !state.bounces.first_use(token, timestamp) {
+        return Err(provider_problem(ProviderError::Stale));
+    }
     record(&state, &tenant, "mailgun", body.0, mailgun::parse(&json)).await
 }
 

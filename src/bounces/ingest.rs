@@ -13,7 +13,7 @@ use super::report::{self, Action, RecipientReport};
 use super::verp::parse_return_path;
 use crate::domain::auth::TenantId;
 use crate::domain::bounce::{classify, Bounce, BounceKind, BounceType};
-use crate::domain::ids::MessageId;
+use crate::domain::ids::{EventId, MessageId};
 use crate::domain::message::{ExternalReport, SmtpReply};
 use crate::domain::status::EventType;
 use crate::store::{ReportTarget, Store, StoreError};
@@ -59,6 +59,9 @@ pub struct Bounces {
     pub max_signature_age: Duration,
     /// The pinned SNS certificate, or certificates fetched from SNS hosts, by URL.
     pub sns_certificates: Arc<SnsCertificates>,
+    /// Mailgun tokens seen within the signature window (Mailgun does not sign the
+    /// body, so a signature must not be usable twice).
+    pub seen_tokens: Arc<std::sync::Mutex<HashMap<String, i64>>>,
 }
 
 /// SNS signing certificates: one pinned in configuration, or fetched once per URL
@@ -132,6 +135,17 @@ fn statement_of(recipient: &RecipientReport, message_id: Option<MessageId>, inde
 }
 
 impl Bounces {
+    /// `true` the first time `token` (signed at `timestamp`) is seen in the window.
+    pub fn first_use(&self, token: &str, timestamp: i64) -> bool {
+        let mut seen = self
+            .seen_tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let oldest = Utc::now().timestamp() - i64::try_from(self.max_signature_age.as_secs()).unwrap_or(i64::MAX);
+        seen.retain(|_, at| *at >= oldest);
+        seen.insert(token.to_owned(), timestamp).is_none()
+    }
+
     /// The tenant a provider webhook names, with its credentials, when it has any.
     pub fn provider_tenant(&self, tenant: &str) -> Option<(TenantId, &ProviderKeys)> {
         let keys = self.providers.get(tenant)?;
@@ -187,8 +201,8 @@ impl Bounces {
         let tenant = tenant.clone();
         tokio::task::spawn_blocking(move || {
             let mut matched = 0;
-            for statement in &statements {
-                if apply(store.as_ref(), &tenant, statement)? {
+            for (position, statement) in statements.iter().enumerate() {
+                if apply(store.as_ref(), &tenant, statement, event_id_for(source, &raw, position))? {
                     matched += 1;
                 }
             }
@@ -208,8 +222,22 @@ impl Bounces {
     }
 }
 
+/// The event id of statement `position` of a report: the same report always gives
+/// the same ids, so a redelivered report is recorded once.
+fn event_id_for(source: &str, raw: &[u8], position: usize) -> EventId {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new()
+        .chain_update(source.as_bytes())
+        .chain_update(raw)
+        .chain_update(position.to_be_bytes())
+        .finalize();
+    let mut short = [0u8; 16];
+    short.copy_from_slice(&digest[..16]);
+    EventId::derived(&short)
+}
+
 /// Records one statement on its message; `false` when nothing matched.
-fn apply(store: &dyn Store, tenant: &TenantId, statement: &Statement) -> Result<bool, IngestError> {
+fn apply(store: &dyn Store, tenant: &TenantId, statement: &Statement, event_id: EventId) -> Result<bool, IngestError> {
     let Some(id) = &statement.message_id else {
         return Ok(false);
     };
@@ -228,7 +256,7 @@ fn apply(store: &dyn Store, tenant: &TenantId, statement: &Statement) -> Result<
                 .position(|r| r.email.eq_ignore_ascii_case(&statement.recipient))
         });
         if let Some(index) = index {
-            message.record_report(index, statement.report.clone(), Utc::now());
+            message.record_report(index, statement.report.clone(), event_id.clone(), Utc::now());
             matched = true;
         }
     })?;

@@ -60,6 +60,19 @@ impl Worker {
         let first_due = message.first_due();
         let give_up = self.policy.gives_up(first_due, started);
         message.begin_attempt();
+        // Suppressions added since acceptance (a bounce, a complaint, by hand) still
+        // stop a scheduled or retried recipient before any SMTP attempt.
+        let store = Arc::clone(&self.store);
+        let (tenant, emails) = (
+            message.tenant.clone(),
+            message.recipients.iter().map(|r| r.email.clone()).collect::<Vec<_>>(),
+        );
+        let suppressed = tokio::task::spawn_blocking(move || store.suppressed(&tenant, &emails)).await??;
+        for index in message.pending_recipients() {
+            if suppressed.contains(&message.recipients[index].email) {
+                message.suppress(index, Utc::now());
+            }
+        }
         let pending = message.pending_recipients();
         for (n, index) in pending.iter().copied().enumerate() {
             let job = TransportJob {

@@ -41,6 +41,15 @@ macro_rules! prefixed_id {
                 &self.0
             }
 
+            /// An identifier derived from content (16 bytes of a digest), so that the
+            /// same input always yields the same id: used to make repeats idempotent.
+            pub fn derived(digest: &[u8; 16]) -> Self {
+                Self(format!(
+                    concat!($prefix, "{}"),
+                    digest.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                ))
+            }
+
             /// A fixed identifier for something that ships with mailgate (built-in
             /// templates): `n` in the low bits, so it can never collide with a
             /// generated (time-based) one.

@@ -359,7 +359,13 @@ impl Message {
     /// Applies what a later report (DSN, ARF, provider webhook) says about recipient
     /// `index`: bounced, delivered or complained change its status; a delay is only
     /// an event.
-    pub fn record_report(&mut self, index: usize, report: ExternalReport, now: DateTime<Utc>) {
+    ///
+    /// `event_id` is derived from the report, so a report delivered twice (provider
+    /// retries, a resent DSN) is recorded once.
+    pub fn record_report(&mut self, index: usize, report: ExternalReport, event_id: EventId, now: DateTime<Utc>) {
+        if self.events.iter().any(|e| e.id == event_id) {
+            return;
+        }
         let status = match report.event_type {
             EventType::Bounced => Some(RecipientStatus::Bounced),
             EventType::Delivered => Some(RecipientStatus::Delivered),
@@ -378,6 +384,9 @@ impl Message {
         }
         let email = recipient.email.clone();
         self.push_event(report.event_type, email, report.smtp, report.bounce, now);
+        if let Some(last) = self.events.last_mut() {
+            last.id = event_id;
+        }
         if self.status != MessageStatus::Sending {
             self.status = self.settled_status();
         }

@@ -28,6 +28,9 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
     #[error("the record {0} is missing")]
     Missing(String),
+    /// A compare-and-swap lost to a concurrent writer; retry.
+    #[error("the record changed concurrently")]
+    Conflict,
 }
 
 /// What [`Store::apply_report`] did.
@@ -164,8 +167,9 @@ pub trait Store: Send + Sync {
     fn lease_delivery(&self, now: DateTime<Utc>, lease: chrono::Duration) -> Result<Option<OutboxEntry>, StoreError>;
 
     /// Ends a leased delivery in one durable transaction: removes `leased` (as
-    /// returned by [`Store::lease_delivery`]), queues `next` (the retry) when given,
-    /// records the attempt, and saves `webhook` when given (e.g. disabled after a 410).
+    /// returned by [`Store::lease_delivery`]) and queues `next` (the retry) when the
+    /// lease was still held, records the attempt, and applies the enabled flag of
+    /// `webhook` (disabled after a 410) to the stored webhook if it still exists.
     fn finish_delivery(
         &self,
         leased: &OutboxEntry,

@@ -100,6 +100,8 @@ enum Commit<'a> {
     Progress,
     /// End of an attempt: the lease ends, queued again when a retry is due.
     Release,
+    /// A later report: only if nobody leased or changed the message since `read`.
+    Report { read: &'a [u8] },
 }
 
 /// `due millis ++ entry id`: deliveries in due order.
@@ -170,7 +172,6 @@ impl SledStore {
         )
             .transaction(
                 |(messages, mimes, queue, leases, events, event_ids, suppressions, outbox)| {
-                    messages.insert(message.id.as_str(), encode(message)?)?;
                     let requeue = match change {
                         Commit::Accept { mime } => {
                             mimes.insert(message.id.as_str(), mime)?;
@@ -181,7 +182,17 @@ impl SledStore {
                             leases.remove(message.id.as_str())?;
                             true
                         }
+                        Commit::Report { read } => {
+                            let unchanged = messages
+                                .get(message.id.as_str())?
+                                .is_some_and(|now| now.as_ref() == read);
+                            if leases.get(message.id.as_str())?.is_some() || !unchanged {
+                                return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
+                            }
+                            false
+                        }
                     };
+                    messages.insert(message.id.as_str(), encode(message)?)?;
                     if let (true, Some(due)) = (requeue, message.next_attempt_at) {
                         queue.insert(queue_key(due, &message.id), &[])?;
                     }
@@ -593,9 +604,15 @@ impl Store for SledStore {
             .to_be_bytes();
         for item in self.outbox.range(..end.as_slice()) {
             let (key, value) = item?;
-            let Ok(mut entry) = decode::<OutboxEntry>(&value) else {
-                self.outbox.remove(&key)?;
-                continue;
+            let mut entry = match decode::<OutboxEntry>(&value) {
+                Ok(entry) => entry,
+                Err(reason) => {
+                    // Keep it for inspection, out of the way of the deliveries behind it.
+                    tracing::error!(error = %reason, "parked an undecodable webhook delivery");
+                    self.parked.insert([b"outbox:".as_slice(), &key].concat(), value)?;
+                    self.outbox.remove(&key)?;
+                    continue;
+                }
             };
             entry.due_at = now + lease;
             let moved = self.outbox.transaction(|outbox| {
@@ -623,13 +640,25 @@ impl Store for SledStore {
         attempt_key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
         (&self.outbox, &self.webhook_deliveries, &self.webhooks)
             .transaction(|(outbox, log, webhooks)| {
-                outbox.remove(outbox_key(leased))?;
-                if let Some(next) = next {
+                // Only the holder of a live lease re-queues: if the lease ran out and
+                // another dispatcher took the entry, this attempt is only logged.
+                let still_ours = outbox.remove(outbox_key(leased))?.is_some();
+                if let (true, Some(next)) = (still_ours, next) {
                     outbox.insert(outbox_key(next), encode_json(next)?)?;
                 }
                 log.insert(attempt_key.as_slice(), encode_json(attempt)?)?;
-                if let Some(hook) = webhook {
-                    webhooks.insert(tenant_key(&hook.tenant, hook.id.as_str()), encode_json(hook)?)?;
+                if let Some(disabled) = webhook {
+                    // Re-read: only the enabled flag changes, and only if the webhook
+                    // still exists (it may have been deleted or rotated meanwhile).
+                    let key = tenant_key(&disabled.tenant, disabled.id.as_str());
+                    if let Some(raw) = webhooks.get(&key)? {
+                        let mut current: Webhook = serde_json::from_slice(&raw)
+                            .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
+                        current.enabled = disabled.enabled;
+                        current.disabled_reason = disabled.disabled_reason.clone();
+                        current.updated_at = disabled.updated_at;
+                        webhooks.insert(key, encode_json(&current)?)?;
+                    }
                 }
                 Ok(())
             })
@@ -666,15 +695,20 @@ impl Store for SledStore {
         id: &MessageId,
         apply: &mut dyn FnMut(&mut Message),
     ) -> Result<ReportTarget, StoreError> {
-        if self.leases.contains_key(id.as_str())? {
-            return Ok(ReportTarget::Busy);
-        }
-        let Some(mut message) = self.message(tenant, id)? else {
+        let Some(read) = self.messages.get(id.as_str())? else {
             return Ok(ReportTarget::NotFound);
         };
+        let mut message: Message = decode(&read)?;
+        if &message.tenant != tenant {
+            return Ok(ReportTarget::NotFound);
+        }
         apply(&mut message);
-        self.commit(&message, Commit::Progress)?;
-        Ok(ReportTarget::Applied)
+        // Compare-and-swap: a worker that leased the message, or another report that
+        // changed it, since `read` makes this a retry instead of a lost update.
+        match self.commit(&message, Commit::Report { read: &read }) {
+            Err(StoreError::Conflict) => Ok(ReportTarget::Busy),
+            other => other.map(|()| ReportTarget::Applied),
+        }
     }
 
     fn save_report(&self, tenant: &TenantId, source: &str, matched: bool, raw: &[u8]) -> Result<String, StoreError> {

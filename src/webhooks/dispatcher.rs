@@ -55,7 +55,10 @@ impl Dispatcher {
         let attempt = leased.attempts + 1;
         let started = Instant::now();
         let result = match &webhook {
-            Some(hook) if hook.enabled => self.post(hook, &leased.event).await,
+            // Bounded as a whole (DNS included) so the lease cannot run out mid-call.
+            Some(hook) if hook.enabled => tokio::time::timeout(self.timeout, self.post(hook, &leased.event))
+                .await
+                .unwrap_or_else(|_| Err("no response within the request timeout".to_owned())),
             _ => Err("the webhook was deleted or disabled".to_owned()),
         };
         let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -124,6 +127,8 @@ impl Dispatcher {
         // Connect to the address the guard checked, not to a fresh lookup.
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve the host again, bypassing the checked address.
+            .no_proxy()
             .timeout(self.timeout)
             .resolve(&target.host, target.address)
             .build()

@@ -13,7 +13,9 @@ pub enum EgressError {
     NoHost,
     #[error("the host does not resolve")]
     Unresolvable,
-    #[error("the host resolves to {0}, a private, loopback or link-local address")]
+    /// The address is kept for logs; the message shown to callers omits it, so the
+    /// guard cannot be used to map internal DNS.
+    #[error("the host resolves to a private, loopback, link-local or otherwise reserved address")]
     Forbidden(IpAddr),
 }
 
@@ -29,6 +31,7 @@ fn forbidden_v4(ip: Ipv4Addr) -> bool {
         || a == 0
         || (a == 100 && (64..128).contains(&b))
         || (a == 198 && (b == 18 || b == 19))
+        || (a == 192 && b == 0 && ip.octets()[2] == 0)
         || a >= 240
 }
 
@@ -36,13 +39,29 @@ fn forbidden_v6(ip: Ipv6Addr) -> bool {
     if let Some(v4) = ip.to_ipv4_mapped() {
         return forbidden_v4(v4);
     }
-    let first = ip.segments()[0];
+    let segments = ip.segments();
+    let first = segments[0];
+    // Addresses that embed an IPv4 address the network may route to: NAT64
+    // (64:ff9b::/96), 6to4 (2002::/16) and IPv4-compatible (::/96).
+    let embedded = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    if (segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || segments[..6] == [0; 6])
+        && !ip.is_loopback()
+        && !ip.is_unspecified()
+    {
+        return forbidden_v4(embedded(segments[6], segments[7]));
+    }
+    if first == 0x2002 {
+        return forbidden_v4(embedded(segments[1], segments[2]));
+    }
     ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
-        || first == 0x2001 && ip.segments()[1] == 0x0db8
+        || (first & 0xffc0) == 0xfec0
+        || (first == 0x2001 && segments[1] == 0x0000)
+        || (first == 0x2001 && segments[1] == 0x0db8)
+        || first == 0x0100
 }
 
 pub fn is_forbidden(ip: IpAddr) -> bool {
@@ -103,7 +122,11 @@ mod tests {
         ] {
             assert!(is_forbidden(bad.parse().unwrap()), "{bad}");
         }
-        for good in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"] {
+        for good in [
+            "93.184.216.34",
+            "2606:2800:220:1:248:1893:25c8:1946",
+            "64:ff9b::5db8:d822",
+        ] {
             assert!(!is_forbidden(good.parse().unwrap()), "{good}");
         }
     }

@@ -150,12 +150,28 @@ async fn complaints_and_generic_reports_are_recorded_on_the_message() {
     .unwrap()
     .replace("msg_00000000000000000000000000000001", &id)
     .replace("bounce+", "someone+");
-    let (status, body) = post(&app, &token, "/v1/bounces/dsn", "message/rfc822", arf.into_bytes()).await;
+    let (status, body) = post(
+        &app,
+        &token,
+        "/v1/bounces/dsn",
+        "message/rfc822",
+        arf.clone().into_bytes(),
+    )
+    .await;
     assert_eq!(
         (status, body["matched"].as_u64()),
         (202, Some(1)),
         "matched by the returned Message-ID: {body}"
     );
+    let (status, _) = post(&app, &token, "/v1/bounces/dsn", "message/rfc822", arf.into_bytes()).await;
+    assert_eq!(status, 202);
+    let complaints = app.message(&id).await["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "message.complained")
+        .count();
+    assert_eq!(complaints, 1, "the same report delivered twice is recorded once");
     let message = app.message(&id).await;
     assert_eq!(message["recipients"][0]["status"], "complained");
     assert_eq!(
@@ -253,6 +269,14 @@ async fn provider_webhooks_check_their_signatures_and_record_reports() {
     assert_eq!(response.status(), 202);
     let message = app.message(&ids[0]).await;
     assert_eq!(message["recipients"][0]["status"], "bounced");
+    let replayed = send(
+        "/v1/bounces/mailgun?tenant=acme",
+        vec![],
+        mailgun_body(&now, "mg-signing-key"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(replayed.status(), 401, "a Mailgun signature (token) is accepted once");
     assert_eq!(
         message["events"].as_array().unwrap().last().unwrap()["type"],
         "message.bounced"

@@ -310,16 +310,20 @@ async fn a_restart_in_the_middle_of_retries_loses_no_event() {
         .unwrap();
     assert_eq!(sent.status(), 202);
     let id = sent.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    receiver.wait("a failing attempt", |all| !all.is_empty()).await;
+    let failed = receiver.wait("a failing attempt", |all| !all.is_empty()).await;
+    let pending_id = failed[0].headers["webhook-id"].clone();
     first.kill();
 
     receiver.status.store(200, Ordering::SeqCst);
     let before = receiver.all().len();
     let mut second = Binary::spawn(&["serve", "--config", &config], data.path(), free_port(), &[]);
     second.wait_healthy().await;
+    // Answered 200 only from here on: the event that was failing before the kill
+    // must arrive again, same webhook-id, from the restarted process.
     receiver
-        .wait("the event after the restart", |all| {
-            all.len() > before && all.iter().any(|r| json_of(r)["data"]["message_id"] == id.as_str())
+        .wait("the pending event after the restart", |all| {
+            all[before..].iter().any(|r| r.headers["webhook-id"] == pending_id)
         })
         .await;
+    assert!(failed.iter().any(|r| json_of(r)["data"]["message_id"] == id.as_str()));
 }

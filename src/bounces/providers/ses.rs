@@ -48,6 +48,23 @@ pub fn string_to_sign(envelope: &Value) -> Option<String> {
     Some(out)
 }
 
+/// An AWS region name such as `us-east-1` or `us-gov-west-1` (and not, say, `s3`:
+/// `sns.s3.amazonaws.com` is an S3 bucket anyone could own).
+fn is_region(label: &str) -> bool {
+    let parts: Vec<&str> = label.split('-').collect();
+    let (Some(first), Some(last)) = (parts.first(), parts.last()) else {
+        return false;
+    };
+    (3..=4).contains(&parts.len())
+        && first.len() == 2
+        && first.bytes().all(|b| b.is_ascii_lowercase())
+        && !last.is_empty()
+        && last.bytes().all(|b| b.is_ascii_digit())
+        && parts[1..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+}
+
 /// Whether a `SigningCertURL` may be fetched: https on an SNS host of AWS.
 pub fn cert_url_allowed(url: &str) -> bool {
     let Ok(parsed) = reqwest::Url::parse(url) else {
@@ -56,12 +73,12 @@ pub fn cert_url_allowed(url: &str) -> bool {
     let host = parsed.host_str().unwrap_or_default();
     let labels: Vec<&str> = host.split('.').collect();
     parsed.scheme() == "https"
+        && parsed.query().is_none()
+        && parsed.port().is_none()
         && parsed.path().ends_with(".pem")
         && labels.len() == 4
         && labels[0] == "sns"
-        && labels[1]
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && is_region(labels[1])
         && labels[2..] == ["amazonaws", "com"]
 }
 
@@ -208,6 +225,9 @@ mod tests {
             "https://evil.test/sns.us-east-1.amazonaws.com/x.pem",
             "https://s3.amazonaws.com/x.pem",
             "https://sns.us-east-1.amazonaws.com/x.txt",
+            "https://sns.s3.amazonaws.com/x.pem",
+            "https://sns.s3-external-1.amazonaws.com/x.pem",
+            "https://sns.us-east-1.amazonaws.com/x.pem?n=1",
         ] {
             assert!(!cert_url_allowed(bad), "{bad}");
         }
