@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Authenticated, MessagesRead};
+use super::pagination::{invalid_cursor, page_size};
 use super::problem::{ApiError, FieldError, Problem};
 use super::AppState;
 use crate::domain::event::PublishedEvent;
@@ -61,15 +62,9 @@ pub async fn list_events(
     query: web::Query<EventsQuery>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<EventList>, ApiError> {
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(invalid("limit", "invalid_limit", "`limit` is 1 to 100"));
-    }
+    let limit = page_size(query.limit)?;
     let after = match &query.after {
-        Some(raw) => Some(
-            raw.parse::<u64>()
-                .map_err(|_| invalid("after", "invalid_cursor", "not a cursor from this stream"))?,
-        ),
+        Some(raw) => Some(raw.parse::<u64>().map_err(|_| invalid_cursor("after"))?),
         None => None,
     };
     let types = match &query.event_type {
@@ -82,7 +77,7 @@ pub async fn list_events(
     };
     let store = Arc::clone(&state.store);
     let tenant = auth.principal.tenant.clone();
-    let (data, last) = web::block(move || store.events(&tenant, after, &types, limit as usize))
+    let (data, last) = web::block(move || store.events(&tenant, after, &types, limit))
         .await
         .map_err(ApiError::internal)??;
     Ok(web::Json(EventList {

@@ -8,6 +8,7 @@ pub mod events;
 pub mod fallback;
 pub mod health;
 pub mod messages;
+pub mod pagination;
 pub mod problem;
 pub mod suppressions;
 pub mod templates;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Authenticated, SuppressionsManage};
+use super::pagination::{page_size, split_page};
 use super::problem::{ApiError, FieldError, Kind, Problem};
 use super::AppState;
 use crate::domain::address::EmailAddress;
@@ -65,24 +66,16 @@ pub async fn list_suppressions(
     query: web::Query<SuppressionQuery>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<SuppressionList>, ApiError> {
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::unprocessable(vec![FieldError::coded(
-            "limit",
-            "invalid_limit",
-            "`limit` is 1 to 100",
-        )]));
-    }
+    let size = page_size(query.limit)?;
     let store = Arc::clone(&state.store);
     let tenant = auth.principal.tenant.clone();
     let after = query.cursor.clone();
-    let mut page = web::block(move || store.list_suppressions(&tenant, after.as_deref(), limit as usize + 1))
+    let fetched = web::block(move || store.list_suppressions(&tenant, after.as_deref(), size + 1))
         .await
         .map_err(ApiError::internal)??;
-    let more = page.len() > limit as usize;
-    page.truncate(limit as usize);
+    let (page, next_cursor) = split_page(fetched, size, |s| s.email.clone());
     Ok(web::Json(SuppressionList {
-        next_cursor: more.then(|| page.last().map(|s| s.email.clone())).flatten(),
+        next_cursor,
         data: page,
     }))
 }

@@ -8,6 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Authenticated, TemplatesRead, TemplatesWrite};
 use super::body::JsonBody;
+use super::pagination::{invalid_cursor, page_size, split_page};
 use super::problem::{ApiError, FieldError, Problem, TemplateContext};
 use super::AppState;
 use crate::domain::ids::TemplateId;
@@ -276,33 +277,19 @@ pub async fn list_templates(
     query: web::Query<ListQuery>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<TemplateList>, ApiError> {
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::unprocessable(vec![FieldError::coded(
-            "limit",
-            "invalid_limit",
-            "`limit` is 1 to 100",
-        )]));
-    }
+    let size = page_size(query.limit)?;
     let cursor = match &query.cursor {
-        Some(raw) => Some(TemplateId::parse(raw).map_err(|_| {
-            ApiError::unprocessable(vec![FieldError::coded(
-                "cursor",
-                "invalid_cursor",
-                "not a cursor from this list",
-            )])
-        })?),
+        Some(raw) => Some(TemplateId::parse(raw).map_err(|_| invalid_cursor("cursor"))?),
         None => None,
     };
-    let mut page = state
+    let fetched = state
         .templates
-        .list(&auth.principal.tenant, cursor, limit as usize + 1)
+        .list(&auth.principal.tenant, cursor, size + 1)
         .await
         .map_err(problem)?;
-    let more = page.len() > limit as usize;
-    page.truncate(limit as usize);
+    let (page, next_cursor) = split_page(fetched, size, |t| t.id.to_string());
     Ok(web::Json(TemplateList {
-        next_cursor: more.then(|| page.last().map(|t| t.id.to_string())).flatten(),
+        next_cursor,
         data: page
             .into_iter()
             .map(|t| TemplateSummary {

@@ -37,6 +37,16 @@ impl ValidationError {
     }
 }
 
+/// A slug: 1 to 64 lowercase ASCII letters, digits, `-` or `_` (tenants, template
+/// names).
+pub(crate) fn is_slug(input: &str) -> bool {
+    !input.is_empty()
+        && input.len() <= 64
+        && input
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
 /// Refuses CR, LF and NUL, the characters that turn a value into header injection.
 pub(crate) fn reject_line_breaks(value: &str, code: &'static str, what: &str) -> Result<(), ValidationError> {
     if value.contains(['\r', '\n', '\0']) {

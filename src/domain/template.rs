@@ -16,12 +16,7 @@ pub struct TemplateName(String);
 
 impl TemplateName {
     pub fn parse(input: &str) -> Result<Self, ValidationError> {
-        let ok = !input.is_empty()
-            && input.len() <= 64
-            && input
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if ok {
+        if super::is_slug(input) {
             Ok(Self(input.to_owned()))
         } else {
             Err(ValidationError::new(
