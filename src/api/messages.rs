@@ -11,7 +11,8 @@ use utoipa::ToSchema;
 
 use super::auth::{Authenticated, MessagesRead, MessagesSend};
 use super::body::{escape_token, JsonBody};
-use super::problem::{ApiError, FieldError, Problem};
+use super::pagination::{invalid_cursor, page_size};
+use super::problem::{ApiError, FieldError, Kind, Problem};
 use super::AppState;
 use crate::domain::address::Mailbox;
 use crate::domain::auth::TenantId;
@@ -25,7 +26,7 @@ use crate::domain::status::{EventType, MessageStatus, RecipientStatus};
 use crate::domain::template::{TemplateKey, TemplateName};
 use crate::domain::text::{CustomHeader, Subject, Tag};
 use crate::domain::ValidationError;
-use crate::store::{Store, StoreError};
+use crate::store::{CancelOutcome, Store, StoreError};
 
 /// One address or a list of addresses.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -578,4 +579,144 @@ pub async fn get_message_mime(
 ) -> Result<HttpResponse, ApiError> {
     let mime = read_message(&state, &auth, &path, |store, tenant, id| store.mime(tenant, id)).await?;
     Ok(HttpResponse::Ok().content_type("message/rfc822").body(mime))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct MessageQuery {
+    /// Only messages in this status.
+    pub status: Option<MessageStatus>,
+    /// Only messages carrying this tag.
+    pub tag: Option<String>,
+    /// Only messages to this address (to, cc or bcc).
+    pub recipient: Option<String>,
+    /// 1 to 100, default 20.
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A message in a list, without recipients' details and events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageSummary {
+    pub id: String,
+    pub status: MessageStatus,
+    pub from: String,
+    pub to: Vec<String>,
+    pub subject: String,
+    pub tags: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub send_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageList {
+    /// Newest first.
+    pub data: Vec<MessageSummary>,
+    /// Pass as `cursor` for the next page; `null` on the last page. A page may hold
+    /// fewer items than `limit` (filters are applied to at most 1,000 messages per
+    /// call) and still have a `next_cursor`.
+    pub next_cursor: Option<String>,
+}
+
+/// Messages examined per list call at most, so filters cannot turn a request into a
+/// scan of everything.
+const LIST_BUDGET: usize = 1_000;
+
+/// List messages, newest first, optionally by status, tag or recipient.
+#[utoipa::path(
+    tag = "messages",
+    params(MessageQuery),
+    security(("bearer" = ["messages:read"])),
+    responses(
+        (status = 200, description = "A page of messages", body = MessageList),
+        (status = 401, description = "Invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `messages:read`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid `limit`, `cursor` or filter", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[get("/v1/messages")]
+pub async fn list_messages(
+    auth: Authenticated<MessagesRead>,
+    query: web::Query<MessageQuery>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<MessageList>, ApiError> {
+    let size = page_size(query.limit)?;
+    let cursor = match &query.cursor {
+        Some(raw) => Some(MessageId::parse(raw).map_err(|_| invalid_cursor("cursor"))?),
+        None => None,
+    };
+    let (status, tag) = (query.status, query.tag.clone());
+    let recipient = query.recipient.as_deref().map(str::to_ascii_lowercase);
+    let store = Arc::clone(&state.store);
+    let tenant = auth.principal.tenant.clone();
+    let (found, next) = web::block(move || {
+        let wanted = |m: &Message| {
+            status.is_none_or(|s| m.status == s)
+                && tag.as_ref().is_none_or(|t| m.tags.contains(t))
+                && recipient
+                    .as_ref()
+                    .is_none_or(|r| m.recipients.iter().any(|x| x.email.eq_ignore_ascii_case(r)))
+        };
+        store.list_messages(&tenant, cursor.as_ref(), size, LIST_BUDGET, &wanted)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(web::Json(MessageList {
+        next_cursor: next.map(|id| id.to_string()),
+        data: found
+            .into_iter()
+            .map(|m| MessageSummary {
+                id: m.id.to_string(),
+                status: m.status,
+                from: m.from,
+                to: m.to,
+                subject: m.subject,
+                tags: m.tags,
+                created_at: m.created_at,
+                send_at: m.send_at,
+            })
+            .collect(),
+    }))
+}
+
+/// Cancel a scheduled, queued or deferred message: nothing more is sent, and each
+/// recipient still waiting gets a `message.cancelled` event. 409 once it is being sent
+/// or done.
+#[utoipa::path(
+    tag = "messages",
+    params(("id" = String, Path, description = "Message id (`msg_…`)")),
+    security(("bearer" = ["messages:send"])),
+    responses(
+        (status = 200, description = "Cancelled", body = MessageView),
+        (status = 401, description = "Invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `messages:send`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such message (`not_found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Being sent or already done (`message_not_cancellable`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/messages/{id}/cancel")]
+pub async fn cancel_message(
+    auth: Authenticated<MessagesSend>,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<MessageView>, ApiError> {
+    let id = MessageId::parse(&path).map_err(|_| ApiError::not_found("the message"))?;
+    let store = Arc::clone(&state.store);
+    let tenant = auth.principal.tenant.clone();
+    match web::block(move || store.cancel(&tenant, &id, Utc::now()))
+        .await
+        .map_err(ApiError::internal)??
+    {
+        CancelOutcome::Cancelled(message) => Ok(web::Json((*message).into())),
+        CancelOutcome::NotFound => Err(ApiError::not_found("the message")),
+        CancelOutcome::TooLate(status) => Err(ApiError::new(
+            Kind::Conflict,
+            "message_not_cancellable",
+            format!(
+                "the message is {}; only scheduled, queued or deferred messages can be cancelled",
+                status.as_str()
+            ),
+        )),
+    }
 }

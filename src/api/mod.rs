@@ -153,6 +153,8 @@ fn routes(cfg: &mut ServiceConfig) {
     cfg.service(messages::send_message)
         .service(messages::get_message)
         .service(messages::get_message_mime)
+        .service(messages::list_messages)
+        .service(messages::cancel_message)
         .service(templates::create_template)
         .service(templates::list_templates)
         .service(templates::get_template)

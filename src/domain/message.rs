@@ -387,9 +387,27 @@ impl Message {
         if let Some(last) = self.events.last_mut() {
             last.id = event_id;
         }
-        if self.status != MessageStatus::Sending {
+        if !matches!(self.status, MessageStatus::Sending | MessageStatus::Cancelled) {
             self.status = self.settled_status();
         }
+    }
+
+    /// Cancels a message that has not started sending: every pending recipient gets a
+    /// `message.cancelled` event. `false` (and no change) once it is sending or done.
+    pub fn cancel(&mut self, now: DateTime<Utc>) -> bool {
+        if !matches!(
+            self.status,
+            MessageStatus::Scheduled | MessageStatus::Queued | MessageStatus::Deferred
+        ) {
+            return false;
+        }
+        for index in self.pending_recipients() {
+            let email = self.recipients[index].email.clone();
+            self.push_event(EventType::Cancelled, email, None, None, now);
+        }
+        self.status = MessageStatus::Cancelled;
+        self.next_attempt_at = None;
+        true
     }
 
     /// Marks recipient `index` as suppressed at acceptance: it gets an event and is

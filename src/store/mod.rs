@@ -43,6 +43,15 @@ pub enum ReportTarget {
     Busy,
 }
 
+/// What [`Store::cancel`] did.
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    Cancelled(Box<Message>),
+    NotFound,
+    /// Being sent or already done: the status it is in.
+    TooLate(crate::domain::status::MessageStatus),
+}
+
 /// A message handed to exactly one worker, with the bytes to send.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -196,6 +205,23 @@ pub trait Store: Send + Sync {
 
     /// Keeps the raw report (matched or not) for inspection; returns its key.
     fn save_report(&self, tenant: &TenantId, source: &str, matched: bool, raw: &[u8]) -> Result<String, StoreError>;
+
+    /// The tenant's messages, newest first, created before `before` when given, that
+    /// satisfy `wanted`: at most `limit`, examining at most `budget` messages. Also
+    /// returns, when the scan stopped before the end, the last message examined, to
+    /// continue from.
+    fn list_messages(
+        &self,
+        tenant: &TenantId,
+        before: Option<&MessageId>,
+        limit: usize,
+        budget: usize,
+        wanted: &dyn Fn(&Message) -> bool,
+    ) -> Result<(Vec<Message>, Option<MessageId>), StoreError>;
+
+    /// Cancels a scheduled, queued or deferred message atomically (no worker can take
+    /// it afterwards); a message being sent or done is left as it is.
+    fn cancel(&self, tenant: &TenantId, id: &MessageId, now: DateTime<Utc>) -> Result<CancelOutcome, StoreError>;
 
     /// How many messages are stored, for every tenant (operations and tests).
     fn count_messages(&self) -> Result<usize, StoreError>;

@@ -11,7 +11,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use sled::{Db, Tree};
 
-use super::{Lease, ReportTarget, Store, StoreError};
+use super::{CancelOutcome, Lease, ReportTarget, Store, StoreError};
 use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
 use crate::domain::ids::WebhookId;
@@ -40,6 +40,8 @@ pub struct SledStore {
     outbox: Tree,
     webhook_deliveries: Tree,
     reports: Tree,
+    /// `tenant \0 message id`: each tenant's messages, newest last.
+    tenant_messages: Tree,
     /// Held while stream positions are taken and committed (see `commit`).
     stream_order: std::sync::Mutex<()>,
 }
@@ -102,6 +104,8 @@ enum Commit<'a> {
     Release,
     /// A later report: only if nobody leased or changed the message since `read`.
     Report { read: &'a [u8] },
+    /// A cancellation: like a report, and the queue entry goes too.
+    Cancel { read: &'a [u8] },
 }
 
 /// `due millis ++ entry id`: deliveries in due order.
@@ -169,13 +173,29 @@ impl SledStore {
             &self.event_ids,
             &self.suppressions,
             &self.outbox,
+            &self.tenant_messages,
         )
             .transaction(
-                |(messages, mimes, queue, leases, events, event_ids, suppressions, outbox)| {
+                |(messages, mimes, queue, leases, events, event_ids, suppressions, outbox, by_tenant)| {
                     let requeue = match change {
                         Commit::Accept { mime } => {
                             mimes.insert(message.id.as_str(), mime)?;
+                            by_tenant.insert(tenant_key(tenant, message.id.as_str()), &[])?;
                             true
+                        }
+                        Commit::Cancel { read } => {
+                            let unchanged = messages
+                                .get(message.id.as_str())?
+                                .is_some_and(|now| now.as_ref() == read);
+                            if leases.get(message.id.as_str())?.is_some() || !unchanged {
+                                return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
+                            }
+                            let stored: Message = serde_json::from_slice(read)
+                                .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
+                            if let Some(due) = stored.next_attempt_at {
+                                queue.remove(queue_key(due, &message.id))?;
+                            }
+                            false
                         }
                         Commit::Progress => false,
                         Commit::Release => {
@@ -237,6 +257,7 @@ impl SledStore {
             outbox: db.open_tree("outbox")?,
             webhook_deliveries: db.open_tree("webhook_deliveries")?,
             reports: db.open_tree("reports")?,
+            tenant_messages: db.open_tree("tenant_messages")?,
             stream_order: std::sync::Mutex::new(()),
             db,
         })
@@ -252,6 +273,14 @@ impl SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Keys of `tenant_messages` in `[start, end)`, newest first.
+    fn by_tenant_range(&self, start: Vec<u8>, end: Vec<u8>) -> impl Iterator<Item = Result<sled::IVec, sled::Error>> {
+        self.tenant_messages
+            .range(start..end)
+            .rev()
+            .map(|entry| entry.map(|(key, _)| key))
     }
 
     /// Leases the message behind one queue entry; `None` if another worker won it.
@@ -721,6 +750,64 @@ impl Store for SledStore {
             .insert(tenant_key(tenant, &id), serde_json::to_vec(&record)?)?;
         self.flush()?;
         Ok(id)
+    }
+
+    fn list_messages(
+        &self,
+        tenant: &TenantId,
+        before: Option<&MessageId>,
+        limit: usize,
+        budget: usize,
+        wanted: &dyn Fn(&Message) -> bool,
+    ) -> Result<(Vec<Message>, Option<MessageId>), StoreError> {
+        let start = tenant_key(tenant, "");
+        let end = match before {
+            Some(id) => tenant_key(tenant, id.as_str()),
+            None => {
+                let mut end = tenant.as_str().as_bytes().to_vec();
+                end.push(1);
+                end
+            }
+        };
+        let mut found = Vec::new();
+        let mut last = None;
+        let mut examined = 0;
+        for entry in self.by_tenant_range(start, end).take(budget) {
+            examined += 1;
+            let key = entry?;
+            let raw = key.get(tenant.as_str().len() + 1..).unwrap_or_default();
+            let Ok(id) = MessageId::parse(&String::from_utf8_lossy(raw)) else {
+                continue;
+            };
+            if let Some(message) = self.load(&id)? {
+                if wanted(&message) {
+                    found.push(message);
+                }
+            }
+            last = Some(id);
+            if found.len() == limit {
+                break;
+            }
+        }
+        let stopped_early = found.len() == limit || examined == budget;
+        Ok((found, last.filter(|_| stopped_early)))
+    }
+
+    fn cancel(&self, tenant: &TenantId, id: &MessageId, now: DateTime<Utc>) -> Result<CancelOutcome, StoreError> {
+        let Some(read) = self.messages.get(id.as_str())? else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let mut message: Message = decode(&read)?;
+        if &message.tenant != tenant {
+            return Ok(CancelOutcome::NotFound);
+        }
+        if !message.cancel(now) {
+            return Ok(CancelOutcome::TooLate(message.status));
+        }
+        match self.commit(&message, Commit::Cancel { read: &read }) {
+            Err(StoreError::Conflict) => Ok(CancelOutcome::TooLate(MessageStatus::Sending)),
+            other => other.map(|()| CancelOutcome::Cancelled(Box::new(message))),
+        }
     }
 
     fn count_messages(&self) -> Result<usize, StoreError> {

@@ -208,3 +208,59 @@ async fn upstream_down_defers_and_everything_is_sent_once_it_is_back() {
     own.control("stop");
     let _ = std::fs::remove_dir_all(&own.dir);
 }
+
+#[tokio::test]
+async fn a_scheduled_message_waits_for_send_at_and_can_be_cancelled_until_it_goes() {
+    let app = spawn_app().await;
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
+    let mut scheduled = simple_message("later@example.test");
+    scheduled["send_at"] = json!(at);
+    let later = app.send_ok(&scheduled).await;
+    assert_eq!(app.message(&later).await["status"], "scheduled");
+    assert!(app.postfix.delivered(&later).is_empty(), "not before send_at");
+    app.wait_for(&later, WAIT, |m| status(m) == "sent").await;
+
+    let mut far = simple_message("never@example.test");
+    far["send_at"] = json!((chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339());
+    let never = app.send_ok(&far).await;
+    let cancel = |id: String| {
+        app.client
+            .post(format!("{}/v1/messages/{id}/cancel", app.address))
+            .bearer_auth(&app.token)
+            .send()
+    };
+    let cancelled = cancel(never.clone()).await.unwrap();
+    assert_eq!(cancelled.status(), 200);
+    let view: serde_json::Value = cancelled.json().await.unwrap();
+    assert_eq!(view["status"], "cancelled");
+    assert_eq!(view["events"][0]["type"], "message.cancelled");
+    assert_eq!(cancel(never.clone()).await.unwrap().status(), 409, "cancelled already");
+    assert_eq!(cancel(later.clone()).await.unwrap().status(), 409, "sent already");
+
+    let list: serde_json::Value = app
+        .get("/v1/messages?status=cancelled", &app.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"][0]["id"], never.as_str());
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    let all: serde_json::Value = app.get("/v1/messages?limit=1", &app.token).await.json().await.unwrap();
+    assert_eq!(all["data"][0]["id"], never.as_str(), "newest first");
+    let cursor = all["next_cursor"].as_str().unwrap();
+    let rest: serde_json::Value = app
+        .get(&format!("/v1/messages?limit=5&cursor={cursor}"), &app.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["data"][0]["id"], later.as_str());
+    let by_recipient: serde_json::Value = app
+        .get("/v1/messages?recipient=LATER@example.test", &app.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_recipient["data"].as_array().unwrap().len(), 1);
+    assert_eq!(app.get("/v1/messages?status=nope", &app.token).await.status(), 422);
+}

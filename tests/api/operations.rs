@@ -62,7 +62,7 @@ async fn health_and_readiness_report_a_working_service() {
         .await
         .unwrap();
     assert_eq!(wrong_method.status(), 405);
-    assert_eq!(wrong_method.headers()["allow"], "POST");
+    assert_eq!(wrong_method.headers()["allow"], "GET, POST");
     let wrong_method = app
         .client
         .put(format!("{}/v1/messages/msg_x/mime", app.address))
