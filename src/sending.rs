@@ -11,7 +11,9 @@ use crate::config::Settings;
 use crate::domain::address::Mailbox;
 use crate::domain::auth::TenantId;
 use crate::domain::ids::MessageId;
-use crate::domain::message::{Body, Content, Message, NewMessage, ReadyContent, TemplateCall, TemplateUse};
+use crate::domain::message::{
+    Body, Content, IdempotencyKey, Message, NewMessage, ReadyContent, TemplateCall, TemplateUse,
+};
 use crate::domain::template::TemplateKey;
 use crate::domain::text::Subject;
 use crate::domain::ValidationError;
@@ -40,6 +42,19 @@ pub enum SendError {
     Store(#[from] StoreError),
     #[error("the storage task was cancelled")]
     Join(#[from] tokio::task::JoinError),
+    /// The `Idempotency-Key` was used within 24 hours for a different request.
+    #[error("this Idempotency-Key was already used with a different request")]
+    KeyReused,
+}
+
+/// How a send was answered.
+#[derive(Debug, Clone)]
+pub enum Accepted {
+    /// Stored now.
+    New(Message),
+    /// The same request came before with the same `Idempotency-Key`: the message as
+    /// it was first accepted, nothing new stored.
+    Replayed(Box<Message>),
 }
 
 /// What accepting needs from the running service.
@@ -52,10 +67,36 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// The earlier answer for `key`, if the tenant used it within 24 hours: a replay
+    /// for the same request, [`SendError::KeyReused`] for another.
+    async fn earlier(&self, tenant: &TenantId, key: &IdempotencyKey) -> Result<Option<Accepted>, SendError> {
+        let store = Arc::clone(&self.store);
+        let (tenant, name) = (tenant.clone(), key.key.clone());
+        match tokio::task::spawn_blocking(move || store.idempotency(&tenant, &name)).await?? {
+            Some(record) if record.request_hash == key.request_hash => {
+                Ok(Some(Accepted::Replayed(Box::new(record.accepted))))
+            }
+            Some(_) => Err(SendError::KeyReused),
+            None => Ok(None),
+        }
+    }
+
     /// Renders and durably stores `new` for `tenant`; when this returns `Ok`, the
-    /// message survives a crash and will be delivered.
+    /// message survives a crash and will be delivered. With an idempotency key, a
+    /// repeat of the same request within 24 hours replays the first answer and two
+    /// concurrent ones store one message.
     #[tracing::instrument(skip_all, fields(tenant = %tenant, message_id))]
-    pub async fn accept(&self, tenant: &TenantId, new: NewMessage) -> Result<Message, SendError> {
+    pub async fn accept(
+        &self,
+        tenant: &TenantId,
+        new: NewMessage,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Accepted, SendError> {
+        if let Some(key) = &key {
+            if let Some(earlier) = self.earlier(tenant, key).await? {
+                return Ok(earlier);
+            }
+        }
         self.check_sender_domain(tenant, &new)?;
         let id = MessageId::generate();
         tracing::Span::current().record("message_id", tracing::field::display(&id));
@@ -72,7 +113,8 @@ impl Sender {
         )?;
         let message = Message::accepted(id, tenant.clone(), &new, &content, Utc::now());
         let store = Arc::clone(&self.store);
-        let message = tokio::task::spawn_blocking(move || {
+        let claim = key.clone();
+        let stored = tokio::task::spawn_blocking(move || {
             let mut message = message;
             let emails: Vec<String> = message.recipients.iter().map(|r| r.email.clone()).collect();
             let suppressed = store.suppressed(&message.tenant, &emails)?;
@@ -82,14 +124,22 @@ impl Sender {
                     message.suppress(index, now);
                 }
             }
-            store.accept(&message, &mime).map(|()| message)
+            store.accept(&message, &mime, claim.as_ref()).map(|()| message)
         })
-        .await??;
+        .await?;
+        let message = match (stored, &key) {
+            (Ok(message), _) => message,
+            // A concurrent request with the same key won the claim: answer as it did.
+            (Err(StoreError::Conflict), Some(key)) => {
+                return self.earlier(tenant, key).await?.ok_or(SendError::KeyReused);
+            }
+            (Err(err), _) => return Err(err.into()),
+        };
         if message.next_attempt_at.is_some() {
             self.wake.notify_one();
         }
         tracing::info!(recipients = message.recipients.len(), status = ?message.status, "message accepted");
-        Ok(message)
+        Ok(Accepted::New(message))
     }
 
     /// The exact MIME a send of this template would produce (its own Message-ID and

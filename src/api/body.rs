@@ -15,7 +15,8 @@ use super::problem::{ApiError, FieldError, Kind};
 use super::AppState;
 use crate::domain::ValidationError;
 
-pub struct JsonBody<T>(pub T);
+/// A parsed JSON body, with the raw bytes it was parsed from (for request hashes).
+pub struct JsonBody<T>(pub T, pub web::Bytes);
 
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
@@ -81,7 +82,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                     "send the body as `Content-Type: application/json`",
                 ));
             }
-            parse(&body.await?).map(JsonBody)
+            let raw = body.await?;
+            parse(&raw).map(|value| JsonBody(value, raw))
         })
     }
 }

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::{Authenticated, BouncesWrite};
-use super::body::{JsonBody, RawBody};
+use super::body::RawBody;
 use super::problem::{ApiError, FieldError, Kind, Problem};
 use super::AppState;
 use crate::bounces::ingest::{IngestError, Ingested, Statement};
@@ -119,7 +119,7 @@ pub async fn ingest_event(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let raw = body.0;
-    let JsonBody(report) = JsonBody::<GenericReport>(super::body::parse(&raw)?);
+    let report: GenericReport = super::body::parse(&raw)?;
     let message_id = MessageId::parse(&report.message_id)
         .map_err(|e| ApiError::unprocessable(vec![FieldError::new("/message_id", &e)]))?;
     if !report.recipient.contains('@') {

@@ -21,11 +21,12 @@ use crate::domain::ids::TemplateId;
 use crate::domain::message::{
     decode_base64, Attachment, Body, ContentId, Filename, MediaType, Message, NewMessage, SmtpReply,
 };
-use crate::domain::message::{Content, ReadyContent, TemplateCall, TemplateUse};
+use crate::domain::message::{Content, IdempotencyKey, ReadyContent, TemplateCall, TemplateUse};
 use crate::domain::status::{EventType, MessageStatus, RecipientStatus};
 use crate::domain::template::{TemplateKey, TemplateName};
 use crate::domain::text::{CustomHeader, Subject, Tag};
 use crate::domain::ValidationError;
+use crate::sending::Accepted;
 use crate::store::{CancelOutcome, Store, StoreError};
 
 /// One address or a list of addresses.
@@ -476,10 +477,16 @@ impl From<Message> for MessageView {
 #[utoipa::path(
     tag = "messages",
     request_body = SendMessageRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes retries safe: the same key and body within 24 h replay the first answer \
+                       (`Idempotent-Replayed: true`) instead of sending again; the same key with another \
+                       body is 409 `idempotency_key_reused`. 1 to 255 visible ASCII characters.")),
     security(("bearer" = ["messages:send"])),
     responses(
-        (status = 202, description = "Accepted and stored durably", body = SendMessageResponse,
-            headers(("Location" = String, description = "URL of the message"))),
+        (status = 202, description = "Accepted and stored durably (or replayed for a repeated Idempotency-Key)", body = SendMessageResponse,
+            headers(("Location" = String, description = "URL of the message"),
+                    ("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request"))),
+        (status = 409, description = "The Idempotency-Key was used with a different body (`idempotency_key_reused`)", body = Problem, content_type = "application/problem+json"),
         (status = 400, description = "The body is not valid JSON (`malformed_json`)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing, malformed, expired or wrongly signed token (`invalid_token`)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks `messages:send` (`insufficient_scope`)", body = Problem, content_type = "application/problem+json"),
@@ -491,12 +498,17 @@ impl From<Message> for MessageView {
 #[post("/v1/messages")]
 pub async fn send_message(
     auth: Authenticated<MessagesSend>,
+    req: actix_web::HttpRequest,
     body: JsonBody<SendMessageRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = &auth.principal.tenant;
+    let key = idempotency_key(&req, &body.1)?;
     let new = to_new_message(body.0, state.settings.max_recipients(tenant.as_str()))?;
-    let message = state.sender.accept(tenant, new).await?;
+    let (message, replayed) = match state.sender.accept(tenant, new, key).await? {
+        Accepted::New(message) => (message, false),
+        Accepted::Replayed(message) => (*message, true),
+    };
     let response = SendMessageResponse {
         id: message.id.to_string(),
         status: message.status,
@@ -510,9 +522,36 @@ pub async fn send_message(
             })
             .collect(),
     };
-    Ok(HttpResponse::Accepted()
-        .insert_header((header::LOCATION, format!("/v1/messages/{}", message.id)))
-        .json(response))
+    let mut answer = HttpResponse::Accepted();
+    answer.insert_header((header::LOCATION, format!("/v1/messages/{}", message.id)));
+    if replayed {
+        answer.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(answer.json(response))
+}
+
+/// The `Idempotency-Key` header, with the hash of the body it came with.
+fn idempotency_key(req: &actix_web::HttpRequest, body: &[u8]) -> Result<Option<IdempotencyKey>, ApiError> {
+    use sha2::Digest as _;
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..=0x7e).contains(&b)))
+        .ok_or_else(|| {
+            ApiError::unprocessable(vec![FieldError::coded(
+                "Idempotency-Key",
+                "invalid_idempotency_key",
+                "an Idempotency-Key is 1 to 255 visible ASCII characters",
+            )])
+        })?;
+    let hash = sha2::Sha256::digest(body);
+    Ok(Some(IdempotencyKey {
+        key: key.to_owned(),
+        request_hash: hash.iter().map(|b| format!("{b:02x}")).collect(),
+    }))
 }
 
 /// A store read of one message of the caller's tenant.

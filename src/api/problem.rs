@@ -241,6 +241,11 @@ impl From<SendError> for ApiError {
                 ),
             )]),
             SendError::Template(err) => ApiError::from_templates(err, TemplateContext::Send),
+            SendError::KeyReused => ApiError::new(
+                Kind::Conflict,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used within 24 hours with a different request body",
+            ),
             SendError::TemplateContent(err) => ApiError::unprocessable(vec![FieldError::new("/template", &err)]),
             SendError::PreviewAddress { field, error } => ApiError::unprocessable(vec![FieldError::new(field, &error)]),
             other => ApiError::internal(other),

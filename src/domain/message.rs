@@ -574,3 +574,28 @@ mod tests {
         assert_eq!(msg.status, MessageStatus::Failed);
     }
 }
+
+/// An `Idempotency-Key` with the hash of the request it first came with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub request_hash: String,
+}
+
+/// What a key maps to for 24 hours: the request and the message as first accepted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub request_hash: String,
+    pub created_at: DateTime<Utc>,
+    /// The message as it was when first accepted, to replay the same answer.
+    pub accepted: Message,
+}
+
+impl IdempotencyRecord {
+    /// How long a key is remembered.
+    pub const TTL: chrono::Duration = chrono::Duration::hours(24);
+
+    pub fn is_fresh(&self, now: DateTime<Utc>) -> bool {
+        now - self.created_at < Self::TTL
+    }
+}

@@ -14,7 +14,7 @@ use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
 use crate::domain::ids::WebhookId;
 use crate::domain::ids::{MessageId, TemplateId};
-use crate::domain::message::Message;
+use crate::domain::message::{IdempotencyKey, IdempotencyRecord, Message};
 use crate::domain::status::EventType;
 use crate::domain::suppression::Suppression;
 use crate::domain::template::{Template, TemplateKey, TemplateVersion};
@@ -67,7 +67,14 @@ pub trait Store: Send + Sync {
     /// Every write of a message (this, [`Store::save_progress`], [`Store::release`])
     /// also appends the message's new events to the tenant's event stream, and adds the
     /// suppressions they imply (hard bounces, complaints), in the same transaction.
-    fn accept(&self, message: &Message, mime: &[u8]) -> Result<(), StoreError>;
+    ///
+    /// With an idempotency key, the key is claimed in the same transaction; if another
+    /// request holds it (fresh), nothing is written and [`StoreError::Conflict`] is
+    /// returned: read the holder with [`Store::idempotency`].
+    fn accept(&self, message: &Message, mime: &[u8], key: Option<&IdempotencyKey>) -> Result<(), StoreError>;
+
+    /// What the tenant's `key` maps to, when it is still fresh (24 h).
+    fn idempotency(&self, tenant: &TenantId, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
 
     /// The tenant's message, or `None` when it does not exist *or belongs to another
     /// tenant* (callers cannot tell the two apart, by design).

@@ -16,7 +16,7 @@ use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
 use crate::domain::ids::WebhookId;
 use crate::domain::ids::{MessageId, TemplateId};
-use crate::domain::message::Message;
+use crate::domain::message::{IdempotencyKey, IdempotencyRecord, Message};
 use crate::domain::status::EventType;
 use crate::domain::status::MessageStatus;
 use crate::domain::suppression::Suppression;
@@ -42,6 +42,8 @@ pub struct SledStore {
     reports: Tree,
     /// `tenant \0 message id`: each tenant's messages, newest last.
     tenant_messages: Tree,
+    /// `tenant \0 Idempotency-Key` → the request hash and the accepted message.
+    idempotency: Tree,
     /// Held while stream positions are taken and committed (see `commit`).
     stream_order: std::sync::Mutex<()>,
 }
@@ -96,8 +98,11 @@ fn encode(message: &Message) -> Result<Vec<u8>, ConflictableTransactionError<Sto
 
 /// Which write of a message [`SledStore::commit`] performs.
 enum Commit<'a> {
-    /// First write: with the MIME, queued when due.
-    Accept { mime: &'a [u8] },
+    /// First write: with the MIME, queued when due, claiming the idempotency key.
+    Accept {
+        mime: &'a [u8],
+        key: Option<&'a IdempotencyKey>,
+    },
     /// Mid-attempt: the lease stays.
     Progress,
     /// End of an attempt: the lease ends, queued again when a retry is due.
@@ -174,11 +179,30 @@ impl SledStore {
             &self.suppressions,
             &self.outbox,
             &self.tenant_messages,
+            &self.idempotency,
         )
             .transaction(
-                |(messages, mimes, queue, leases, events, event_ids, suppressions, outbox, by_tenant)| {
+                |(messages, mimes, queue, leases, events, event_ids, suppressions, outbox, by_tenant, keys)| {
                     let requeue = match change {
-                        Commit::Accept { mime } => {
+                        Commit::Accept { mime, key } => {
+                            if let Some(key) = key {
+                                let slot = tenant_key(tenant, &key.key);
+                                let held = match keys.get(&slot)? {
+                                    Some(raw) => serde_json::from_slice::<IdempotencyRecord>(&raw)
+                                        .map(|r| r.is_fresh(message.created_at))
+                                        .unwrap_or(false),
+                                    None => false,
+                                };
+                                if held {
+                                    return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
+                                }
+                                let record = IdempotencyRecord {
+                                    request_hash: key.request_hash.clone(),
+                                    created_at: message.created_at,
+                                    accepted: message.clone(),
+                                };
+                                keys.insert(slot, encode_json(&record)?)?;
+                            }
                             mimes.insert(message.id.as_str(), mime)?;
                             by_tenant.insert(tenant_key(tenant, message.id.as_str()), &[])?;
                             true
@@ -258,6 +282,7 @@ impl SledStore {
             webhook_deliveries: db.open_tree("webhook_deliveries")?,
             reports: db.open_tree("reports")?,
             tenant_messages: db.open_tree("tenant_messages")?,
+            idempotency: db.open_tree("idempotency")?,
             stream_order: std::sync::Mutex::new(()),
             db,
         })
@@ -328,8 +353,16 @@ impl SledStore {
 }
 
 impl Store for SledStore {
-    fn accept(&self, message: &Message, mime: &[u8]) -> Result<(), StoreError> {
-        self.commit(message, Commit::Accept { mime })
+    fn accept(&self, message: &Message, mime: &[u8], key: Option<&IdempotencyKey>) -> Result<(), StoreError> {
+        self.commit(message, Commit::Accept { mime, key })
+    }
+
+    fn idempotency(&self, tenant: &TenantId, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let Some(raw) = self.idempotency.get(tenant_key(tenant, key))? else {
+            return Ok(None);
+        };
+        let record: IdempotencyRecord = decode(&raw)?;
+        Ok(record.is_fresh(Utc::now()).then_some(record))
     }
 
     fn message(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<Message>, StoreError> {
@@ -863,7 +896,7 @@ mod tests {
         let msg = message();
         {
             let store = SledStore::open(dir.path()).unwrap();
-            store.accept(&msg, b"mime").unwrap();
+            store.accept(&msg, b"mime", None).unwrap();
             let lease = store.lease_due(Utc::now()).unwrap().unwrap();
             assert_eq!(lease.message.id, msg.id);
             assert_eq!(lease.message.status, MessageStatus::Sending);
@@ -885,7 +918,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         let msg = message();
-        store.accept(&msg, b"mime").unwrap();
+        store.accept(&msg, b"mime", None).unwrap();
         let other = TenantId::parse("other").unwrap();
         assert!(store.message(&other, &msg.id).unwrap().is_none());
         assert!(store.mime(&other, &msg.id).unwrap().is_none());
@@ -896,7 +929,7 @@ mod tests {
     fn a_released_message_is_due_again_only_at_its_retry_time() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
-        store.accept(&message(), b"mime").unwrap();
+        store.accept(&message(), b"mime", None).unwrap();
         let mut lease = store.lease_due(Utc::now()).unwrap().unwrap();
         let retry_at = Utc::now() + chrono::Duration::seconds(60);
         lease.message.next_attempt_at = Some(retry_at);

@@ -264,3 +264,63 @@ async fn a_scheduled_message_waits_for_send_at_and_can_be_cancelled_until_it_goe
     assert_eq!(by_recipient["data"].as_array().unwrap().len(), 1);
     assert_eq!(app.get("/v1/messages?status=nope", &app.token).await.status(), 422);
 }
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_answer_refuses_another_body_and_races_to_one_message() {
+    let app = spawn_app().await;
+    let send = |key: &'static str, to: &'static str| {
+        app.client
+            .post(format!("{}/v1/messages", app.address))
+            .bearer_auth(&app.token)
+            .header("Idempotency-Key", key)
+            .json(&simple_message(to))
+            .send()
+    };
+    let first = send("order-42", "idem@example.test").await.unwrap();
+    assert_eq!(first.status(), 202);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: serde_json::Value = first.json().await.unwrap();
+    let id = first["id"].as_str().unwrap().to_owned();
+    app.wait_for(&id, WAIT, |m| status(m) == "sent").await;
+
+    let again = send("order-42", "idem@example.test").await.unwrap();
+    assert_eq!(again.status(), 202);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(again, first, "the first answer, not the current state");
+
+    let other = send("order-42", "someone-else@example.test").await.unwrap();
+    assert_eq!(other.status(), 409);
+    assert_eq!(
+        other.json::<serde_json::Value>().await.unwrap()["code"],
+        "idempotency_key_reused"
+    );
+
+    let racers = futures_util::future::join_all((0..8).map(|_| send("race-1", "race@example.test"))).await;
+    let ids: std::collections::BTreeSet<String> = {
+        let mut ids = std::collections::BTreeSet::new();
+        for response in racers {
+            let response = response.unwrap();
+            assert_eq!(response.status(), 202);
+            ids.insert(
+                response.json::<serde_json::Value>().await.unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
+        ids
+    };
+    assert_eq!(ids.len(), 1, "concurrent duplicates create one message");
+    assert_eq!(app.stored_messages(), 2);
+    let bad = app
+        .client
+        .post(format!("{}/v1/messages", app.address))
+        .bearer_auth(&app.token)
+        .header("Idempotency-Key", "has space")
+        .json(&simple_message("x@example.test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+}
