@@ -54,7 +54,7 @@ pub enum Accepted {
     New(Message),
     /// The same request came before with the same `Idempotency-Key`: the message as
     /// it was first accepted, nothing new stored.
-    Replayed(Box<Message>),
+    Replayed(Message),
 }
 
 /// What accepting needs from the running service.
@@ -73,9 +73,7 @@ impl Sender {
         let store = Arc::clone(&self.store);
         let (tenant, name) = (tenant.clone(), key.key.clone());
         match tokio::task::spawn_blocking(move || store.idempotency(&tenant, &name)).await?? {
-            Some(record) if record.request_hash == key.request_hash => {
-                Ok(Some(Accepted::Replayed(Box::new(record.accepted))))
-            }
+            Some(record) if record.request_hash == key.request_hash => Ok(Some(Accepted::Replayed(record.accepted))),
             Some(_) => Err(SendError::KeyReused),
             None => Ok(None),
         }

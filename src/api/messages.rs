@@ -507,7 +507,7 @@ pub async fn send_message(
     let new = to_new_message(body.0, state.settings.max_recipients(tenant.as_str()))?;
     let (message, replayed) = match state.sender.accept(tenant, new, key).await? {
         Accepted::New(message) => (message, false),
-        Accepted::Replayed(message) => (*message, true),
+        Accepted::Replayed(message) => (message, true),
     };
     let response = SendMessageResponse {
         id: message.id.to_string(),
