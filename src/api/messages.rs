@@ -502,9 +502,31 @@ pub async fn send_message(
     body: JsonBody<SendMessageRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = &auth.principal.tenant;
-    let key = idempotency_key(&req, &body.1)?;
-    let new = to_new_message(body.0, state.settings.max_recipients(tenant.as_str()))?;
+    let key = match req.headers().get("idempotency-key") {
+        Some(value) => Some(idempotency_key(
+            value.to_str().unwrap_or("\u{0}"),
+            &body.1,
+            "Idempotency-Key",
+        )?),
+        None => None,
+    };
+    let (response, replayed) = send_one(&state, &auth.principal.tenant, body.0, key).await?;
+    let mut answer = HttpResponse::Accepted();
+    answer.insert_header((header::LOCATION, format!("/v1/messages/{}", response.id)));
+    if replayed {
+        answer.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(answer.json(response))
+}
+
+/// Validates, accepts (or replays) one message; the answer and whether it replays.
+async fn send_one(
+    state: &AppState,
+    tenant: &TenantId,
+    request: SendMessageRequest,
+    key: Option<IdempotencyKey>,
+) -> Result<(SendMessageResponse, bool), ApiError> {
+    let new = to_new_message(request, state.settings.max_recipients(tenant.as_str()))?;
     let (message, replayed) = match state.sender.accept(tenant, new, key).await? {
         Accepted::New(message) => (message, false),
         Accepted::Replayed(message) => (message, true),
@@ -522,36 +544,114 @@ pub async fn send_message(
             })
             .collect(),
     };
-    let mut answer = HttpResponse::Accepted();
-    answer.insert_header((header::LOCATION, format!("/v1/messages/{}", message.id)));
-    if replayed {
-        answer.insert_header(("Idempotent-Replayed", "true"));
-    }
-    Ok(answer.json(response))
+    Ok((response, replayed))
 }
 
-/// The `Idempotency-Key` header, with the hash of the body it came with.
-fn idempotency_key(req: &actix_web::HttpRequest, body: &[u8]) -> Result<Option<IdempotencyKey>, ApiError> {
+/// An idempotency key (from the header, or a batch item's `idempotency_key` at
+/// `field`) with the hash of the body it came with.
+fn idempotency_key(key: &str, body: &[u8], field: &str) -> Result<IdempotencyKey, ApiError> {
     use sha2::Digest as _;
-    let Some(value) = req.headers().get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| (0x21..=0x7e).contains(&b)))
-        .ok_or_else(|| {
-            ApiError::unprocessable(vec![FieldError::coded(
-                "Idempotency-Key",
-                "invalid_idempotency_key",
-                "an Idempotency-Key is 1 to 255 visible ASCII characters",
-            )])
-        })?;
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+        return Err(ApiError::unprocessable(vec![FieldError::coded(
+            field,
+            "invalid_idempotency_key",
+            "an idempotency key is 1 to 255 visible ASCII characters",
+        )]));
+    }
     let hash = sha2::Sha256::digest(body);
-    Ok(Some(IdempotencyKey {
+    Ok(IdempotencyKey {
         key: key.to_owned(),
         request_hash: hash.iter().map(|b| format!("{b:02x}")).collect(),
-    }))
+    })
+}
+
+/// Up to 500 messages, each exactly as `POST /v1/messages` takes it, plus an optional
+/// `idempotency_key` per item so a half-failed batch can be retried safely.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendBatchRequest {
+    #[schema(value_type = Vec<SendMessageRequest>)]
+    pub messages: Vec<serde_json::Value>,
+}
+
+/// One item's outcome: the accepted message, or the problem that refused it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BatchResult {
+    Accepted(SendMessageResponse),
+    Refused { error: Problem },
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SendBatchResponse {
+    /// In request order.
+    pub data: Vec<BatchResult>,
+}
+
+const MAX_BATCH: usize = 500;
+
+/// Send up to 500 messages in one call.
+///
+/// Each item is validated and accepted on its own, exactly like `send_message`: valid
+/// items are stored durably (before this answer) even when others fail, and each
+/// result — `{"id", …}` or `{"error": <problem>}` with pointers like
+/// `/messages/3/to/0` — is in request order.
+#[utoipa::path(
+    tag = "messages",
+    request_body = SendBatchRequest,
+    security(("bearer" = ["messages:send"])),
+    responses(
+        (status = 200, description = "Per-item results in request order", body = SendBatchResponse),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `messages:send`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a batch, or more than 500 messages (`too_many_messages`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/messages/batch")]
+pub async fn send_batch(
+    auth: Authenticated<MessagesSend>,
+    body: JsonBody<SendBatchRequest>,
+    state: web::Data<AppState>,
+) -> Result<web::Json<SendBatchResponse>, ApiError> {
+    let items = body.0.messages;
+    if items.len() > MAX_BATCH || items.is_empty() {
+        return Err(ApiError::unprocessable(vec![FieldError::coded(
+            "/messages",
+            "too_many_messages",
+            "a batch holds 1 to 500 messages",
+        )]));
+    }
+    let tenant = &auth.principal.tenant;
+    let mut data = Vec::with_capacity(items.len());
+    for (index, mut item) in items.into_iter().enumerate() {
+        let prefix = format!("/messages/{index}");
+        let outcome = async {
+            let key = match item.as_object_mut().and_then(|o| o.remove("idempotency_key")) {
+                Some(serde_json::Value::String(raw)) => Some(raw),
+                Some(_) => Some(String::new()),
+                None => None,
+            };
+            let raw = serde_json::to_vec(&item).map_err(ApiError::internal)?;
+            let key = key.map(|k| idempotency_key(&k, &raw, "/idempotency_key")).transpose()?;
+            let request: SendMessageRequest = super::body::parse(&raw)?;
+            send_one(&state, tenant, request, key).await
+        }
+        .await;
+        data.push(match outcome {
+            Ok((response, _)) => BatchResult::Accepted(response),
+            Err(err) => {
+                if err.kind() == Kind::Internal {
+                    tracing::error!(error = %crate::telemetry::ErrorChain(&err), item = index, "batch item failed");
+                }
+                BatchResult::Refused {
+                    error: err.nested_under(&prefix).problem(),
+                }
+            }
+        });
+    }
+    Ok(web::Json(SendBatchResponse { data }))
 }
 
 /// A store read of one message of the caller's tenant.

@@ -154,6 +154,7 @@ fn routes(cfg: &mut ServiceConfig) {
         .service(messages::get_message)
         .service(messages::get_message_mime)
         .service(messages::list_messages)
+        .service(messages::send_batch)
         .service(messages::cancel_message)
         .service(templates::create_template)
         .service(templates::list_templates)

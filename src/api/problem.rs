@@ -186,6 +186,31 @@ impl ApiError {
     pub fn kind(&self) -> Kind {
         self.kind
     }
+
+    /// The problem document this error renders as.
+    pub fn problem(&self) -> Problem {
+        let (status, title) = self.kind.status_and_title();
+        Problem {
+            problem_type: format!("urn:mailgate:problem:{}", self.code),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: self.detail.clone(),
+            code: self.code.clone(),
+            errors: self.errors.clone(),
+        }
+    }
+
+    /// The same error for a part of a larger body: field pointers get `prefix`
+    /// (e.g. `/messages/3`) in front.
+    pub fn nested_under(mut self, prefix: &str) -> Self {
+        for error in &mut self.errors {
+            error.field = format!("{prefix}{}", error.field);
+        }
+        if let [one] = self.errors.as_slice() {
+            self.detail = format!("{}: {}", one.field, one.message);
+        }
+        self
+    }
 }
 
 impl ResponseError for ApiError {
@@ -194,19 +219,12 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let (status, title) = self.kind.status_and_title();
+        let status = self.kind.status_and_title().0;
         if status.is_server_error() {
             let chain = crate::telemetry::ErrorChain(self);
             tracing::error!(error = %chain, "request failed");
         }
-        let problem = Problem {
-            problem_type: format!("urn:mailgate:problem:{}", self.code),
-            title: title.to_owned(),
-            status: status.as_u16(),
-            detail: self.detail.clone(),
-            code: self.code.clone(),
-            errors: self.errors.clone(),
-        };
+        let problem = self.problem();
         let mut response = HttpResponse::build(status);
         response.content_type("application/problem+json");
         for (name, value) in &self.headers {

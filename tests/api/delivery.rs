@@ -324,3 +324,49 @@ async fn an_idempotency_key_replays_the_first_answer_refuses_another_body_and_ra
         .unwrap();
     assert_eq!(bad.status(), 422);
 }
+
+#[tokio::test]
+async fn a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_item_keys() {
+    let app = spawn_app().await;
+    let mut keyed = simple_message("batch-2@example.test");
+    keyed["idempotency_key"] = json!("batch-item-2");
+    let batch = json!({"messages": [
+        simple_message("batch-1@example.test"),
+        {"from": "x@sender.mailgate.test", "to": ["not-an-address"], "subject": "s", "text": "t"},
+        keyed,
+    ]});
+    let post = || {
+        app.client
+            .post(format!("{}/v1/messages/batch", app.address))
+            .bearer_auth(&app.token)
+            .json(&batch)
+            .send()
+    };
+    let response = post().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let results: serde_json::Value = response.json().await.unwrap();
+    let data = results["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3);
+    assert!(data[0]["id"].is_string());
+    assert_eq!(data[1]["error"]["code"], "invalid_address");
+    assert_eq!(data[1]["error"]["errors"][0]["field"], "/messages/1/to/0");
+    let keyed_id = data[2]["id"].as_str().unwrap().to_owned();
+    for item in [&data[0], &data[2]] {
+        let id = item["id"].as_str().unwrap();
+        app.postfix.wait_delivered(id, 1, WAIT).await;
+    }
+    // Retrying the whole batch re-sends the unkeyed item but not the keyed one.
+    let retried: serde_json::Value = post().await.unwrap().json().await.unwrap();
+    assert_eq!(retried["data"][2]["id"], keyed_id.as_str());
+    assert_ne!(retried["data"][0]["id"], data[0]["id"]);
+    assert_eq!(app.stored_messages(), 3);
+    let empty = app
+        .client
+        .post(format!("{}/v1/messages/batch", app.address))
+        .bearer_auth(&app.token)
+        .json(&json!({"messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 422);
+}
