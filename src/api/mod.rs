@@ -16,7 +16,7 @@ pub mod webhooks;
 
 use std::sync::Arc;
 
-use actix_web::{web, HttpRequest};
+use actix_web::{web, HttpRequest, HttpResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_actix_web::service_config::ServiceConfig;
@@ -197,13 +197,17 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         .1
 }
 
-/// Configures an App with every route, `/openapi.json` and problem+json 404/405.
+/// Configures an App with every route, `/openapi.json`, `/docs` and problem+json 404/405.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let document = openapi_document();
     let known = Arc::new(KnownPaths::from_document(&document));
-    cfg.service(web::resource("/openapi.json").route(web::get().to(move || {
-        let document = document.clone();
-        async move { web::Json(document) }
+    // `/docs/`: the interactive reference, its assets compiled into the binary (no
+    // CDN), reading the same document that `/openapi.json` serves.
+    cfg.service(utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document));
+    cfg.service(web::resource("/docs").route(web::get().to(|| async {
+        HttpResponse::PermanentRedirect()
+            .insert_header((actix_web::http::header::LOCATION, "/docs/"))
+            .finish()
     })));
     cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
         problem::ApiError::unprocessable(vec![problem::FieldError::coded(

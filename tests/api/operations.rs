@@ -71,3 +71,26 @@ async fn health_and_readiness_report_a_working_service() {
         .unwrap();
     assert_eq!(wrong_method.headers()["allow"], "GET");
 }
+
+#[tokio::test]
+async fn interactive_docs_are_served_from_the_binary_without_a_cdn() {
+    let app = spawn_app().await;
+    let page = app.client.get(format!("{}/docs", app.address)).send().await.unwrap();
+    assert_eq!(page.status(), 200, "/docs redirects to /docs/");
+    let html = page.text().await.unwrap();
+    assert!(html.to_lowercase().contains("swagger"), "{html}");
+    for attribute in ["src=\"http", "href=\"http", "src='http", "href='http"] {
+        assert!(
+            !html.contains(attribute),
+            "the docs page must not load assets from the network"
+        );
+    }
+    let init = app
+        .client
+        .get(format!("{}/docs/swagger-initializer.js", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(init.status(), 200);
+    assert!(init.text().await.unwrap().contains("/openapi.json"));
+}
