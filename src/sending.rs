@@ -64,6 +64,7 @@ pub struct Sender {
     pub wake: Arc<Notify>,
     pub settings: Arc<Settings>,
     pub templates: Templates,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Sender {
@@ -137,6 +138,7 @@ impl Sender {
             self.wake.notify_one();
         }
         tracing::info!(recipients = message.recipients.len(), status = ?message.status, "message accepted");
+        self.metrics.message_accepted();
         Ok(Accepted::New(message))
     }
 

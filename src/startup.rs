@@ -4,6 +4,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
+use actix_web::dev::Service as _;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use tokio::sync::{watch, Notify};
@@ -14,6 +15,7 @@ use crate::auth::TokenKeys;
 use crate::bounces::ingest::{Bounces, SnsCertificates};
 use crate::config::Settings;
 use crate::delivery::{run_worker_until_stopped, RetryPolicy, Transport, Worker};
+use crate::metrics::Metrics;
 use crate::render::template::RenderLimits;
 use crate::sending::Sender;
 use crate::store::{SledStore, Store};
@@ -83,6 +85,7 @@ impl Application {
         };
         let transport = Arc::new(transport);
         let wake = Arc::new(Notify::new());
+        let metrics = Arc::new(Metrics::default());
         let worker = Worker {
             store: Arc::clone(&store),
             transport: Arc::clone(&transport),
@@ -92,6 +95,7 @@ impl Application {
                 max_age: delivery.max_age.0,
             },
             return_path_domain: delivery.return_path_domain.clone(),
+            metrics: Arc::clone(&metrics),
         };
         let templates = Templates::new(
             Arc::clone(&store),
@@ -132,7 +136,9 @@ impl Application {
                 wake: Arc::clone(&wake),
                 settings: Arc::clone(&settings),
                 templates: templates.clone(),
+                metrics: Arc::clone(&metrics),
             },
+            metrics: Arc::clone(&metrics),
             templates,
             webhooks,
             bounces: Bounces {
@@ -149,7 +155,20 @@ impl Application {
         });
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
+            let metrics = Arc::clone(&metrics);
             App::new()
+                .wrap_fn(move |req, srv| {
+                    let started = std::time::Instant::now();
+                    let method = req.method().to_string();
+                    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+                    let metrics = Arc::clone(&metrics);
+                    let call = srv.call(req);
+                    async move {
+                        let response = call.await?;
+                        metrics.http_request(&method, &route, response.status().as_u16(), started.elapsed());
+                        Ok(response)
+                    }
+                })
                 .wrap(TracingLogger::default())
                 .app_data(state.clone())
                 .configure(api::configure)

@@ -53,3 +53,23 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         })
     }
 }
+
+/// Prometheus metrics (text exposition format): messages accepted, recipient outcomes
+/// by upstream, queue depth, delivery latency (acceptance → 2xx) and HTTP requests by
+/// route. Unauthenticated like most exporters, and free of tenant names; keep it on an
+/// internal network.
+#[utoipa::path(
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
+)]
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let store = state.store.clone();
+    let (queued, leased) = match web::block(move || store.queue_depth()).await {
+        Ok(Ok(depth)) => depth,
+        _ => (0, 0),
+    };
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render(queued, leased))
+}

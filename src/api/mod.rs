@@ -41,6 +41,7 @@ pub struct AppState {
     pub templates: Templates,
     pub webhooks: Webhooks,
     pub bounces: Bounces,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub settings: Arc<Settings>,
 }
 
@@ -184,7 +185,8 @@ fn routes(cfg: &mut ServiceConfig) {
         .service(bounces::ingest_sendgrid)
         .service(bounces::ingest_ses)
         .service(health::healthz)
-        .service(health::readyz);
+        .service(health::readyz)
+        .service(health::metrics);
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and printed by `mailgate openapi`.

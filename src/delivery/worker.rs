@@ -40,6 +40,7 @@ pub struct Worker {
     pub transport: Arc<Transport>,
     pub policy: RetryPolicy,
     pub return_path_domain: String,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Worker {
@@ -82,6 +83,7 @@ impl Worker {
             };
             let outcome = self.transport.send(&job, &mime).await;
             log_outcome(&job, &outcome, message.attempts);
+            self.count(&outcome, message.created_at);
             message.record_outcome(index, outcome, give_up, Utc::now());
             if n + 1 < pending.len() {
                 let snapshot = message.clone();
@@ -92,6 +94,15 @@ impl Worker {
         message.finish_attempt(Some(retry_at));
         tracing::info!(status = ?message.status, attempts = message.attempts, next_attempt_at = ?message.next_attempt_at, "delivery attempt finished");
         self.persist(move |store| store.release(&message)).await
+    }
+
+    fn count(&self, outcome: &DeliveryOutcome, accepted_at: chrono::DateTime<Utc>) {
+        let (kind, latency) = match outcome {
+            DeliveryOutcome::Sent(_) => ("sent", (Utc::now() - accepted_at).to_std().ok()),
+            DeliveryOutcome::Deferred(_) => ("deferred", None),
+            DeliveryOutcome::Bounced(_) => ("bounced", None),
+        };
+        self.metrics.recipient_outcome(self.transport.name(), kind, latency);
     }
 
     /// Runs a store write on a blocking thread, retrying a failure a few times: giving

@@ -230,6 +230,9 @@ pub trait Store: Send + Sync {
     /// it afterwards); a message being sent or done is left as it is.
     fn cancel(&self, tenant: &TenantId, id: &MessageId, now: DateTime<Utc>) -> Result<CancelOutcome, StoreError>;
 
+    /// Messages waiting on the queue (due or not) and messages leased right now.
+    fn queue_depth(&self) -> Result<(usize, usize), StoreError>;
+
     /// How many messages are stored, for every tenant (operations and tests).
     fn count_messages(&self) -> Result<usize, StoreError>;
 

@@ -843,6 +843,10 @@ impl Store for SledStore {
         }
     }
 
+    fn queue_depth(&self) -> Result<(usize, usize), StoreError> {
+        Ok((self.queue.len(), self.leases.len()))
+    }
+
     fn count_messages(&self) -> Result<usize, StoreError> {
         Ok(self.messages.len())
     }

@@ -94,3 +94,27 @@ async fn interactive_docs_are_served_from_the_binary_without_a_cdn() {
     assert_eq!(init.status(), 200);
     assert!(init.text().await.unwrap().contains("/openapi.json"));
 }
+
+#[tokio::test]
+async fn metrics_count_acceptances_outcomes_and_requests() {
+    let app = spawn_app().await;
+    let id = app
+        .send_ok(&crate::helpers::simple_message("metrics@example.test"))
+        .await;
+    app.wait_for(&id, std::time::Duration::from_secs(20), |m| m["status"] == "sent")
+        .await;
+    let response = app.client.get(format!("{}/metrics", app.address)).send().await.unwrap();
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+    assert!(text.contains("mailgate_messages_accepted_total 1"), "{text}");
+    assert!(
+        text.contains("mailgate_recipients_total{upstream=\"postfix\",outcome=\"sent\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("mailgate_delivery_latency_seconds_count 1"), "{text}");
+    assert!(text.contains("route=\"/v1/messages\",status=\"202\"} 1"), "{text}");
+    assert!(!text.contains("acme"), "no tenant names in metrics");
+}

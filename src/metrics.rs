@@ -1,0 +1,184 @@
+//! Prometheus metrics without a global recorder: counters and histograms owned by the
+//! application (so every test app has its own), rendered in the text exposition
+//! format at `/metrics`. No tenant appears in a label.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// A cumulative histogram with fixed bucket bounds in seconds.
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, value: Duration) {
+        let secs = value.as_secs_f64();
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            if secs <= *bound {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.sum_micros
+            .fetch_add(u64::try_from(value.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bound, count) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
+        }
+        let total = self.total.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {total}");
+    }
+}
+
+const DELIVERY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0];
+const HTTP_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+pub struct Metrics {
+    accepted: AtomicU64,
+    /// (upstream, outcome) → recipients.
+    outcomes: Mutex<BTreeMap<(String, &'static str), u64>>,
+    delivery_latency: Histogram,
+    /// (method, route, status) → requests.
+    requests: Mutex<BTreeMap<(String, String, u16), u64>>,
+    request_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            accepted: AtomicU64::new(0),
+            outcomes: Mutex::new(BTreeMap::new()),
+            delivery_latency: Histogram::new(DELIVERY_BUCKETS),
+            requests: Mutex::new(BTreeMap::new()),
+            request_duration: Histogram::new(HTTP_BUCKETS),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Metrics {
+    pub fn message_accepted(&self) {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One recipient's outcome at `upstream`; `latency` (acceptance → 2xx) for sends.
+    pub fn recipient_outcome(&self, upstream: &str, outcome: &'static str, latency: Option<Duration>) {
+        *lock(&self.outcomes).entry((upstream.to_owned(), outcome)).or_default() += 1;
+        if let Some(latency) = latency {
+            self.delivery_latency.observe(latency);
+        }
+    }
+
+    pub fn http_request(&self, method: &str, route: &str, status: u16, duration: Duration) {
+        *lock(&self.requests)
+            .entry((method.to_owned(), route.to_owned(), status))
+            .or_default() += 1;
+        self.request_duration.observe(duration);
+    }
+
+    /// The text exposition, with the queue depth read from the store by the caller.
+    pub fn render(&self, queued: usize, leased: usize) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP mailgate_messages_accepted_total Messages accepted (202).");
+        let _ = writeln!(out, "# TYPE mailgate_messages_accepted_total counter");
+        let _ = writeln!(
+            out,
+            "mailgate_messages_accepted_total {}",
+            self.accepted.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP mailgate_recipients_total Recipient outcomes by upstream.");
+        let _ = writeln!(out, "# TYPE mailgate_recipients_total counter");
+        for ((upstream, outcome), count) in lock(&self.outcomes).iter() {
+            let _ = writeln!(
+                out,
+                "mailgate_recipients_total{{upstream=\"{upstream}\",outcome=\"{outcome}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mailgate_queue_depth Messages waiting (queued, deferred, scheduled) or being sent."
+        );
+        let _ = writeln!(out, "# TYPE mailgate_queue_depth gauge");
+        let _ = writeln!(out, "mailgate_queue_depth{{state=\"waiting\"}} {queued}");
+        let _ = writeln!(out, "mailgate_queue_depth{{state=\"sending\"}} {leased}");
+        let _ = writeln!(
+            out,
+            "# HELP mailgate_delivery_latency_seconds From acceptance to the upstream's 2xx."
+        );
+        let _ = writeln!(out, "# TYPE mailgate_delivery_latency_seconds histogram");
+        self.delivery_latency
+            .render(&mut out, "mailgate_delivery_latency_seconds", "");
+        let _ = writeln!(
+            out,
+            "# HELP mailgate_http_requests_total HTTP requests by route and status."
+        );
+        let _ = writeln!(out, "# TYPE mailgate_http_requests_total counter");
+        for ((method, route, status), count) in lock(&self.requests).iter() {
+            let _ = writeln!(
+                out,
+                "mailgate_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mailgate_http_request_duration_seconds HTTP request duration."
+        );
+        let _ = writeln!(out, "# TYPE mailgate_http_request_duration_seconds histogram");
+        self.request_duration
+            .render(&mut out, "mailgate_http_request_duration_seconds", "");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_buckets() {
+        let m = Metrics::default();
+        m.message_accepted();
+        m.recipient_outcome("primary", "sent", Some(Duration::from_millis(300)));
+        m.http_request("POST", "/v1/messages", 202, Duration::from_millis(3));
+        let text = m.render(2, 1);
+        assert!(text.contains("mailgate_messages_accepted_total 1"));
+        assert!(text.contains("mailgate_recipients_total{upstream=\"primary\",outcome=\"sent\"} 1"));
+        assert!(text.contains("mailgate_delivery_latency_seconds_bucket{le=\"0.25\"} 0"));
+        assert!(text.contains("mailgate_delivery_latency_seconds_bucket{le=\"0.5\"} 1"));
+        assert!(text.contains("mailgate_queue_depth{state=\"waiting\"} 2"));
+        assert!(text.contains("route=\"/v1/messages\",status=\"202\"} 1"));
+    }
+}
