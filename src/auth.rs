@@ -56,9 +56,23 @@ pub enum KeySource {
     DevKey(PathBuf),
 }
 
+/// One key that verifies tokens: the algorithm it accepts is fixed, so a token cannot
+/// choose how it is checked (no `none`, no HS256 signed with a public key).
+struct VerifyingKey {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+struct SigningKey {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: EncodingKey,
+}
+
 pub struct TokenKeys {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    verifying: Vec<VerifyingKey>,
+    signing: Option<SigningKey>,
     validation: Validation,
     issuer: Option<String>,
     audience: Option<String>,
@@ -66,20 +80,88 @@ pub struct TokenKeys {
 }
 
 const DEV_KEY_FILE: &str = "dev-hs256.key";
+/// Longer tokens are refused before any parsing.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+fn algorithm(name: &str) -> anyhow::Result<Algorithm> {
+    match name {
+        "RS256" => Ok(Algorithm::RS256),
+        "ES256" => Ok(Algorithm::ES256),
+        "EdDSA" => Ok(Algorithm::EdDSA),
+        other => anyhow::bail!("unsupported key algorithm `{other}` (RS256, ES256 or EdDSA)"),
+    }
+}
+
+fn read_pem(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("Failed to read the key file {}", path.display()))
+}
+
+fn decoding_key(alg: Algorithm, pem: &[u8]) -> jsonwebtoken::errors::Result<DecodingKey> {
+    match alg {
+        Algorithm::ES256 => DecodingKey::from_ec_pem(pem),
+        Algorithm::EdDSA => DecodingKey::from_ed_pem(pem),
+        _ => DecodingKey::from_rsa_pem(pem),
+    }
+}
+
+fn encoding_key(alg: Algorithm, pem: &[u8]) -> jsonwebtoken::errors::Result<EncodingKey> {
+    match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(pem),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(pem),
+        _ => EncodingKey::from_rsa_pem(pem),
+    }
+}
 
 impl TokenKeys {
-    /// Loads the configured HS256 secret, or creates/reuses the dev key in the data dir.
+    /// Loads the configured HS256 secret and public keys; with neither, creates or
+    /// reuses the dev key in the data dir (and only then).
     pub fn load(settings: &Settings) -> anyhow::Result<Self> {
         let auth = &settings.auth;
-        let (secret, source) = match read_secret(auth.hs256_secret_file.as_deref(), auth.hs256_secret_env.as_deref())? {
-            Some(secret) => (secret.into_bytes(), KeySource::Configured),
+        let configured = read_secret(auth.hs256_secret_file.as_deref(), auth.hs256_secret_env.as_deref())?;
+        let (secret, source) = match configured {
+            Some(secret) => (Some(secret.into_bytes()), KeySource::Configured),
+            None if !auth.public_keys.is_empty() => (None, KeySource::Configured),
             None => {
                 let path = settings.storage.path.join(DEV_KEY_FILE);
-                (dev_key(&path)?, KeySource::DevKey(path))
+                (Some(dev_key(&path)?), KeySource::DevKey(path))
             }
         };
-        if secret.len() < 32 {
-            anyhow::bail!("the HS256 secret must be at least 32 bytes");
+        let mut verifying = Vec::new();
+        let mut signing = None;
+        if let Some(secret) = &secret {
+            if secret.len() < 32 {
+                anyhow::bail!("the HS256 secret must be at least 32 bytes");
+            }
+            verifying.push(VerifyingKey {
+                kid: None,
+                alg: Algorithm::HS256,
+                key: DecodingKey::from_secret(secret).context("HS256 verification key")?,
+            });
+            signing = Some(SigningKey {
+                kid: None,
+                alg: Algorithm::HS256,
+                key: EncodingKey::from_secret(secret).context("HS256 signing key")?,
+            });
+        }
+        for public in &auth.public_keys {
+            let alg = algorithm(&public.alg).with_context(|| format!("auth.public_keys kid {}", public.kid))?;
+            let key = decoding_key(alg, &read_pem(&public.pem_file)?)
+                .with_context(|| format!("auth.public_keys kid {}: not a {} public key", public.kid, public.alg))?;
+            verifying.push(VerifyingKey {
+                kid: Some(public.kid.clone()),
+                alg,
+                key,
+            });
+        }
+        if let Some(private) = &auth.signing_key {
+            let alg = algorithm(&private.alg).context("auth.signing_key")?;
+            let key = encoding_key(alg, &read_pem(&private.pem_file)?)
+                .with_context(|| format!("auth.signing_key: not a {} private key", private.alg))?;
+            signing = Some(SigningKey {
+                kid: Some(private.kid.clone()),
+                alg,
+                key,
+            });
         }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
@@ -94,8 +176,8 @@ impl TokenKeys {
             None => validation.validate_aud = false,
         }
         Ok(Self {
-            encoding: EncodingKey::from_secret(&secret).context("HS256 signing key")?,
-            decoding: DecodingKey::from_secret(&secret).context("HS256 verification key")?,
+            verifying,
+            signing,
             validation,
             issuer: auth.issuer.clone(),
             audience: auth.audience.clone(),
@@ -103,9 +185,54 @@ impl TokenKeys {
         })
     }
 
+    /// The key a token names (`kid`), or the only key for its algorithm when it names
+    /// none; and that key's algorithm must be the token's.
+    fn key_for(&self, token: &str) -> Result<&VerifyingKey, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError("the token is too large"));
+        }
+        let raw_header = token
+            .split('.')
+            .next()
+            .and_then(|h| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(h.trim_end_matches('='))
+                    .ok()
+            })
+            .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+            .ok_or(TokenError("the token is malformed"))?;
+        if raw_header.get("crit").is_some() {
+            return Err(TokenError("tokens with critical header parameters are not accepted"));
+        }
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| TokenError("the token algorithm is not accepted"))?;
+        let key = match &header.kid {
+            Some(kid) => self
+                .verifying
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                .ok_or(TokenError("the token's key id is not known"))?,
+            None => {
+                let mut candidates = self.verifying.iter().filter(|k| k.alg == header.alg);
+                match (candidates.next(), candidates.next()) {
+                    (Some(only), None) => only,
+                    (Some(_), Some(_)) => return Err(TokenError("the token must name its key (`kid`)")),
+                    (None, _) => return Err(TokenError("the token algorithm is not accepted")),
+                }
+            }
+        };
+        if key.alg != header.alg {
+            return Err(TokenError("the token algorithm is not accepted for its key"));
+        }
+        Ok(key)
+    }
+
     pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|err| {
+        let key = self.key_for(token)?;
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![key.alg];
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|err| {
             TokenError(match err.kind() {
                 ErrorKind::ExpiredSignature => "the token has expired",
                 ErrorKind::ImmatureSignature => "the token is not valid yet",
@@ -142,8 +269,13 @@ impl TokenKeys {
             iss: self.issuer.clone(),
             aud: self.audience.clone().map(serde_json::Value::String),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .context("Failed to sign the token")
+        let signing = self
+            .signing
+            .as_ref()
+            .context("no signing key: configure auth.signing_key (or an HS256 secret)")?;
+        let mut header = Header::new(signing.alg);
+        header.kid = signing.kid.clone();
+        jsonwebtoken::encode(&header, &claims, &signing.key).context("Failed to sign the token")
     }
 }
 
@@ -171,6 +303,8 @@ fn dev_key(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
     use crate::domain::auth::Scope;
 
@@ -200,6 +334,118 @@ mod tests {
             std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
             0o600
         );
+    }
+
+    /// Makes a key pair with the openssl CLI: (private PEM path, public PEM path).
+    fn keypair(dir: &Path, name: &str, genpkey: &[&str]) -> (PathBuf, PathBuf) {
+        let private = dir.join(format!("{name}.pem"));
+        let public = dir.join(format!("{name}.pub"));
+        let ok = std::process::Command::new("openssl")
+            .args(["genpkey"])
+            .args(genpkey)
+            .arg("-out")
+            .arg(&private)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl genpkey {name}");
+        let ok = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&private)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "openssl pkey {name}");
+        (private, public)
+    }
+
+    fn key(kid: &str, alg: &str, pem_file: PathBuf) -> crate::config::KeySettings {
+        crate::config::KeySettings {
+            kid: kid.into(),
+            alg: alg.into(),
+            pem_file,
+        }
+    }
+
+    #[test]
+    fn asymmetric_keys_verify_by_kid_and_refuse_confusion_crit_and_oversize() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rsa_private, rsa_public) = keypair(
+            dir.path(),
+            "rsa",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        );
+        let (ec_private, ec_public) = keypair(
+            dir.path(),
+            "ec",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        );
+        let (ed_private, ed_public) = keypair(dir.path(), "ed", &["-algorithm", "ed25519"]);
+        let tenant = TenantId::parse("acme").unwrap();
+        let scopes = Scopes::parse_strict("messages:send").unwrap();
+        let ttl = Duration::from_secs(60);
+
+        let mut verifier = Settings::default();
+        verifier.storage.path = dir.path().join("verifier");
+        verifier.auth.public_keys = vec![
+            key("r1", "RS256", rsa_public.clone()),
+            key("e1", "ES256", ec_public),
+            key("d1", "EdDSA", ed_public),
+        ];
+        let verifier = TokenKeys::load(&verifier).unwrap();
+        assert_eq!(
+            verifier.source,
+            KeySource::Configured,
+            "no dev key once public keys are configured"
+        );
+
+        for (kid, alg, private) in [
+            ("r1", "RS256", &rsa_private),
+            ("e1", "ES256", &ec_private),
+            ("d1", "EdDSA", &ed_private),
+        ] {
+            let mut signer = Settings::default();
+            signer.storage.path = dir.path().join(format!("signer-{kid}"));
+            signer.auth.signing_key = Some(key(kid, alg, private.clone()));
+            let signer = TokenKeys::load(&signer).unwrap();
+            let token = signer.issue(&tenant, &scopes, ttl, "t").unwrap();
+            assert_eq!(verifier.verify(&token).unwrap().tenant.as_str(), "acme", "{alg}");
+        }
+
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let claims = r#"{"sub":"x","tenant":"acme","scope":"admin","exp":99999999999}"#;
+        // HS256 "signed" with the RSA public key, naming the RSA key: algorithm confusion.
+        let confused = jsonwebtoken::encode(
+            &Header {
+                kid: Some("r1".into()),
+                ..Header::new(Algorithm::HS256)
+            },
+            &serde_json::from_str::<serde_json::Value>(claims).unwrap(),
+            &EncodingKey::from_secret(&std::fs::read(&rsa_public).unwrap()).unwrap(),
+        )
+        .unwrap();
+        assert!(verifier.verify(&confused).is_err());
+        let unknown_kid = format!("{}.{}.sig", b64(r#"{"alg":"EdDSA","kid":"zz"}"#), b64(claims));
+        assert_eq!(
+            verifier.verify(&unknown_kid).unwrap_err().0,
+            "the token's key id is not known"
+        );
+        let crit = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"EdDSA","kid":"d1","crit":["exp"]}"#),
+            b64(claims)
+        );
+        assert!(verifier.verify(&crit).unwrap_err().0.contains("critical"));
+        assert_eq!(
+            verifier.verify(&"a".repeat(10_000)).unwrap_err().0,
+            "the token is too large"
+        );
+        let hs = format!("{}.{}.sig", b64(r#"{"alg":"HS256"}"#), b64(claims));
+        assert!(verifier.verify(&hs).is_err(), "no HS256 without a configured secret");
     }
 
     #[test]

@@ -60,6 +60,19 @@ pub struct AuthSettings {
     pub hs256_secret_env: Option<String>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
+    /// Public keys for RS256 / ES256 / EdDSA tokens, selected by the token's `kid`.
+    pub public_keys: Vec<KeySettings>,
+    /// The private key `mailgate token issue` signs with, when not HS256.
+    pub signing_key: Option<KeySettings>,
+}
+
+/// A PEM key file with its `kid` and algorithm (`RS256`, `ES256` or `EdDSA`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySettings {
+    pub kid: String,
+    pub alg: String,
+    pub pem_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

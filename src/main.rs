@@ -96,6 +96,9 @@ fn check_config(config: Option<&PathBuf>) -> anyhow::Result<()> {
     let settings = load(config)?;
     let auth = &settings.auth;
     read_secret(auth.hs256_secret_file.as_deref(), auth.hs256_secret_env.as_deref()).context("auth")?;
+    if !auth.public_keys.is_empty() || auth.signing_key.is_some() {
+        TokenKeys::load(&settings).context("auth keys")?;
+    }
     for up in &settings.upstreams {
         if up.username.is_some() {
             read_secret(up.password_file.as_deref(), up.password_env.as_deref())
