@@ -41,6 +41,30 @@ pub struct Principal {
     pub tenant: TenantId,
     pub subject: String,
     pub scopes: Scopes,
+    /// The token's id, when it has one: what revocation names.
+    pub jti: Option<String>,
+}
+
+/// Revoked token ids, each until its token's `exp`: kept in memory for the request
+/// path and persisted by the store so revocations survive restarts.
+#[derive(Default)]
+pub struct Revocations {
+    until: std::sync::RwLock<std::collections::HashMap<String, u64>>,
+}
+
+impl Revocations {
+    pub fn revoke(&self, jti: &str, until: u64) {
+        let mut map = self.until.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = jsonwebtoken::get_current_timestamp();
+        map.retain(|_, exp| *exp >= now);
+        map.insert(jti.to_owned(), until);
+    }
+
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        let map = self.until.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.get(jti)
+            .is_some_and(|exp| *exp >= jsonwebtoken::get_current_timestamp())
+    }
 }
 
 /// Why a token was refused. The text is safe to return: it never echoes the token.
@@ -252,6 +276,7 @@ impl TokenKeys {
             tenant,
             subject: claims.sub,
             scopes: Scopes::parse_lenient(&claims.scope),
+            jti: claims.jti,
         })
     }
 

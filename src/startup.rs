@@ -86,6 +86,13 @@ impl Application {
         let transport = Arc::new(transport);
         let wake = Arc::new(Notify::new());
         let metrics = Arc::new(Metrics::default());
+        let revocations = Arc::new(crate::auth::Revocations::default());
+        for (jti, until) in store
+            .revoked_tokens(jsonwebtoken::get_current_timestamp())
+            .context("Failed to load token revocations")?
+        {
+            revocations.revoke(&jti, until);
+        }
         let worker = Worker {
             store: Arc::clone(&store),
             transport: Arc::clone(&transport),
@@ -139,6 +146,7 @@ impl Application {
                 metrics: Arc::clone(&metrics),
             },
             metrics: Arc::clone(&metrics),
+            revocations,
             templates,
             webhooks,
             bounces: Bounces {

@@ -35,6 +35,7 @@ scope_marker!(TemplatesWrite, Scope::TemplatesWrite);
 scope_marker!(SuppressionsManage, Scope::SuppressionsManage);
 scope_marker!(WebhooksManage, Scope::WebhooksManage);
 scope_marker!(BouncesWrite, Scope::BouncesWrite);
+scope_marker!(Admin, Scope::Admin);
 
 /// A caller whose token verified and grants `S`.
 pub struct Authenticated<S: RequiredScope> {
@@ -58,6 +59,13 @@ fn authenticate<S: RequiredScope>(req: &HttpRequest) -> Result<Authenticated<S>,
         .tokens
         .verify(token)
         .map_err(|err| ApiError::invalid_token(err.to_string()))?;
+    if principal
+        .jti
+        .as_deref()
+        .is_some_and(|jti| state.revocations.is_revoked(jti))
+    {
+        return Err(ApiError::invalid_token("the token has been revoked"));
+    }
     if !principal.scopes.grants(S::SCOPE) {
         return Err(ApiError::insufficient_scope(S::SCOPE.as_str()));
     }

@@ -12,6 +12,7 @@ pub mod pagination;
 pub mod problem;
 pub mod suppressions;
 pub mod templates;
+pub mod tokens;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub struct AppState {
     pub webhooks: Webhooks,
     pub bounces: Bounces,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub revocations: Arc<crate::auth::Revocations>,
     pub settings: Arc<Settings>,
 }
 
@@ -142,6 +144,7 @@ impl Modify for EventWebhooks {
         (name = "events", description = "The ordered event stream that webhooks also push"),
         (name = "suppressions", description = "Addresses that are never sent to"),
         (name = "webhooks", description = "Signed, durable, replayable event delivery to your endpoints"),
+        (name = "tokens", description = "Token administration"),
         (name = "bounces", description = "Reports that arrive after delivery: DSNs, complaints, generic JSON"),
         (name = "operations", description = "Health and readiness"),
     )
@@ -185,6 +188,7 @@ fn routes(cfg: &mut ServiceConfig) {
         .service(bounces::ingest_sendgrid)
         .service(bounces::ingest_ses)
         .service(health::healthz)
+        .service(tokens::revoke_token)
         .service(health::readyz)
         .service(health::metrics);
 }

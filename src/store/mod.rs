@@ -233,6 +233,12 @@ pub trait Store: Send + Sync {
     /// Messages waiting on the queue (due or not) and messages leased right now.
     fn queue_depth(&self) -> Result<(usize, usize), StoreError>;
 
+    /// Records a revoked token id until `until` (Unix seconds), durably.
+    fn revoke_token(&self, jti: &str, until: u64) -> Result<(), StoreError>;
+
+    /// Every revocation still in force at `now` (Unix seconds), to load at start.
+    fn revoked_tokens(&self, now: u64) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// How many messages are stored, for every tenant (operations and tests).
     fn count_messages(&self) -> Result<usize, StoreError>;
 

@@ -44,6 +44,8 @@ pub struct SledStore {
     tenant_messages: Tree,
     /// `tenant \0 Idempotency-Key` → the request hash and the accepted message.
     idempotency: Tree,
+    /// Revoked `jti` → expiry (Unix seconds, big-endian).
+    revocations: Tree,
     /// Held while stream positions are taken and committed (see `commit`).
     stream_order: std::sync::Mutex<()>,
 }
@@ -283,6 +285,7 @@ impl SledStore {
             reports: db.open_tree("reports")?,
             tenant_messages: db.open_tree("tenant_messages")?,
             idempotency: db.open_tree("idempotency")?,
+            revocations: db.open_tree("revocations")?,
             stream_order: std::sync::Mutex::new(()),
             db,
         })
@@ -847,6 +850,25 @@ impl Store for SledStore {
         Ok((self.queue.len(), self.leases.len()))
     }
 
+    fn revoke_token(&self, jti: &str, until: u64) -> Result<(), StoreError> {
+        self.revocations.insert(jti.as_bytes(), &until.to_be_bytes())?;
+        self.flush()
+    }
+
+    fn revoked_tokens(&self, now: u64) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut live = Vec::new();
+        for entry in self.revocations.iter() {
+            let (jti, until) = entry?;
+            let until = until.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            if until >= now {
+                live.push((String::from_utf8_lossy(&jti).into_owned(), until));
+            } else {
+                self.revocations.remove(&jti)?;
+            }
+        }
+        Ok(live)
+    }
+
     fn count_messages(&self) -> Result<usize, StoreError> {
         Ok(self.messages.len())
     }
@@ -915,6 +937,18 @@ mod tests {
         let again = store.lease_due(Utc::now()).unwrap().unwrap();
         assert_eq!(again.message.id, msg.id);
         assert_eq!(again.mime, b"mime");
+    }
+
+    #[test]
+    fn revocations_survive_a_restart_until_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.revoke_token("live", 2_000).unwrap();
+            store.revoke_token("expired", 500).unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.revoked_tokens(1_000).unwrap(), [("live".to_owned(), 2_000)]);
     }
 
     #[test]

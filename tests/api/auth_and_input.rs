@@ -229,3 +229,41 @@ async fn malformed_json_is_400_and_an_oversized_body_is_413() {
     );
     assert_eq!(app.stored_messages(), 0);
 }
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_and_only_admins_revoke() {
+    let app = spawn_app().await;
+    let victim = mint(&app.keys, "acme", "messages:send messages:read");
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims: Value = serde_json::from_slice(&b64.decode(victim.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    let body = json!({"jti": claims["jti"], "exp": claims["exp"]});
+    let revoke = |token: String| {
+        app.client
+            .post(format!("{}/v1/tokens/revoke", app.address))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        revoke(victim.clone()).await.unwrap().status(),
+        403,
+        "admin scope required"
+    );
+    assert_eq!(
+        app.send_as(&victim, &simple_message("a@example.test")).await.status(),
+        202
+    );
+    assert_eq!(revoke(mint(&app.keys, "acme", "admin")).await.unwrap().status(), 204);
+    let (status, problem) = read_problem(app.send_as(&victim, &simple_message("a@example.test")).await).await;
+    assert_eq!(
+        (status, problem["detail"].as_str()),
+        (401, Some("the token has been revoked"))
+    );
+    assert_eq!(
+        app.send_as(&app.token, &simple_message("a@example.test"))
+            .await
+            .status(),
+        202,
+        "others unaffected"
+    );
+}

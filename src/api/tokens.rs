@@ -1,0 +1,66 @@
+//! `/v1/tokens`: token administration.
+
+use std::sync::Arc;
+
+use actix_web::{post, web, HttpResponse};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::auth::{Admin, Authenticated};
+use super::body::JsonBody;
+use super::problem::{ApiError, FieldError, Problem};
+use super::AppState;
+
+/// The token to deny: its `jti` claim, and optionally its `exp` (Unix seconds), until
+/// which the revocation is kept (default: 90 days from now).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"jti": "01a2239f-5e32-76fe-beab-035967b70001", "exp": 1798483910}))]
+pub struct RevokeRequest {
+    pub jti: String,
+    #[serde(default)]
+    pub exp: Option<u64>,
+}
+
+/// How long a revocation is kept when the token's `exp` is not given.
+const DEFAULT_REVOCATION_SECS: u64 = 90 * 24 * 3600;
+
+/// Revoke a token by its `jti`: it is refused (401) from now until its expiry, across
+/// restarts.
+#[utoipa::path(
+    tag = "tokens",
+    request_body = RevokeRequest,
+    security(("bearer" = ["admin"])),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "Invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks `admin`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid `jti`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+#[post("/v1/tokens/revoke")]
+pub async fn revoke_token(
+    _auth: Authenticated<Admin>,
+    body: JsonBody<RevokeRequest>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let req = body.0;
+    if req.jti.is_empty() || req.jti.len() > 256 {
+        return Err(ApiError::unprocessable(vec![FieldError::coded(
+            "/jti",
+            "invalid_jti",
+            "`jti` is 1 to 256 characters",
+        )]));
+    }
+    let until = req
+        .exp
+        .unwrap_or_else(|| jsonwebtoken::get_current_timestamp() + DEFAULT_REVOCATION_SECS);
+    let store = Arc::clone(&state.store);
+    let jti = req.jti.clone();
+    web::block(move || store.revoke_token(&jti, until))
+        .await
+        .map_err(ApiError::internal)??;
+    state.revocations.revoke(&req.jti, until);
+    tracing::info!("token revoked");
+    Ok(HttpResponse::NoContent().finish())
+}
