@@ -11,6 +11,7 @@ pub mod bounces;
 pub mod config;
 pub mod delivery;
 pub mod domain;
+pub mod limits;
 pub mod metrics;
 pub mod render;
 pub mod sending;

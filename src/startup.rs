@@ -147,6 +147,7 @@ impl Application {
             },
             metrics: Arc::clone(&metrics),
             revocations,
+            limiter: Arc::new(crate::limits::Limiter::new(Arc::clone(&settings))),
             templates,
             webhooks,
             bounces: Bounces {

@@ -485,8 +485,16 @@ impl From<Message> for MessageView {
     responses(
         (status = 202, description = "Accepted and stored durably (or replayed for a repeated Idempotency-Key)", body = SendMessageResponse,
             headers(("Location" = String, description = "URL of the message"),
-                    ("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request"))),
+                    ("Idempotent-Replayed" = String, description = "`true` when this answer replays an earlier request"),
+                    ("RateLimit-Limit" = String, description = "Bucket capacity (burst)"),
+                    ("RateLimit-Remaining" = String, description = "Sends left right now"),
+                    ("RateLimit-Reset" = String, description = "Seconds until the bucket is full"))),
         (status = 409, description = "The Idempotency-Key was used with a different body (`idempotency_key_reused`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the tenant's rate (`rate_limited`) or daily quota (`daily_quota_exceeded`); see `Retry-After` and `RateLimit-*`", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = String, description = "Seconds to wait"),
+                    ("RateLimit-Limit" = String, description = "Bucket capacity (burst)"),
+                    ("RateLimit-Remaining" = String, description = "Sends left right now"),
+                    ("RateLimit-Reset" = String, description = "Seconds until the bucket is full"))),
         (status = 400, description = "The body is not valid JSON (`malformed_json`)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing, malformed, expired or wrongly signed token (`invalid_token`)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks `messages:send` (`insufficient_scope`)", body = Problem, content_type = "application/problem+json"),
@@ -510,8 +518,10 @@ pub async fn send_message(
         )?),
         None => None,
     };
+    let allowance = super::limits::take(&state, &auth.principal.tenant, 1)?;
     let (response, replayed) = send_one(&state, &auth.principal.tenant, body.0, key).await?;
     let mut answer = HttpResponse::Accepted();
+    super::limits::annotate(&mut answer, &allowance);
     answer.insert_header((header::LOCATION, format!("/v1/messages/{}", response.id)));
     if replayed {
         answer.insert_header(("Idempotent-Replayed", "true"));
@@ -607,6 +617,7 @@ const MAX_BATCH: usize = 500;
         (status = 403, description = "The token lacks `messages:send`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Not a batch, or more than 500 messages (`too_many_messages`)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The batch exceeds the tenant's rate or daily quota (each message counts)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 #[post("/v1/messages/batch")]
@@ -624,6 +635,7 @@ pub async fn send_batch(
         )]));
     }
     let tenant = &auth.principal.tenant;
+    super::limits::take(&state, tenant, items.len() as u64)?;
     let mut data = Vec::with_capacity(items.len());
     for (index, mut item) in items.into_iter().enumerate() {
         let prefix = format!("/messages/{index}");

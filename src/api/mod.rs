@@ -7,6 +7,7 @@ pub mod bounces;
 pub mod events;
 pub mod fallback;
 pub mod health;
+pub mod limits;
 pub mod messages;
 pub mod pagination;
 pub mod problem;
@@ -44,6 +45,7 @@ pub struct AppState {
     pub bounces: Bounces,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub revocations: Arc<crate::auth::Revocations>,
+    pub limiter: Arc<crate::limits::Limiter>,
     pub settings: Arc<Settings>,
 }
 

@@ -84,6 +84,7 @@ pub enum Kind {
     PayloadTooLarge,
     UnsupportedMediaType,
     Unprocessable,
+    TooManyRequests,
     Internal,
     Unavailable,
 }
@@ -100,6 +101,7 @@ impl Kind {
             Kind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"),
             Kind::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type"),
             Kind::Unprocessable => (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable request"),
+            Kind::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "Too many requests"),
             Kind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),
             Kind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable"),
         }

@@ -888,6 +888,18 @@ mod tests {
     use crate::domain::message::{Body, Content, NewMessage, ReadyContent};
     use crate::domain::text::Subject;
 
+    /// Reopens a store just dropped in this process: sled's flusher thread may hold
+    /// the directory lock for a moment after the drop.
+    fn reopen(path: &Path) -> SledStore {
+        for _ in 0..200 {
+            if let Ok(store) = SledStore::open(path) {
+                return store;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the store could not be reopened");
+    }
+
     fn message() -> Message {
         let ready = ReadyContent {
             subject: Subject::parse("s").unwrap(),
@@ -932,7 +944,7 @@ mod tests {
             );
             store.db.flush().unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.recover_leases().unwrap(), 1);
         let again = store.lease_due(Utc::now()).unwrap().unwrap();
         assert_eq!(again.message.id, msg.id);
@@ -947,7 +959,7 @@ mod tests {
             store.revoke_token("live", 2_000).unwrap();
             store.revoke_token("expired", 500).unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(store.revoked_tokens(1_000).unwrap(), [("live".to_owned(), 2_000)]);
     }
 

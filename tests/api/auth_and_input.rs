@@ -267,3 +267,46 @@ async fn a_revoked_token_is_refused_and_only_admins_revoke() {
         "others unaffected"
     );
 }
+
+#[tokio::test]
+async fn sends_over_the_tenant_rate_get_429_with_headers_and_recover() {
+    let app = spawn_app_with(|s| {
+        s.limits.messages_per_second = 2;
+        s.limits.burst = 2;
+        s.tenants.insert(
+            "globex".into(),
+            mailgate::config::TenantSettings {
+                daily_quota: Some(1),
+                messages_per_second: Some(0),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let body = simple_message("limited@example.test");
+    let first = app.send_as(&app.token, &body).await;
+    assert_eq!(first.status(), 202);
+    assert_eq!(first.headers()["ratelimit-limit"], "2");
+    assert_eq!(first.headers()["ratelimit-remaining"], "1");
+    assert_eq!(app.send_as(&app.token, &body).await.status(), 202);
+    let refused = app.send_as(&app.token, &body).await;
+    assert_eq!(refused.status(), 429);
+    assert!(
+        refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert_eq!(refused.headers()["ratelimit-remaining"], "0");
+    let (_, problem) = read_problem(refused).await;
+    assert_eq!(problem["code"], "rate_limited");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(app.send_as(&app.token, &body).await.status(), 202, "the bucket refills");
+
+    let globex = mint(&app.keys, "globex", "messages:send");
+    assert_eq!(app.send_as(&globex, &body).await.status(), 202);
+    let (status, problem) = read_problem(app.send_as(&globex, &body).await).await;
+    assert_eq!((status, problem["code"].as_str()), (429, Some("daily_quota_exceeded")));
+}

@@ -1,0 +1,55 @@
+//! Applying the tenant's send limits to a request: 429 with `Retry-After` and
+//! `RateLimit-*` headers when refused, the same headers on accepted sends.
+
+use actix_web::HttpResponseBuilder;
+
+use super::problem::{ApiError, Kind};
+use super::AppState;
+use crate::domain::auth::TenantId;
+use crate::limits::{Allowance, Refusal};
+
+fn with_headers(mut err: ApiError, allowance: &Allowance) -> ApiError {
+    for (name, value) in headers(allowance) {
+        err = err.with_header(actix_web::http::header::HeaderName::from_static(name), value);
+    }
+    err
+}
+
+fn headers(allowance: &Allowance) -> [(&'static str, String); 3] {
+    [
+        ("ratelimit-limit", allowance.limit.to_string()),
+        ("ratelimit-remaining", allowance.remaining.to_string()),
+        ("ratelimit-reset", allowance.reset.to_string()),
+    ]
+}
+
+/// Takes `cost` sends from the tenant's allowance, or refuses with 429.
+pub fn take(state: &AppState, tenant: &TenantId, cost: u64) -> Result<Allowance, ApiError> {
+    let retry = |d: std::time::Duration| d.as_secs().max(1).to_string();
+    state.limiter.take(tenant, cost).map_err(|refusal| match refusal {
+        Refusal::RateLimited { retry_after, allowance } => with_headers(
+            ApiError::new(
+                Kind::TooManyRequests,
+                "rate_limited",
+                "this tenant is sending faster than its limit; retry later",
+            )
+            .with_header(actix_web::http::header::RETRY_AFTER, retry(retry_after)),
+            &allowance,
+        ),
+        Refusal::QuotaExceeded { retry_after, quota } => ApiError::new(
+            Kind::TooManyRequests,
+            "daily_quota_exceeded",
+            format!("this tenant's daily quota of {quota} messages is used up (resets at 00:00 UTC)"),
+        )
+        .with_header(actix_web::http::header::RETRY_AFTER, retry(retry_after)),
+    })
+}
+
+/// Adds the `RateLimit-*` headers to a successful answer (none when unlimited).
+pub fn annotate(response: &mut HttpResponseBuilder, allowance: &Allowance) {
+    if allowance.limit > 0 {
+        for (name, value) in headers(allowance) {
+            response.insert_header((name, value));
+        }
+    }
+}
