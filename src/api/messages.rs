@@ -148,6 +148,16 @@ fn template_call(f: &mut Fields, req: TemplateRequest) -> Option<TemplateCall> {
             )),
         ),
     };
+    if data_too_deep(&req.data) {
+        f.check::<()>(
+            "/template/data",
+            Err(ValidationError::new(
+                "invalid_template_data",
+                format!("`data` nests at most {MAX_DATA_DEPTH} levels"),
+            )),
+        );
+        return None;
+    }
     if !req.data.is_object() {
         f.check::<()>(
             "/template/data",
@@ -188,6 +198,24 @@ impl Fields {
 
 const MAX_TAGS: usize = 10;
 const MAX_METADATA: usize = 50;
+const MAX_HEADERS: usize = 50;
+const MAX_ATTACHMENTS: usize = 100;
+/// Template data deeper than this is refused: no real template needs it, and depth is
+/// what makes hostile JSON expensive to walk.
+const MAX_DATA_DEPTH: usize = 32;
+
+/// Whether template data nests deeper than any template needs.
+pub(super) fn data_too_deep(value: &serde_json::Value) -> bool {
+    depth(value) > MAX_DATA_DEPTH
+}
+
+fn depth(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
 
 /// Turns the wire request into a [`NewMessage`], or every field error at once.
 fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<NewMessage, ApiError> {
@@ -237,6 +265,24 @@ fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<NewM
             })
         }
     };
+    if req.headers.len() > MAX_HEADERS {
+        f.check::<()>(
+            "/headers",
+            Err(ValidationError::new(
+                "too_many_headers",
+                format!("at most {MAX_HEADERS} custom headers"),
+            )),
+        );
+    }
+    if req.attachments.len() > MAX_ATTACHMENTS {
+        f.check::<()>(
+            "/attachments",
+            Err(ValidationError::new(
+                "too_many_attachments",
+                format!("at most {MAX_ATTACHMENTS} attachments (their total size is bounded by the body limit)"),
+            )),
+        );
+    }
     let headers: Vec<CustomHeader> = req
         .headers
         .iter()

@@ -499,6 +499,13 @@ pub async fn render_template(
             )]))
         }
     };
+    if super::messages::data_too_deep(&req.data) {
+        return Err(ApiError::unprocessable(vec![FieldError::coded(
+            "/data",
+            "invalid_template_data",
+            "`data` nests at most 32 levels",
+        )]));
+    }
     if !req.data.is_object() {
         return Err(ApiError::unprocessable(vec![FieldError::coded(
             "/data",

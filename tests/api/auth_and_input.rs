@@ -310,3 +310,48 @@ async fn sends_over_the_tenant_rate_get_429_with_headers_and_recover() {
     let (status, problem) = read_problem(app.send_as(&globex, &body).await).await;
     assert_eq!((status, problem["code"].as_str()), (429, Some("daily_quota_exceeded")));
 }
+
+#[tokio::test]
+async fn hostile_shapes_are_refused_with_clear_problems() {
+    let app = spawn_app().await;
+    let mut many_headers = simple_message("a@example.test");
+    many_headers["headers"] = (0..60)
+        .map(|i| (format!("X-H{i}"), json!("v")))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let (status, problem) = read_problem(app.send_as(&app.token, &many_headers).await).await;
+    assert_eq!((status, problem["code"].as_str()), (422, Some("too_many_headers")));
+
+    let mut many_files = simple_message("a@example.test");
+    many_files["attachments"] = (0..101)
+        .map(|i| json!({"filename": format!("f{i}.txt"), "content_type": "text/plain", "content": "eA=="}))
+        .collect();
+    let (status, problem) = read_problem(app.send_as(&app.token, &many_files).await).await;
+    assert_eq!((status, problem["code"].as_str()), (422, Some("too_many_attachments")));
+
+    let mut deep = json!("leaf");
+    for _ in 0..40 {
+        deep = json!({"d": deep});
+    }
+    let templated = json!({"from": "a@sender.mailgate.test", "to": "x@example.test",
+                           "template": {"name": "welcome", "data": deep}});
+    let (status, problem) = read_problem(app.send_as(&app.token, &templated).await).await;
+    assert_eq!(
+        (status, problem["errors"][0]["field"].as_str()),
+        (422, Some("/template/data"))
+    );
+
+    // 10,000 levels of nesting: refused by the parser's depth limit, not a crash.
+    let nested = "[".repeat(10_000) + &"]".repeat(10_000);
+    let response = app
+        .client
+        .post(format!("{}/v1/messages", app.address))
+        .bearer_auth(&app.token)
+        .header("content-type", "application/json")
+        .body(nested)
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error(), "{}", response.status());
+    assert_eq!(app.stored_messages(), 0);
+}
