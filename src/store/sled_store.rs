@@ -109,10 +109,9 @@ enum Commit<'a> {
     Progress,
     /// End of an attempt: the lease ends, queued again when a retry is due.
     Release,
-    /// A later report: only if nobody leased or changed the message since `read`.
-    Report { read: &'a [u8] },
-    /// A cancellation: like a report, and the queue entry goes too.
-    Cancel { read: &'a [u8] },
+    /// Compare-and-swap (later reports, cancellation): only if nobody leased or
+    /// changed the message since `read`; with `dequeue`, its queue entry goes too.
+    Swap { read: &'a [u8], dequeue: bool },
 }
 
 /// `due millis ++ entry id`: deliveries in due order.
@@ -209,31 +208,24 @@ impl SledStore {
                             by_tenant.insert(tenant_key(tenant, message.id.as_str()), &[])?;
                             true
                         }
-                        Commit::Cancel { read } => {
-                            let unchanged = messages
-                                .get(message.id.as_str())?
-                                .is_some_and(|now| now.as_ref() == read);
-                            if leases.get(message.id.as_str())?.is_some() || !unchanged {
-                                return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
-                            }
-                            let stored: Message = serde_json::from_slice(read)
-                                .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
-                            if let Some(due) = stored.next_attempt_at {
-                                queue.remove(queue_key(due, &message.id))?;
-                            }
-                            false
-                        }
                         Commit::Progress => false,
                         Commit::Release => {
                             leases.remove(message.id.as_str())?;
                             true
                         }
-                        Commit::Report { read } => {
+                        Commit::Swap { read, dequeue } => {
                             let unchanged = messages
                                 .get(message.id.as_str())?
                                 .is_some_and(|now| now.as_ref() == read);
                             if leases.get(message.id.as_str())?.is_some() || !unchanged {
                                 return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
+                            }
+                            if dequeue {
+                                let stored: Message = serde_json::from_slice(read)
+                                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
+                                if let Some(due) = stored.next_attempt_at {
+                                    queue.remove(queue_key(due, &message.id))?;
+                                }
                             }
                             false
                         }
@@ -770,7 +762,13 @@ impl Store for SledStore {
         apply(&mut message);
         // Compare-and-swap: a worker that leased the message, or another report that
         // changed it, since `read` makes this a retry instead of a lost update.
-        match self.commit(&message, Commit::Report { read: &read }) {
+        match self.commit(
+            &message,
+            Commit::Swap {
+                read: &read,
+                dequeue: false,
+            },
+        ) {
             Err(StoreError::Conflict) => Ok(ReportTarget::Busy),
             other => other.map(|()| ReportTarget::Applied),
         }
@@ -840,7 +838,13 @@ impl Store for SledStore {
         if !message.cancel(now) {
             return Ok(CancelOutcome::TooLate(message.status));
         }
-        match self.commit(&message, Commit::Cancel { read: &read }) {
+        match self.commit(
+            &message,
+            Commit::Swap {
+                read: &read,
+                dequeue: true,
+            },
+        ) {
             Err(StoreError::Conflict) => Ok(CancelOutcome::TooLate(MessageStatus::Sending)),
             other => other.map(|()| CancelOutcome::Cancelled(Box::new(message))),
         }
