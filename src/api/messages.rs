@@ -199,6 +199,8 @@ impl Fields {
 const MAX_TAGS: usize = 10;
 const MAX_METADATA: usize = 50;
 const MAX_HEADERS: usize = 50;
+/// How far ahead a message may be scheduled.
+const MAX_SCHEDULE: chrono::Duration = chrono::Duration::days(30);
 const MAX_ATTACHMENTS: usize = 100;
 /// Template data deeper than this is refused: no real template needs it, and depth is
 /// what makes hostile JSON expensive to walk.
@@ -339,6 +341,16 @@ fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<NewM
                         "invalid_send_at",
                         "`send_at` must be an RFC 3339 time like 2026-12-01T09:00:00Z",
                     )
+                })
+                .and_then(|at| {
+                    if at > Utc::now() + MAX_SCHEDULE {
+                        Err(ValidationError::new(
+                            "invalid_send_at",
+                            "`send_at` is at most 30 days ahead",
+                        ))
+                    } else {
+                        Ok(at)
+                    }
                 }),
         )
     });

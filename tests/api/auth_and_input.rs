@@ -163,6 +163,12 @@ async fn invalid_fields_are_422_with_a_pointer_and_store_nothing() {
         ),
         (with("to", json!([])), "/to", "missing_recipients"),
         (with("text", Value::Null), "/text", "missing_content"),
+        (
+            with("send_at", json!("2099-01-01T00:00:00Z")),
+            "/send_at",
+            "invalid_send_at",
+        ),
+        (with("send_at", json!("tomorrow")), "/send_at", "invalid_send_at"),
     ];
     for (body, field, code) in cases {
         let (status, problem) = read_problem(app.send_as(&app.token, &body).await).await;
