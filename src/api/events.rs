@@ -1,8 +1,6 @@
 //! `/v1/events`: the tenant's event stream, in order, with a cursor — the same events
 //! webhooks push, so a consumer can catch up after downtime.
 
-use std::sync::Arc;
-
 use actix_web::{get, web};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -75,11 +73,11 @@ pub async fn list_events(
             .map_err(|_| invalid("type", "invalid_event_type", "unknown event type"))?,
         None => Vec::new(),
     };
-    let store = Arc::clone(&state.store);
-    let tenant = auth.principal.tenant.clone();
-    let (data, last) = web::block(move || store.events(&tenant, after, &types, limit))
-        .await
-        .map_err(ApiError::internal)??;
+    let (data, last) = state
+        .store_call(&auth.principal.tenant, move |store, tenant| {
+            store.events(tenant, after, &types, limit)
+        })
+        .await?;
     Ok(web::Json(EventList {
         data,
         next_cursor: last.map(|p| p.to_string()),

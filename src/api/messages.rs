@@ -1,7 +1,6 @@
 //! `/v1/messages`: send, read status and timeline, read the sent MIME.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use actix_web::http::header;
 use actix_web::{get, post, web, HttpResponse};
@@ -736,11 +735,9 @@ async fn read_message<T: Send + 'static>(
     read: TenantRead<T>,
 ) -> Result<T, ApiError> {
     let id = MessageId::parse(id).map_err(|_| ApiError::not_found("the message"))?;
-    let store = Arc::clone(&state.store);
-    let tenant = auth.principal.tenant.clone();
-    web::block(move || read(store.as_ref(), &tenant, &id))
-        .await
-        .map_err(ApiError::internal)??
+    state
+        .store_call(&auth.principal.tenant, move |store, tenant| read(store, tenant, &id))
+        .await?
         .ok_or_else(|| ApiError::not_found("the message"))
 }
 
@@ -857,20 +854,18 @@ pub async fn list_messages(
     };
     let (status, tag) = (query.status, query.tag.clone());
     let recipient = query.recipient.as_deref().map(str::to_ascii_lowercase);
-    let store = Arc::clone(&state.store);
-    let tenant = auth.principal.tenant.clone();
-    let (found, next) = web::block(move || {
-        let wanted = |m: &Message| {
-            status.is_none_or(|s| m.status == s)
-                && tag.as_ref().is_none_or(|t| m.tags.contains(t))
-                && recipient
-                    .as_ref()
-                    .is_none_or(|r| m.recipients.iter().any(|x| x.email.eq_ignore_ascii_case(r)))
-        };
-        store.list_messages(&tenant, cursor.as_ref(), size, LIST_BUDGET, &wanted)
-    })
-    .await
-    .map_err(ApiError::internal)??;
+    let (found, next) = state
+        .store_call(&auth.principal.tenant, move |store, tenant| {
+            let wanted = |m: &Message| {
+                status.is_none_or(|s| m.status == s)
+                    && tag.as_ref().is_none_or(|t| m.tags.contains(t))
+                    && recipient
+                        .as_ref()
+                        .is_none_or(|r| m.recipients.iter().any(|x| x.email.eq_ignore_ascii_case(r)))
+            };
+            store.list_messages(tenant, cursor.as_ref(), size, LIST_BUDGET, &wanted)
+        })
+        .await?;
     Ok(web::Json(MessageList {
         next_cursor: next.map(|id| id.to_string()),
         data: found
@@ -911,11 +906,11 @@ pub async fn cancel_message(
     state: web::Data<AppState>,
 ) -> Result<web::Json<MessageView>, ApiError> {
     let id = MessageId::parse(&path).map_err(|_| ApiError::not_found("the message"))?;
-    let store = Arc::clone(&state.store);
-    let tenant = auth.principal.tenant.clone();
-    match web::block(move || store.cancel(&tenant, &id, Utc::now()))
-        .await
-        .map_err(ApiError::internal)??
+    match state
+        .store_call(&auth.principal.tenant, move |store, tenant| {
+            store.cancel(tenant, &id, Utc::now())
+        })
+        .await?
     {
         CancelOutcome::Cancelled(message) => Ok(web::Json((*message).into())),
         CancelOutcome::NotFound => Err(ApiError::not_found("the message")),

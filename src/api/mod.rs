@@ -33,6 +33,26 @@ use crate::store::Store;
 use crate::templates::Templates;
 use crate::webhooks::Webhooks;
 use fallback::KnownPaths;
+use problem::ApiError;
+
+impl AppState {
+    /// Runs a store call for `tenant` on the blocking pool (store calls may wait on
+    /// disk); a storage failure is a 500 that is logged, never detailed to the caller.
+    pub async fn store_call<T: Send + 'static>(
+        &self,
+        tenant: &crate::domain::auth::TenantId,
+        call: impl FnOnce(&dyn Store, &crate::domain::auth::TenantId) -> Result<T, crate::store::StoreError>
+            + Send
+            + 'static,
+    ) -> Result<T, ApiError> {
+        let store = Arc::clone(&self.store);
+        let tenant = tenant.clone();
+        web::block(move || call(store.as_ref(), &tenant))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::from)
+    }
+}
 
 /// Everything handlers share.
 pub struct AppState {

@@ -1,8 +1,6 @@
 //! `/v1/suppressions`: addresses the tenant will not send to. Hard bounces and
 //! complaints add themselves; operators add and remove addresses here.
 
-use std::sync::Arc;
-
 use actix_web::{delete, get, put, web, HttpResponse};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -67,12 +65,12 @@ pub async fn list_suppressions(
     state: web::Data<AppState>,
 ) -> Result<web::Json<SuppressionList>, ApiError> {
     let size = page_size(query.limit)?;
-    let store = Arc::clone(&state.store);
-    let tenant = auth.principal.tenant.clone();
     let after = query.cursor.clone();
-    let fetched = web::block(move || store.list_suppressions(&tenant, after.as_deref(), size + 1))
-        .await
-        .map_err(ApiError::internal)??;
+    let fetched = state
+        .store_call(&auth.principal.tenant, move |store, tenant| {
+            store.list_suppressions(tenant, after.as_deref(), size + 1)
+        })
+        .await?;
     let (page, next_cursor) = split_page(fetched, size, |s| s.email.clone());
     Ok(web::Json(SuppressionList {
         next_cursor,
@@ -99,11 +97,11 @@ pub async fn get_suppression(
     state: web::Data<AppState>,
 ) -> Result<web::Json<Suppression>, ApiError> {
     let email = address(&path)?;
-    let store = Arc::clone(&state.store);
-    let tenant = auth.principal.tenant.clone();
-    web::block(move || store.suppression(&tenant, &email))
-        .await
-        .map_err(ApiError::internal)??
+    state
+        .store_call(&auth.principal.tenant, move |store, tenant| {
+            store.suppression(tenant, &email)
+        })
+        .await?
         .map(web::Json)
         .ok_or_else(not_found)
 }
@@ -128,23 +126,21 @@ pub async fn put_suppression(
     state: web::Data<AppState>,
 ) -> Result<web::Json<Suppression>, ApiError> {
     let email = address(&path)?;
-    let store = Arc::clone(&state.store);
-    let tenant = auth.principal.tenant.clone();
-    let suppression = web::block(move || {
-        if let Some(existing) = store.suppression(&tenant, &email)? {
-            return Ok(existing);
-        }
-        let suppression = Suppression {
-            email,
-            reason: SuppressionReason::Manual,
-            created_at: Utc::now(),
-            source: "api".into(),
-            event_id: None,
-        };
-        store.put_suppression(&tenant, &suppression).map(|()| suppression)
-    })
-    .await
-    .map_err(ApiError::internal)??;
+    let suppression = state
+        .store_call(&auth.principal.tenant, move |store, tenant| {
+            if let Some(existing) = store.suppression(tenant, &email)? {
+                return Ok(existing);
+            }
+            let suppression = Suppression {
+                email,
+                reason: SuppressionReason::Manual,
+                created_at: Utc::now(),
+                source: "api".into(),
+                event_id: None,
+            };
+            store.put_suppression(tenant, &suppression).map(|()| suppression)
+        })
+        .await?;
     Ok(web::Json(suppression))
 }
 
@@ -167,11 +163,11 @@ pub async fn delete_suppression(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let email = address(&path)?;
-    let store = Arc::clone(&state.store);
-    let tenant = auth.principal.tenant.clone();
-    let removed = web::block(move || store.delete_suppression(&tenant, &email))
-        .await
-        .map_err(ApiError::internal)??;
+    let removed = state
+        .store_call(&auth.principal.tenant, move |store, tenant| {
+            store.delete_suppression(tenant, &email)
+        })
+        .await?;
     if removed {
         Ok(HttpResponse::NoContent().finish())
     } else {

@@ -1,7 +1,5 @@
 //! `/v1/tokens`: token administration.
 
-use std::sync::Arc;
-
 use actix_web::{post, web, HttpResponse};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -40,7 +38,7 @@ const DEFAULT_REVOCATION_SECS: u64 = 90 * 24 * 3600;
 )]
 #[post("/v1/tokens/revoke")]
 pub async fn revoke_token(
-    _auth: Authenticated<Admin>,
+    auth: Authenticated<Admin>,
     body: JsonBody<RevokeRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -55,11 +53,10 @@ pub async fn revoke_token(
     let until = req
         .exp
         .unwrap_or_else(|| jsonwebtoken::get_current_timestamp() + DEFAULT_REVOCATION_SECS);
-    let store = Arc::clone(&state.store);
     let jti = req.jti.clone();
-    web::block(move || store.revoke_token(&jti, until))
-        .await
-        .map_err(ApiError::internal)??;
+    state
+        .store_call(&auth.principal.tenant, move |store, _| store.revoke_token(&jti, until))
+        .await?;
     state.revocations.revoke(&req.jti, until);
     tracing::info!("token revoked");
     Ok(HttpResponse::NoContent().finish())

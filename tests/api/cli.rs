@@ -101,19 +101,31 @@ async fn json_logs_carry_ids_and_never_a_token_password_or_body() {
     );
     binary.wait_healthy().await;
     let body_marker = "BODY-MARKER-7d1f";
-    let response = crate::helpers::http()
-        .post(format!("{}/v1/messages", binary.address))
-        .bearer_auth(&token)
-        .json(&json!({"from": "a@sender.mailgate.test", "to": "logs@example.test",
-                      "subject": "log test", "text": body_marker}))
-        .send()
-        .await
-        .unwrap();
+    let response = binary
+        .send(
+            &token,
+            &json!({"from": "a@sender.mailgate.test", "to": "logs@example.test",
+                    "subject": "log test", "text": body_marker}),
+        )
+        .await;
     assert_eq!(response.status(), 202);
     let id = response.json::<Value>().await.unwrap()["id"]
         .as_str()
         .unwrap()
         .to_owned();
+    // A refused request must not echo the offending value back or into the logs.
+    let refused = binary
+        .send(
+            &token,
+            &json!({"from": "a@sender.mailgate.test", "to": "x@example.test", "subject": "s",
+                    "text": "t", "tags": body_marker}),
+        )
+        .await;
+    assert_eq!(refused.status(), 422);
+    assert!(
+        !refused.text().await.unwrap().contains(body_marker),
+        "a 422 must not echo values"
+    );
     postfix.wait_delivered(&id, 1, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     binary.kill();

@@ -306,6 +306,17 @@ impl Binary {
         }
     }
 
+    /// `POST /v1/messages` to this process.
+    pub async fn send(&self, token: &str, body: &Value) -> reqwest::Response {
+        http()
+            .post(format!("{}/v1/messages", self.address))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST /v1/messages")
+    }
+
     /// SIGKILL: no shutdown hooks, no flush, exactly like a crash.
     pub fn kill(&mut self) {
         self.child.kill().expect("kill");

@@ -28,13 +28,7 @@ async fn the_binary_with_no_config_prints_a_token_and_delivers_to_the_sandbox() 
     assert!(cwd.path().join("data/dev-hs256.key").is_file());
 
     let client = crate::helpers::http();
-    let response = client
-        .post(format!("{}/v1/messages", binary.address))
-        .bearer_auth(&token)
-        .json(&simple_message("sandbox@example.test"))
-        .send()
-        .await
-        .unwrap();
+    let response = binary.send(&token, &simple_message("sandbox@example.test")).await;
     assert_eq!(response.status(), 202);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     let id = response.json::<Value>().await.unwrap()["id"]

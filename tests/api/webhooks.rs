@@ -301,13 +301,7 @@ async fn a_restart_in_the_middle_of_retries_loses_no_event() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let sent = client
-        .post(format!("{}/v1/messages", first.address))
-        .bearer_auth(&token)
-        .json(&simple_message("restart-hook@example.test"))
-        .send()
-        .await
-        .unwrap();
+    let sent = first.send(&token, &simple_message("restart-hook@example.test")).await;
     assert_eq!(sent.status(), 202);
     let id = sent.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let failed = receiver.wait("a failing attempt", |all| !all.is_empty()).await;
