@@ -127,6 +127,7 @@ pub struct TemplateRequest {
     pub version: Option<u32>,
     /// The variables, a JSON object.
     #[serde(default = "empty_object")]
+    #[schema(value_type = std::collections::HashMap<String, serde_json::Value>)]
     pub data: serde_json::Value,
 }
 
@@ -646,7 +647,13 @@ pub struct SendBatchRequest {
 #[serde(untagged)]
 pub enum BatchResult {
     Accepted(SendMessageResponse),
-    Refused { error: Problem },
+    Refused(BatchRefusal),
+}
+
+/// A batch item that was refused, with the same problem a single send would get.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchRefusal {
+    pub error: Problem,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -714,9 +721,9 @@ pub async fn send_batch(
                 if err.kind() == Kind::Internal {
                     tracing::error!(error = %crate::telemetry::ErrorChain(&err), item = index, "batch item failed");
                 }
-                BatchResult::Refused {
+                BatchResult::Refused(BatchRefusal {
                     error: err.nested_under(&prefix).problem(),
-                }
+                })
             }
         });
     }

@@ -152,6 +152,7 @@ pub struct ListQuery {
 pub struct RenderTemplateRequest {
     /// The variables, a JSON object.
     #[serde(default = "empty_object")]
+    #[schema(value_type = std::collections::HashMap<String, serde_json::Value>)]
     pub data: serde_json::Value,
     /// The version to render; the latest when absent.
     #[serde(default)]
