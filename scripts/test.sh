@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): format and lint checks, a private Postfix upstream
-# on loopback, then the whole suite. Installs Postfix from Debian when it is missing.
+# on loopback, the whole suite, then the OpenAPI contract from outside (scripts/contract.sh:
+# generated Python and TypeScript clients, schemathesis). Installs Postfix from Debian and
+# its pinned PyPI / npm tools when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,4 +21,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --locked --no-fail-fast
 fi
+# The suite built target/debug/mailgate; drive it through generated clients and schemathesis.
+MAILGATE_BIN=target/debug/mailgate scripts/contract.sh
 echo "scripts/test.sh: passed in $(( $(date +%s) - started ))s"

@@ -101,6 +101,55 @@ impl FromRequest for RawBody {
     }
 }
 
+/// Nested request objects accept only JSON objects. serde's derived `Deserialize` also
+/// takes a struct as a positional array (`"template": [null, "welcome"]`), a form no
+/// client means and the schema does not allow; these go through `deserialize_map`.
+pub mod object {
+    use std::marker::PhantomData;
+
+    use serde::de::value::MapAccessDeserializer;
+    use serde::de::{MapAccess, Visitor};
+    use serde::{Deserialize, Deserializer};
+
+    struct Object<T>(T);
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+        fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+            struct Only<T>(PhantomData<T>);
+            impl<'de, T: Deserialize<'de>> Visitor<'de> for Only<T> {
+                type Value = T;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                    T::deserialize(MapAccessDeserializer::new(map))
+                }
+            }
+            de.deserialize_map(Only(PhantomData)).map(Object)
+        }
+    }
+
+    /// For `Option<T>` fields (use with `#[serde(default)]`).
+    pub fn optional<'de, D: Deserializer<'de>, T: Deserialize<'de>>(de: D) -> Result<Option<T>, D::Error> {
+        Ok(Option::<Object<T>>::deserialize(de)?.map(|o| o.0))
+    }
+
+    /// For `Vec<T>` fields.
+    pub fn list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(de: D) -> Result<Vec<T>, D::Error> {
+        Ok(Vec::<Object<T>>::deserialize(de)?.into_iter().map(|o| o.0).collect())
+    }
+}
+
+/// A deserialization error with our own stable `code`, for `deserialize_with` helpers
+/// that check a value's form while parsing (the shape phase) rather than after it.
+pub fn coded_error<E: serde::de::Error>(code: &str, message: &str) -> E {
+    E::custom(format!("{CODED}{code}{CODED}{message}"))
+}
+
+/// Brackets the code inside a coded serde error; a control character, so no
+/// serde message (which quotes JSON text, escaped) can contain it.
+const CODED: char = '\u{1}';
+
 /// Deserializes `body`, mapping serde's errors to problem responses with pointers.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
@@ -117,7 +166,12 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         if !inner.is_data() {
             return malformed(&inner);
         }
-        let text = without_values(&inner.to_string());
+        let full = inner.to_string();
+        if let Some((code, message)) = full.strip_prefix(CODED).and_then(|rest| rest.split_once(CODED)) {
+            let message = message.split(" at line ").next().unwrap_or(message);
+            return ApiError::unprocessable(vec![FieldError::coded(pointer, code, message)]);
+        }
+        let text = without_values(&full);
         let (code, field) = if let Some(name) = quoted_after(&text, "unknown field `") {
             ("unknown_field", child(&pointer, &name))
         } else if let Some(name) = quoted_after(&text, "missing field `") {
@@ -198,6 +252,10 @@ mod tests {
         to: Vec<String>,
         #[serde(default)]
         inner: Option<Inner>,
+        #[serde(default, deserialize_with = "object::optional")]
+        strict: Option<Inner>,
+        #[serde(default, deserialize_with = "object::list")]
+        many: Vec<Inner>,
     }
 
     #[derive(Debug, serde::Deserialize)]
@@ -228,5 +286,21 @@ mod tests {
         assert!(text.starts_with("unknown_field: /inner/b"), "{text}");
         let (_, text) = problem(r#"{}"#);
         assert!(text.starts_with("missing_field: /to"), "{text}");
+    }
+
+    #[test]
+    fn object_fields_refuse_the_positional_array_form_and_keep_pointers() {
+        assert!(
+            parse::<Probe>(br#"{"to": [], "inner": [1]}"#).is_ok(),
+            "serde's default, for contrast"
+        );
+        let (_, text) = problem(r#"{"to": [], "strict": [1]}"#);
+        assert!(text.starts_with("invalid_type: /strict"), "{text}");
+        let (_, text) = problem(r#"{"to": [], "many": [{"a": 1}, [2]]}"#);
+        assert!(text.starts_with("invalid_type: /many/1"), "{text}");
+        let (_, text) = problem(r#"{"to": [], "strict": {"a": 1, "b": 2}}"#);
+        assert!(text.starts_with("unknown_field: /strict/b"), "{text}");
+        let parsed = parse::<Probe>(br#"{"to": [], "strict": {"a": 7}, "many": [{"a": 8}]}"#).unwrap();
+        assert_eq!((parsed.strict.unwrap().a, parsed.many[0].a), (7, 8));
     }
 }

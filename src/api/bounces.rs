@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::auth::{Authenticated, BouncesWrite};
 use super::body::RawBody;
-use super::problem::{ApiError, FieldError, Kind, Problem};
+use super::problem::{ApiError, FieldError, Kind, Problem, PROBLEM_JSON};
 use super::AppState;
 use crate::bounces::ingest::{IngestError, Ingested, Statement};
 use crate::bounces::providers::{mailgun, postmark, sendgrid, ses, ProviderError};
@@ -17,8 +17,6 @@ use crate::domain::ids::MessageId;
 use crate::domain::message::{ExternalReport, SmtpReply};
 use crate::domain::status::EventType;
 use crate::domain::ValidationError;
-
-const PROBLEM: &str = "application/problem+json";
 
 fn problem(err: IngestError) -> ApiError {
     match err {
@@ -35,17 +33,17 @@ fn problem(err: IngestError) -> ApiError {
 /// falling back to the Message-ID of the returned original. `Action: failed` records
 /// a bounce (hard ones suppress the address), `delayed` a `message.deferred` event
 /// only, `delivered` a delivery; an ARF report records a complaint and suppresses the
-/// address. Unparseable or unmatched reports are stored and still answered 202.
+/// address. Reports that cannot be parsed or matched are stored and still answered 202;
+/// a body that is not a message at all (no header field first) is refused.
 #[utoipa::path(
     tag = "bounces",
     request_body(content = String, content_type = "message/rfc822", description = "The raw report"),
     security(("bearer" = ["bounces:write"])),
     responses(
         (status = 202, description = "Stored (and recorded when matched)", body = Ingested),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `bounces:write`", body = Problem, content_type = PROBLEM),
-        (status = 413, description = "Too large", body = Problem, content_type = PROBLEM),
-        (status = 503, description = "The message is being delivered right now; retry (`message_busy`, with Retry-After)", body = Problem, content_type = PROBLEM),
+        (status = 413, description = "Too large", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "The body does not start with a header field (`not_a_message`)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "The message is being delivered right now; retry (`message_busy`, with Retry-After)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[post("/v1/bounces/dsn")]
@@ -54,6 +52,20 @@ pub async fn ingest_dsn(
     body: RawBody,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    if body.0.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            Kind::BadRequest,
+            "empty_body",
+            "send the report as the request body",
+        ));
+    }
+    if !crate::bounces::report::looks_like_message(&body.0) {
+        return Err(ApiError::unprocessable(vec![FieldError::coded(
+            "",
+            "not_a_message",
+            "the body is not an Internet message: it must start with a header field",
+        )]));
+    }
     let ingested = state
         .bounces
         .ingest_report(&auth.principal.tenant, body.0.to_vec())
@@ -106,10 +118,8 @@ pub struct GenericReport {
     security(("bearer" = ["bounces:write"])),
     responses(
         (status = 202, description = "Stored (and recorded when matched)", body = Ingested),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `bounces:write`", body = Problem, content_type = PROBLEM),
-        (status = 422, description = "Invalid field", body = Problem, content_type = PROBLEM),
-        (status = 503, description = "The message is being delivered right now; retry", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid field", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "The message is being delivered right now; retry", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[post("/v1/bounces/events")]
@@ -216,7 +226,7 @@ fn unauthorized() -> ApiError {
     request_body(content = Object, description = "Mailgun webhook JSON (`signature`, `event-data`)"),
     responses(
         (status = 202, description = "Stored (and recorded when matched)", body = Ingested),
-        (status = 401, description = "Bad signature (`invalid_signature`) or too old (`stale_signature`)", body = Problem, content_type = PROBLEM),
+        (status = 401, description = "Bad signature (`invalid_signature`) or too old (`stale_signature`)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[post("/v1/bounces/mailgun")]
@@ -250,7 +260,7 @@ pub async fn ingest_mailgun(
     request_body(content = Object, description = "Postmark webhook JSON"),
     responses(
         (status = 202, description = "Stored (and recorded when matched)", body = Ingested),
-        (status = 401, description = "Missing or wrong Basic credentials (`invalid_signature`)", body = Problem, content_type = PROBLEM),
+        (status = 401, description = "Missing or wrong Basic credentials (`invalid_signature`)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[post("/v1/bounces/postmark")]
@@ -282,7 +292,7 @@ pub async fn ingest_postmark(
     request_body(content = Vec<Object>, description = "SendGrid event array"),
     responses(
         (status = 202, description = "Stored (and recorded when matched)", body = Ingested),
-        (status = 401, description = "Bad signature (`invalid_signature`) or too old (`stale_signature`)", body = Problem, content_type = PROBLEM),
+        (status = 401, description = "Bad signature (`invalid_signature`) or too old (`stale_signature`)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[post("/v1/bounces/sendgrid")]
@@ -322,7 +332,7 @@ pub async fn ingest_sendgrid(
     request_body(content = Object, description = "An SNS message (JSON)"),
     responses(
         (status = 202, description = "Stored (and recorded when matched), or subscription handled", body = Ingested),
-        (status = 401, description = "Bad signature, unknown topic (`invalid_signature`) or too old (`stale_signature`)", body = Problem, content_type = PROBLEM),
+        (status = 401, description = "Bad signature, unknown topic (`invalid_signature`) or too old (`stale_signature`)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[post("/v1/bounces/ses")]

@@ -7,7 +7,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Authenticated, MessagesRead};
 use super::pagination::{invalid_cursor, page_size};
-use super::problem::{ApiError, FieldError, Problem};
+use super::problem::{ApiError, FieldError, Problem, PROBLEM_JSON};
 use super::AppState;
 use crate::domain::event::PublishedEvent;
 use crate::domain::status::EventType;
@@ -23,6 +23,7 @@ pub struct EventsQuery {
     #[param(rename = "type")]
     pub event_type: Option<String>,
     /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     pub limit: Option<u32>,
 }
 
@@ -49,9 +50,7 @@ fn invalid(field: &str, code: &str, message: &str) -> ApiError {
     security(("bearer" = ["messages:read"])),
     responses(
         (status = 200, description = "A page of events", body = EventList),
-        (status = 401, description = "Invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `messages:read`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid `after`, `type` or `limit`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid `after`, `type` or `limit`", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[get("/v1/events")]

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::auth::{Authenticated, MessagesRead, MessagesSend};
 use super::body::{escape_token, JsonBody};
 use super::pagination::{invalid_cursor, page_size};
-use super::problem::{ApiError, FieldError, Kind, Problem};
+use super::problem::{ApiError, FieldError, Kind, Problem, PROBLEM_JSON};
 use super::AppState;
 use crate::domain::address::Mailbox;
 use crate::domain::auth::TenantId;
@@ -87,7 +87,7 @@ pub struct SendMessageRequest {
     #[serde(default)]
     pub subject: Option<String>,
     /// Render subject, html and text from a stored template instead.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::body::object::optional")]
     pub template: Option<TemplateRequest>,
     /// Plain-text part. Without `template`, at least one of `text` and `html` is required.
     #[serde(default)]
@@ -98,7 +98,7 @@ pub struct SendMessageRequest {
     /// Message-ID, MIME-Version, Return-Path, Sender, Content-*) cannot be set.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::body::object::list")]
     pub attachments: Vec<AttachmentRequest>,
     /// Up to 10 labels (ASCII letters, digits, `-_.:`) for filtering.
     #[serde(default)]
@@ -106,10 +106,26 @@ pub struct SendMessageRequest {
     /// Up to 50 string pairs echoed back in events; never sent to recipients.
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
-    /// RFC 3339 time to send at; absent or past means now.
-    #[serde(default)]
-    #[schema(format = DateTime)]
-    pub send_at: Option<String>,
+    /// RFC 3339 time to send at, at most 30 days ahead; absent or past means now.
+    #[serde(default, deserialize_with = "rfc3339")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub send_at: Option<DateTime<Utc>>,
+}
+
+/// Reads an optional RFC 3339 time (`invalid_send_at` otherwise).
+fn rfc3339<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+    Option::<String>::deserialize(de)?
+        .map(|s| {
+            DateTime::parse_from_rfc3339(&s)
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| {
+                    super::body::coded_error(
+                        "invalid_send_at",
+                        "`send_at` must be an RFC 3339 time like 2026-12-01T09:00:00Z",
+                    )
+                })
+        })
+        .transpose()
 }
 
 /// A stored template to render: by `name` or by `id` (one of them), at a pinned
@@ -117,22 +133,25 @@ pub struct SendMessageRequest {
 /// must be in `data` (a 422 names the missing one, e.g. `/template/data/order/total`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"name": "welcome", "data": {"first_name": "Ana"}}))]
+#[schema(example = json!({"name": "welcome", "data": {
+    "first_name": "Ana", "email": "ana@example.com", "product_name": "Acme Cloud",
+    "get_started_url": "https://app.acme.example/onboarding",
+    "steps": [{"title": "Verify your domain", "description": "Add the DNS records from Settings."}],
+    "support_email": "support@acme.example", "company_name": "Acme Cloud, Inc.",
+    "company_address": "548 Market St, San Francisco, CA 94104", "logo_url": ""
+}}))]
 pub struct TemplateRequest {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
     pub id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::templates::version_number")]
+    #[schema(minimum = 1, maximum = 2147483647)]
     pub version: Option<u32>,
     /// The variables, a JSON object.
-    #[serde(default = "empty_object")]
+    #[serde(default)]
     #[schema(value_type = std::collections::HashMap<String, serde_json::Value>)]
-    pub data: serde_json::Value,
-}
-
-fn empty_object() -> serde_json::Value {
-    serde_json::Value::Object(serde_json::Map::new())
+    pub data: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Reads the template reference and data of a send request.
@@ -148,7 +167,8 @@ fn template_call(f: &mut Fields, req: TemplateRequest) -> Option<TemplateCall> {
             )),
         ),
     };
-    if data_too_deep(&req.data) {
+    let data = serde_json::Value::Object(req.data);
+    if data_too_deep(&data) {
         f.check::<()>(
             "/template/data",
             Err(ValidationError::new(
@@ -158,17 +178,10 @@ fn template_call(f: &mut Fields, req: TemplateRequest) -> Option<TemplateCall> {
         );
         return None;
     }
-    if !req.data.is_object() {
-        f.check::<()>(
-            "/template/data",
-            Err(ValidationError::new("invalid_type", "`data` must be a JSON object")),
-        );
-        return None;
-    }
     Some(TemplateCall {
         key: key?,
         version: req.version,
-        data: req.data,
+        data,
     })
 }
 
@@ -331,27 +344,18 @@ fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<NewM
         .filter_map(|(i, t)| f.check(format!("/tags/{i}"), Tag::parse(t)))
         .collect();
     check_metadata(&mut f, &req.metadata);
-    let send_at = req.send_at.as_deref().and_then(|s| {
+    let send_at = req.send_at.and_then(|at| {
+        let too_far = at > Utc::now() + MAX_SCHEDULE;
         f.check(
             "/send_at",
-            DateTime::parse_from_rfc3339(s)
-                .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| {
-                    ValidationError::new(
-                        "invalid_send_at",
-                        "`send_at` must be an RFC 3339 time like 2026-12-01T09:00:00Z",
-                    )
-                })
-                .and_then(|at| {
-                    if at > Utc::now() + MAX_SCHEDULE {
-                        Err(ValidationError::new(
-                            "invalid_send_at",
-                            "`send_at` is at most 30 days ahead",
-                        ))
-                    } else {
-                        Ok(at)
-                    }
-                }),
+            if too_far {
+                Err(ValidationError::new(
+                    "invalid_send_at",
+                    "`send_at` is at most 30 days ahead",
+                ))
+            } else {
+                Ok(at)
+            },
         )
     });
     let (Some(from), Some(content), true) = (from, content, f.0.is_empty()) else {
@@ -547,18 +551,16 @@ impl From<Message> for MessageView {
                     ("RateLimit-Limit" = String, description = "Bucket capacity (burst)"),
                     ("RateLimit-Remaining" = String, description = "Sends left right now"),
                     ("RateLimit-Reset" = String, description = "Seconds until the bucket is full"))),
-        (status = 409, description = "The Idempotency-Key was used with a different body (`idempotency_key_reused`)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Over the tenant's rate (`rate_limited`) or daily quota (`daily_quota_exceeded`); see `Retry-After` and `RateLimit-*`", body = Problem, content_type = "application/problem+json",
+        (status = 409, description = "The Idempotency-Key was used with a different body (`idempotency_key_reused`)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, description = "Over the tenant's rate (`rate_limited`) or daily quota (`daily_quota_exceeded`); see `Retry-After` and `RateLimit-*`", body = Problem, content_type = PROBLEM_JSON,
             headers(("Retry-After" = String, description = "Seconds to wait"),
                     ("RateLimit-Limit" = String, description = "Bucket capacity (burst)"),
                     ("RateLimit-Remaining" = String, description = "Sends left right now"),
                     ("RateLimit-Reset" = String, description = "Seconds until the bucket is full"))),
-        (status = 400, description = "The body is not valid JSON (`malformed_json`)", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing, malformed, expired or wrongly signed token (`invalid_token`)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `messages:send` (`insufficient_scope`)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "The body is over the configured limit (`payload_too_large`)", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "The body is not JSON (`unsupported_media_type`)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is invalid; `errors` points at each one", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The body is not valid JSON (`malformed_json`)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "The body is over the configured limit (`payload_too_large`)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 415, description = "The body is not JSON (`unsupported_media_type`)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "A field is invalid; `errors` points at each one", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[post("/v1/messages")]
@@ -638,8 +640,45 @@ fn idempotency_key(key: &str, body: &[u8], field: &str) -> Result<IdempotencyKey
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendBatchRequest {
-    #[schema(value_type = Vec<SendMessageRequest>)]
+    #[schema(schema_with = batch_items)]
     pub messages: Vec<serde_json::Value>,
+}
+
+fn batch_items() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(utoipa::openapi::Ref::from_schema_name("BatchMessage"))
+        .min_items(Some(1))
+        .max_items(Some(MAX_BATCH))
+        .build()
+}
+
+/// Adds the `BatchMessage` schema: `SendMessageRequest` plus `idempotency_key`, derived
+/// from it so the two cannot drift (the batch parser takes exactly that shape).
+pub fn document_batch_message(document: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    use utoipa::openapi::RefOr;
+    let Some(components) = document.components.as_mut() else {
+        return;
+    };
+    let Some(RefOr::T(Schema::Object(mut item))) = components.schemas.get("SendMessageRequest").cloned() else {
+        return;
+    };
+    item.properties.insert(
+        "idempotency_key".to_owned(),
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(255))
+            .description(Some(
+                "This item's idempotency key (as the `Idempotency-Key` header of a single send): \
+                 retrying the batch replays accepted items instead of sending them again.",
+            ))
+            .into(),
+    );
+    item.description = Some("One message of a batch: a send request plus its own `idempotency_key`.".to_owned());
+    components
+        .schemas
+        .insert("BatchMessage".to_owned(), RefOr::T(Schema::Object(item)));
 }
 
 /// One item's outcome: the accepted message, or the problem that refused it.
@@ -676,12 +715,10 @@ const MAX_BATCH: usize = 500;
     security(("bearer" = ["messages:send"])),
     responses(
         (status = 200, description = "Per-item results in request order", body = SendBatchResponse),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `messages:send`", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Not a batch, or more than 500 messages (`too_many_messages`)", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "The batch exceeds the tenant's rate or daily quota (each message counts)", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = PROBLEM_JSON),
+        (status = 413, description = "Too large", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Not a batch, or more than 500 messages (`too_many_messages`)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 429, description = "The batch exceeds the tenant's rate or daily quota (each message counts)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[post("/v1/messages/batch")]
@@ -698,23 +735,13 @@ pub async fn send_batch(
             "a batch holds 1 to 500 messages",
         )]));
     }
+    let items = parse_batch_items(items)?;
     let tenant = &auth.principal.tenant;
     super::limits::take(&state, tenant, items.len() as u64)?;
     let mut data = Vec::with_capacity(items.len());
-    for (index, mut item) in items.into_iter().enumerate() {
+    for (index, (request, key)) in items.into_iter().enumerate() {
         let prefix = format!("/messages/{index}");
-        let outcome = async {
-            let key = match item.as_object_mut().and_then(|o| o.remove("idempotency_key")) {
-                Some(serde_json::Value::String(raw)) => Some(raw),
-                Some(_) => Some(String::new()),
-                None => None,
-            };
-            let raw = serde_json::to_vec(&item).map_err(ApiError::internal)?;
-            let key = key.map(|k| idempotency_key(&k, &raw, "/idempotency_key")).transpose()?;
-            let request: SendMessageRequest = super::body::parse(&raw)?;
-            send_one(&state, tenant, request, key).await
-        }
-        .await;
+        let outcome = send_one(&state, tenant, request, key).await;
         data.push(match outcome {
             Ok((response, _)) => BatchResult::Accepted(response),
             Err(err) => {
@@ -728,6 +755,42 @@ pub async fn send_batch(
         });
     }
     Ok(web::Json(SendBatchResponse { data }))
+}
+
+/// Parses every batch item into a send request and its optional idempotency key. An
+/// item of the wrong shape (unknown field, wrong type) refuses the whole batch with
+/// every such error, as a malformed single send would be refused: only items that are
+/// well-formed get per-item outcomes.
+fn parse_batch_items(
+    items: Vec<serde_json::Value>,
+) -> Result<Vec<(SendMessageRequest, Option<IdempotencyKey>)>, ApiError> {
+    let mut parsed = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (index, mut item) in items.into_iter().enumerate() {
+        let prefix = format!("/messages/{index}");
+        let key = match item.as_object_mut().and_then(|o| o.remove("idempotency_key")) {
+            Some(serde_json::Value::String(raw)) => Some(raw),
+            Some(_) => Some(String::new()),
+            None => None,
+        };
+        let one = serde_json::to_vec(&item).map_err(ApiError::internal).and_then(|raw| {
+            let key = key.map(|k| idempotency_key(&k, &raw, "/idempotency_key")).transpose()?;
+            Ok((super::body::parse::<SendMessageRequest>(&raw)?, key))
+        });
+        match one {
+            Ok(item) => parsed.push(item),
+            Err(err) if err.kind() == Kind::Internal => return Err(err),
+            Err(err) => errors.extend(err.into_field_errors().into_iter().map(|mut e| {
+                e.field = format!("{prefix}{}", e.field);
+                e
+            })),
+        }
+    }
+    if errors.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(ApiError::unprocessable(errors))
+    }
 }
 
 /// A store read of one message of the caller's tenant.
@@ -757,9 +820,7 @@ async fn read_message<T: Send + 'static>(
     security(("bearer" = ["messages:read"])),
     responses(
         (status = 200, description = "The message", body = MessageView),
-        (status = 401, description = "Invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `messages:read`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such message for this tenant (`not_found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such message for this tenant (`not_found`)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[get("/v1/messages/{id}")]
@@ -779,9 +840,7 @@ pub async fn get_message(
     security(("bearer" = ["messages:read"])),
     responses(
         (status = 200, description = "The rendered message", content_type = "message/rfc822", body = String),
-        (status = 401, description = "Invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `messages:read`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such message for this tenant (`not_found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such message for this tenant (`not_found`)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[get("/v1/messages/{id}/mime")]
@@ -804,6 +863,7 @@ pub struct MessageQuery {
     /// Only messages to this address (to, cc or bcc).
     pub recipient: Option<String>,
     /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -843,9 +903,7 @@ const LIST_BUDGET: usize = 1_000;
     security(("bearer" = ["messages:read"])),
     responses(
         (status = 200, description = "A page of messages", body = MessageList),
-        (status = 401, description = "Invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `messages:read`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid `limit`, `cursor` or filter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid `limit`, `cursor` or filter", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[get("/v1/messages")]
@@ -900,10 +958,8 @@ pub async fn list_messages(
     security(("bearer" = ["messages:send"])),
     responses(
         (status = 200, description = "Cancelled", body = MessageView),
-        (status = 401, description = "Invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `messages:send`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such message (`not_found`)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Being sent or already done (`message_not_cancellable`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such message (`not_found`)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "Being sent or already done (`message_not_cancellable`)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[post("/v1/messages/{id}/cancel")]

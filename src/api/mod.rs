@@ -11,6 +11,7 @@ pub mod limits;
 pub mod messages;
 pub mod pagination;
 pub mod problem;
+mod shared_responses;
 pub mod suppressions;
 pub mod templates;
 pub mod tokens;
@@ -217,12 +218,15 @@ fn routes(cfg: &mut ServiceConfig) {
 
 /// The OpenAPI document, as served at `/openapi.json` and printed by `mailgate openapi`.
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    actix_web::App::new()
+    let mut document = actix_web::App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
         .configure(routes)
         .split_for_parts()
-        .1
+        .1;
+    shared_responses::add(&mut document);
+    messages::document_batch_message(&mut document);
+    document
 }
 
 /// Configures an App with every route, `/openapi.json`, `/docs` and problem+json 404/405.

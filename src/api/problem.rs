@@ -108,6 +108,9 @@ impl Kind {
     }
 }
 
+/// The media type of every error body (RFC 9457).
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
 #[derive(Debug, thiserror::Error)]
 #[error("{code}: {detail}")]
 pub struct ApiError {
@@ -204,6 +207,16 @@ impl ApiError {
 
     /// The same error for a part of a larger body: field pointers get `prefix`
     /// (e.g. `/messages/3`) in front.
+    /// The field errors of this problem, or one error at the document root carrying
+    /// its code and detail, so a refusal can join the field errors of a larger request.
+    pub fn into_field_errors(self) -> Vec<FieldError> {
+        if self.errors.is_empty() {
+            vec![FieldError::coded("", &self.code, self.detail)]
+        } else {
+            self.errors
+        }
+    }
+
     pub fn nested_under(mut self, prefix: &str) -> Self {
         for error in &mut self.errors {
             error.field = format!("{prefix}{}", error.field);
@@ -228,7 +241,7 @@ impl ResponseError for ApiError {
         }
         let problem = self.problem();
         let mut response = HttpResponse::build(status);
-        response.content_type("application/problem+json");
+        response.content_type(PROBLEM_JSON);
         for (name, value) in &self.headers {
             if let Ok(value) = HeaderValue::from_str(value) {
                 response.insert_header((name.clone(), value));

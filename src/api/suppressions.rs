@@ -8,17 +8,16 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Authenticated, SuppressionsManage};
 use super::pagination::{page_size, split_page};
-use super::problem::{ApiError, FieldError, Kind, Problem};
+use super::problem::{ApiError, FieldError, Kind, Problem, PROBLEM_JSON};
 use super::AppState;
 use crate::domain::address::EmailAddress;
 use crate::domain::suppression::{Suppression, SuppressionReason};
-
-const PROBLEM: &str = "application/problem+json";
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SuppressionQuery {
     /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -53,9 +52,7 @@ fn not_found() -> ApiError {
     security(("bearer" = ["suppressions:manage"])),
     responses(
         (status = 200, description = "A page of suppressions", body = SuppressionList),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `suppressions:manage`", body = Problem, content_type = PROBLEM),
-        (status = 422, description = "Invalid `limit`", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid `limit`", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[get("/v1/suppressions")]
@@ -85,9 +82,7 @@ pub async fn list_suppressions(
     security(("bearer" = ["suppressions:manage"])),
     responses(
         (status = 200, description = "The address is suppressed", body = Suppression),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `suppressions:manage`", body = Problem, content_type = PROBLEM),
-        (status = 404, description = "Not suppressed (`suppression_not_found`)", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "Not suppressed, or not an address (`suppression_not_found`)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[get("/v1/suppressions/{email}")]
@@ -96,7 +91,7 @@ pub async fn get_suppression(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<Suppression>, ApiError> {
-    let email = address(&path)?;
+    let email = address(&path).map_err(|_| not_found())?;
     state
         .store_call(&auth.principal.tenant, move |store, tenant| {
             store.suppression(tenant, &email)
@@ -114,9 +109,7 @@ pub async fn get_suppression(
     security(("bearer" = ["suppressions:manage"])),
     responses(
         (status = 200, description = "The address is suppressed", body = Suppression),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `suppressions:manage`", body = Problem, content_type = PROBLEM),
-        (status = 422, description = "Not an email address", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Not an email address", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[put("/v1/suppressions/{email}")]
@@ -151,9 +144,7 @@ pub async fn put_suppression(
     security(("bearer" = ["suppressions:manage"])),
     responses(
         (status = 204, description = "Removed"),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `suppressions:manage`", body = Problem, content_type = PROBLEM),
-        (status = 404, description = "Not suppressed", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "Not suppressed, or not an address (`suppression_not_found`)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[delete("/v1/suppressions/{email}")]
@@ -162,7 +153,7 @@ pub async fn delete_suppression(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let email = address(&path)?;
+    let email = address(&path).map_err(|_| not_found())?;
     let removed = state
         .store_call(&auth.principal.tenant, move |store, tenant| {
             store.delete_suppression(tenant, &email)

@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Authenticated, TemplatesRead, TemplatesWrite};
 use super::body::JsonBody;
 use super::pagination::{invalid_cursor, page_size, split_page};
-use super::problem::{ApiError, FieldError, Problem, TemplateContext};
+use super::problem::{ApiError, FieldError, Problem, TemplateContext, PROBLEM_JSON};
 use super::AppState;
 use crate::domain::ids::TemplateId;
 use crate::domain::template::{Template, TemplateKey, TemplateName, TemplateSources, TemplateVersion};
@@ -140,22 +140,36 @@ pub struct TemplateVersionList {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// 1 to 100, default 20.
+    #[param(minimum = 1, maximum = 100, default = 20)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
 /// Render without sending: the stored (or pinned) version with `data`.
+/// Reads an optional template version number: 1 to 2^31 - 1, as the schema says, so an
+/// out-of-range number is refused with the shape errors (a 422 naming the field).
+pub(super) fn version_number<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<u32>, D::Error> {
+    match Option::<u32>::deserialize(de)? {
+        Some(v) if v == 0 || v > i32::MAX as u32 => Err(super::body::coded_error(
+            "invalid_template_version",
+            "a template version is 1 to 2147483647",
+        )),
+        other => Ok(other),
+    }
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"data": {"first_name": "Ana", "order": {"id": "A-1042"}}}))]
 pub struct RenderTemplateRequest {
     /// The variables, a JSON object.
-    #[serde(default = "empty_object")]
-    #[schema(value_type = std::collections::HashMap<String, serde_json::Value>)]
-    pub data: serde_json::Value,
-    /// The version to render; the latest when absent.
     #[serde(default)]
+    #[schema(value_type = std::collections::HashMap<String, serde_json::Value>)]
+    pub data: serde_json::Map<String, serde_json::Value>,
+    /// The version to render; the latest when absent.
+    #[serde(default, deserialize_with = "version_number")]
+    #[schema(minimum = 1, maximum = 2147483647)]
     pub version: Option<u32>,
     /// For `format=mime`: the From of the preview (default `preview@<message_id_domain>`).
     #[serde(default)]
@@ -163,10 +177,6 @@ pub struct RenderTemplateRequest {
     /// For `format=mime`: the To of the preview (default `recipient@example.com`).
     #[serde(default)]
     pub to: Option<String>,
-}
-
-fn empty_object() -> serde_json::Value {
-    serde_json::Value::Object(serde_json::Map::new())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -217,8 +227,6 @@ fn input(
     })
 }
 
-const PROBLEM: &str = "application/problem+json";
-
 /// Create a template (version 1).
 ///
 /// Every part must compile (a 422 `template_syntax` names the part, line and
@@ -231,10 +239,8 @@ const PROBLEM: &str = "application/problem+json";
     security(("bearer" = ["templates:write"])),
     responses(
         (status = 201, description = "Created", body = TemplateView, headers(("Location" = String))),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `templates:write`", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "The name is taken (`template_name_taken`)", body = Problem, content_type = PROBLEM),
-        (status = 422, description = "Invalid name, syntax error, unknown partial or cycle", body = Problem, content_type = PROBLEM,
+        (status = 409, description = "The name is taken (`template_name_taken`)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Invalid name, syntax error, unknown partial or cycle", body = Problem, content_type = PROBLEM_JSON,
             example = json!({"type": "urn:mailgate:problem:template_syntax", "title": "Unprocessable request", "status": 422,
                 "detail": "/html: the html part does not compile at line 3, column 1: …", "code": "template_syntax",
                 "errors": [{"field": "/html", "code": "template_syntax", "message": "…", "line": 3, "column": 1}]})),
@@ -267,9 +273,7 @@ pub async fn create_template(
     security(("bearer" = ["templates:read"])),
     responses(
         (status = 200, description = "A page of templates", body = TemplateList),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `templates:read`", body = Problem, content_type = PROBLEM),
-        (status = 422, description = "Invalid `limit` or `cursor`", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid `limit` or `cursor`", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[get("/v1/templates")]
@@ -314,9 +318,7 @@ pub async fn list_templates(
     security(("bearer" = ["templates:read"])),
     responses(
         (status = 200, description = "The template", body = TemplateView),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `templates:read`", body = Problem, content_type = PROBLEM),
-        (status = 404, description = "No such template (`template_not_found`)", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such template (`template_not_found`)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[get("/v1/templates/{id_or_name}")]
@@ -341,11 +343,9 @@ pub async fn get_template(
     security(("bearer" = ["templates:write"])),
     responses(
         (status = 200, description = "The new version", body = TemplateView),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `templates:write`", body = Problem, content_type = PROBLEM),
-        (status = 404, description = "No such template", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "Shipped templates are read-only (`template_read_only`)", body = Problem, content_type = PROBLEM),
-        (status = 422, description = "Syntax error, unknown partial or cycle", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such template", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "Shipped templates are read-only (`template_read_only`)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Syntax error, unknown partial or cycle", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[put("/v1/templates/{id_or_name}")]
@@ -373,10 +373,8 @@ pub async fn update_template(
     security(("bearer" = ["templates:write"])),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `templates:write`", body = Problem, content_type = PROBLEM),
-        (status = 404, description = "No such template", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "Shipped templates are read-only", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such template", body = Problem, content_type = PROBLEM_JSON),
+        (status = 409, description = "Shipped templates are read-only", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[delete("/v1/templates/{id_or_name}")]
@@ -400,9 +398,7 @@ pub async fn delete_template(
     security(("bearer" = ["templates:read"])),
     responses(
         (status = 200, description = "The versions", body = TemplateVersionList),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `templates:read`", body = Problem, content_type = PROBLEM),
-        (status = 404, description = "No such template", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such template", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[get("/v1/templates/{id_or_name}/versions")]
@@ -432,9 +428,7 @@ pub async fn list_template_versions(
     security(("bearer" = ["templates:read"])),
     responses(
         (status = 200, description = "The version", body = TemplateView),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `templates:read`", body = Problem, content_type = PROBLEM),
-        (status = 404, description = "No such template or version", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such template or version", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[get("/v1/templates/{id_or_name}/versions/{version}")]
@@ -470,10 +464,8 @@ pub async fn get_template_version(
     responses(
         (status = 200, description = "The rendered parts, or with `format=mime` the message",
             content((RenderTemplateResponse = "application/json"), (String = "message/rfc822"))),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `templates:read`", body = Problem, content_type = PROBLEM),
-        (status = 404, description = "No such template or version", body = Problem, content_type = PROBLEM),
-        (status = 422, description = "A variable is missing, or the output is too large or too slow", body = Problem, content_type = PROBLEM,
+        (status = 404, description = "No such template or version", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "A variable is missing, or the output is too large or too slow", body = Problem, content_type = PROBLEM_JSON,
             example = json!({"type": "urn:mailgate:problem:missing_variable", "title": "Unprocessable request", "status": 422,
                 "detail": "/data/order/total: the html part uses `order.total`, which the data does not have",
                 "code": "missing_variable",
@@ -500,25 +492,19 @@ pub async fn render_template(
             )]))
         }
     };
-    if super::messages::data_too_deep(&req.data) {
+    let data = serde_json::Value::Object(req.data);
+    if super::messages::data_too_deep(&data) {
         return Err(ApiError::unprocessable(vec![FieldError::coded(
             "/data",
             "invalid_template_data",
             "`data` nests at most 32 levels",
         )]));
     }
-    if !req.data.is_object() {
-        return Err(ApiError::unprocessable(vec![FieldError::coded(
-            "/data",
-            "invalid_type",
-            "`data` must be a JSON object",
-        )]));
-    }
     let tenant = &auth.principal.tenant;
     if as_mime {
         let mime = state
             .sender
-            .preview(tenant, key(&path)?, req.version, req.data, req.from, req.to)
+            .preview(tenant, key(&path)?, req.version, data, req.from, req.to)
             .await
             .map_err(|err| match err {
                 SendError::Template(err) => problem(err),
@@ -528,7 +514,7 @@ pub async fn render_template(
     }
     let rendering = state
         .templates
-        .render(tenant, key(&path)?, req.version, req.data)
+        .render(tenant, key(&path)?, req.version, data)
         .await
         .map_err(problem)?;
     Ok(HttpResponse::Ok().json(RenderTemplateResponse {

@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use super::auth::{Admin, Authenticated};
 use super::body::JsonBody;
-use super::problem::{ApiError, FieldError, Problem};
+use super::problem::{ApiError, FieldError, Problem, PROBLEM_JSON};
 use super::AppState;
 
 /// The token to deny: its `jti` claim, and optionally its `exp` (Unix seconds), until
@@ -16,8 +16,10 @@ use super::AppState;
 #[schema(example = json!({"jti": "01a2239f-5e32-76fe-beab-035967b70001", "exp": 1798483910}))]
 pub struct RevokeRequest {
     pub jti: String,
+    /// The token's `exp` (Unix seconds): the revocation is kept until then. Absent: 90 days.
     #[serde(default)]
-    pub exp: Option<u64>,
+    #[schema(minimum = 0)]
+    pub exp: Option<i64>,
 }
 
 /// How long a revocation is kept when the token's `exp` is not given.
@@ -31,9 +33,7 @@ const DEFAULT_REVOCATION_SECS: u64 = 90 * 24 * 3600;
     security(("bearer" = ["admin"])),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "Invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks `admin`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid `jti`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid `jti` (`invalid_jti`) or `exp` (`invalid_exp`)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[post("/v1/tokens/revoke")]
@@ -50,9 +50,17 @@ pub async fn revoke_token(
             "`jti` is 1 to 256 characters",
         )]));
     }
-    let until = req
-        .exp
-        .unwrap_or_else(|| jsonwebtoken::get_current_timestamp() + DEFAULT_REVOCATION_SECS);
+    let until = match req.exp.map(u64::try_from) {
+        None => jsonwebtoken::get_current_timestamp() + DEFAULT_REVOCATION_SECS,
+        Some(Ok(exp)) => exp,
+        Some(Err(_)) => {
+            return Err(ApiError::unprocessable(vec![FieldError::coded(
+                "/exp",
+                "invalid_exp",
+                "`exp` is Unix seconds, not negative",
+            )]))
+        }
+    };
     let jti = req.jti.clone();
     state
         .store_call(&auth.principal.tenant, move |store, _| store.revoke_token(&jti, until))

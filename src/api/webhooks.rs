@@ -9,15 +9,13 @@ use utoipa::ToSchema;
 
 use super::auth::{Authenticated, WebhooksManage};
 use super::body::JsonBody;
-use super::problem::{ApiError, FieldError, Kind, Problem};
+use super::problem::{ApiError, FieldError, Kind, Problem, PROBLEM_JSON};
 use super::AppState;
 use crate::domain::ids::WebhookId;
 use crate::domain::status::EventType;
 use crate::domain::webhook::{DeliveryAttempt, Webhook, WebhookUrl};
 use crate::domain::ValidationError;
 use crate::webhooks::{Replay, WebhookPatch, WebhooksError};
-
-const PROBLEM: &str = "application/problem+json";
 
 /// A new endpoint.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -190,9 +188,7 @@ fn problem(err: WebhooksError) -> ApiError {
     security(("bearer" = ["webhooks:manage"])),
     responses(
         (status = 201, description = "Created; the secret is shown only now", body = WebhookWithSecret),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `webhooks:manage`", body = Problem, content_type = PROBLEM),
-        (status = 422, description = "Invalid URL or event type, or a private target (`webhook_target_not_allowed`)", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Invalid URL or event type, or a private target (`webhook_target_not_allowed`)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[post("/v1/webhooks")]
@@ -223,8 +219,6 @@ pub async fn create_webhook(
     security(("bearer" = ["webhooks:manage"])),
     responses(
         (status = 200, description = "Every endpoint", body = WebhookList),
-        (status = 401, description = "Invalid token", body = Problem, content_type = PROBLEM),
-        (status = 403, description = "The token lacks `webhooks:manage`", body = Problem, content_type = PROBLEM),
     )
 )]
 #[get("/v1/webhooks")]
@@ -246,7 +240,7 @@ pub async fn list_webhooks(
     security(("bearer" = ["webhooks:manage"])),
     responses(
         (status = 200, description = "The endpoint", body = WebhookView),
-        (status = 404, description = "No such webhook (`webhook_not_found`)", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such webhook (`webhook_not_found`)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[get("/v1/webhooks/{id}")]
@@ -271,8 +265,8 @@ pub async fn get_webhook(
     security(("bearer" = ["webhooks:manage"])),
     responses(
         (status = 200, description = "The endpoint", body = WebhookView),
-        (status = 404, description = "No such webhook", body = Problem, content_type = PROBLEM),
-        (status = 422, description = "Invalid URL or event type, or a private target", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such webhook", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Invalid URL or event type, or a private target", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[patch("/v1/webhooks/{id}")]
@@ -304,7 +298,7 @@ pub async fn update_webhook(
     security(("bearer" = ["webhooks:manage"])),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, description = "No such webhook", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such webhook", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[delete("/v1/webhooks/{id}")]
@@ -329,7 +323,7 @@ pub async fn delete_webhook(
     security(("bearer" = ["webhooks:manage"])),
     responses(
         (status = 200, description = "The new secret, shown only now", body = WebhookWithSecret),
-        (status = 404, description = "No such webhook", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such webhook", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[post("/v1/webhooks/{id}/rotate-secret")]
@@ -356,7 +350,7 @@ pub async fn rotate_webhook_secret(
     security(("bearer" = ["webhooks:manage"])),
     responses(
         (status = 200, description = "Attempts, newest first", body = DeliveryList),
-        (status = 404, description = "No such webhook", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such webhook", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[get("/v1/webhooks/{id}/deliveries")]
@@ -384,8 +378,8 @@ pub async fn list_webhook_deliveries(
     security(("bearer" = ["webhooks:manage"])),
     responses(
         (status = 202, description = "Queued", body = ReplayResponse),
-        (status = 404, description = "No such webhook", body = Problem, content_type = PROBLEM),
-        (status = 422, description = "Give `event_id`, or `from` and `to`", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "No such webhook", body = Problem, content_type = PROBLEM_JSON),
+        (status = 422, description = "Give `event_id`, or `from` and `to`", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[post("/v1/webhooks/{id}/replay")]

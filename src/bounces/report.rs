@@ -124,6 +124,17 @@ fn dsn_recipients(text: &str) -> Vec<RecipientReport> {
         .collect()
 }
 
+/// Whether `raw` begins like an Internet message (RFC 5322 §2.2: a header field name of
+/// printable ASCII other than `:`, then `:`). Anything else is not a report of any kind
+/// and is refused instead of being stored as an unparseable one.
+pub fn looks_like_message(raw: &[u8]) -> bool {
+    let name_len = raw
+        .iter()
+        .take_while(|&&b| (0x21..=0x7e).contains(&b) && b != b':')
+        .count();
+    name_len > 0 && raw.get(name_len) == Some(&b':')
+}
+
 /// Parses a DSN or an ARF report.
 pub fn parse(raw: &[u8]) -> Result<Report, ReportError> {
     let message = MessageParser::default().parse(raw).ok_or(ReportError::NotMime)?;
@@ -204,6 +215,15 @@ pub fn parse(raw: &[u8]) -> Result<Report, ReportError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_text_starting_with_a_header_field_looks_like_a_message() {
+        assert!(looks_like_message(b"From: MAILER-DAEMON\r\n\r\nbody"));
+        assert!(looks_like_message(b"Return-Path: <>\n"));
+        for not in [&b"{}"[..], b"", b"0", b" From: x", b": x", b"From x"] {
+            assert!(!looks_like_message(not), "{not:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -169,6 +169,16 @@ async fn invalid_fields_are_422_with_a_pointer_and_store_nothing() {
             "invalid_send_at",
         ),
         (with("send_at", json!("tomorrow")), "/send_at", "invalid_send_at"),
+        (
+            with("template", json!({"name": "welcome", "data": 5})),
+            "/template/data",
+            "invalid_type",
+        ),
+        (
+            with("template", json!({"name": "welcome", "version": 0})),
+            "/template/version",
+            "invalid_template_version",
+        ),
     ];
     for (body, field, code) in cases {
         let (status, problem) = read_problem(app.send_as(&app.token, &body).await).await;
@@ -260,6 +270,16 @@ async fn a_revoked_token_is_refused_and_only_admins_revoke() {
         202
     );
     assert_eq!(revoke(mint(&app.keys, "acme", "admin")).await.unwrap().status(), 204);
+    let negative = app
+        .client
+        .post(format!("{}/v1/tokens/revoke", app.address))
+        .bearer_auth(mint(&app.keys, "acme", "admin"))
+        .json(&json!({"jti": "other", "exp": -1}))
+        .send()
+        .await
+        .unwrap();
+    let (status, problem) = read_problem(negative).await;
+    assert_eq!((status, problem["code"].as_str()), (422, Some("invalid_exp")));
     let (status, problem) = read_problem(app.send_as(&victim, &simple_message("a@example.test")).await).await;
     assert_eq!(
         (status, problem["detail"].as_str()),

@@ -98,7 +98,7 @@ async fn a_real_postfix_dsn_bounces_the_recipient_fires_the_webhook_and_suppress
 }
 
 #[tokio::test]
-async fn reports_that_match_nothing_or_do_not_parse_are_kept_and_answered_202() {
+async fn reports_that_match_nothing_or_do_not_parse_are_kept_and_answered_202_but_non_messages_are_refused() {
     let app = spawn_app_with(|_| {}).await;
     let token = mint(&app.keys, "acme", "bounces:write");
     for sample in ["postfix-dsn-pipe-bounce.eml", "postfix-dsn-remote-550.eml"] {
@@ -115,11 +115,26 @@ async fn reports_that_match_nothing_or_do_not_parse_are_kept_and_answered_202() 
         &app,
         &token,
         "/v1/bounces/dsn",
+        "message/rfc822",
+        b"Subject: hello\r\n\r\nnot a report of any kind".to_vec(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["unmatched"].as_u64()),
+        (202, Some(1)),
+        "a message that is no report is kept"
+    );
+    let (status, body) = post(
+        &app,
+        &token,
+        "/v1/bounces/dsn",
         "text/plain",
         b"\x00\xffnot mail at all".to_vec(),
     )
     .await;
-    assert_eq!((status, body["unmatched"].as_u64()), (202, Some(1)));
+    assert_eq!((status, body["code"].as_str()), (422, Some("not_a_message")));
+    let (status, body) = post(&app, &token, "/v1/bounces/dsn", "message/rfc822", Vec::new()).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("empty_body")));
     let (status, _) = post(&app, &app.token, "/v1/bounces/dsn", "message/rfc822", b"x".to_vec()).await;
     assert_eq!(status, 403, "bounces:write is required");
 }

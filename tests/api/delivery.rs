@@ -369,4 +369,28 @@ async fn a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_i
         .await
         .unwrap();
     assert_eq!(empty.status(), 422);
+    // An item of the wrong shape is a malformed request: the whole batch is refused,
+    // with every such error, and nothing is stored.
+    let mut misshaped = simple_message("batch-3@example.test");
+    misshaped["template"] = json!([null, "welcome"]);
+    let mut unknown = simple_message("batch-4@example.test");
+    unknown["sendat"] = json!("2026-12-01T09:00:00Z");
+    let refused = app
+        .client
+        .post(format!("{}/v1/messages/batch", app.address))
+        .bearer_auth(&app.token)
+        .json(&json!({"messages": [simple_message("batch-5@example.test"), misshaped, unknown]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    let fields: Vec<_> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].clone())
+        .collect();
+    assert_eq!(fields, [json!("/messages/1/template"), json!("/messages/2/sendat")]);
+    assert_eq!(app.stored_messages(), 3);
 }

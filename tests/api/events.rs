@@ -108,6 +108,11 @@ async fn suppressions_are_managed_by_api_and_honoured_by_sends() {
         (Some("manual"), Some("api"))
     );
     assert_eq!(put("not-an-address").await.unwrap().status(), 422);
+    assert_eq!(
+        get(&app, &admin, "/v1/suppressions/not-an-address").await.0,
+        404,
+        "no such suppression"
+    );
     assert_eq!(app.get("/v1/suppressions", &app.token).await.status(), 403);
 
     let (_, list) = get(&app, &admin, "/v1/suppressions").await;

@@ -118,3 +118,70 @@ async fn metrics_count_acceptances_outcomes_and_requests() {
     assert!(text.contains("route=\"/v1/messages\",status=\"202\"} 1"), "{text}");
     assert!(!text.contains("acme"), "no tenant names in metrics");
 }
+
+/// The request examples in the document work as written against a real server (the
+/// contract script checks that every example matches its schema; this checks they mean
+/// something), and the render example produces the response example.
+#[tokio::test]
+async fn documented_request_examples_work_as_written() {
+    let app = spawn_app().await;
+    let document = serde_json::to_value(mailgate::api::openapi_document()).unwrap();
+    let example = |schema: &str| document["components"]["schemas"][schema]["example"].clone();
+    let admin = crate::helpers::mint(
+        &app.keys,
+        "acme",
+        "messages:send templates:write templates:read bounces:write admin",
+    );
+    let post = |path: &str, body: Value| {
+        app.client
+            .post(format!("{}{path}", app.address))
+            .bearer_auth(&admin)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        post("/v1/messages", example("SendMessageRequest"))
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let templated = serde_json::json!({
+        "from": "Acme <no-reply@acme.test>", "to": "ana@example.test", "template": example("TemplateRequest"),
+    });
+    assert_eq!(post("/v1/messages", templated).await.unwrap().status(), 202);
+    assert_eq!(
+        post("/v1/templates", example("CreateTemplateRequest"))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let name = example("CreateTemplateRequest")["name"].as_str().unwrap().to_owned();
+    let rendered = post(
+        &format!("/v1/templates/{name}/render"),
+        example("RenderTemplateRequest"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rendered.status(), 200);
+    let rendered: Value = rendered.json().await.unwrap();
+    let expected = example("RenderTemplateResponse");
+    for part in ["subject", "html", "text"] {
+        assert_eq!(rendered[part], expected[part], "{part}");
+    }
+    assert_eq!(
+        post("/v1/tokens/revoke", example("RevokeRequest"))
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        post("/v1/bounces/events", example("GenericReport"))
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+}
