@@ -28,6 +28,12 @@ impl TryFrom<String> for ConfigDuration {
 pub struct HttpSettings {
     pub listen: String,
     pub max_body_bytes: usize,
+    /// How long a client has to send the request line and headers (slowloris bound).
+    pub header_timeout: ConfigDuration,
+    /// How long a client has to send the whole body, however slowly it trickles.
+    pub body_timeout: ConfigDuration,
+    /// How long an idle keep-alive connection is kept open.
+    pub keep_alive: ConfigDuration,
 }
 
 impl Default for HttpSettings {
@@ -35,6 +41,9 @@ impl Default for HttpSettings {
         Self {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 25 * 1024 * 1024,
+            header_timeout: ConfigDuration(Duration::from_secs(5)),
+            body_timeout: ConfigDuration(Duration::from_secs(30)),
+            keep_alive: ConfigDuration(Duration::from_secs(30)),
         }
     }
 }
@@ -53,7 +62,7 @@ impl Default for StorageSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSettings {
     pub hs256_secret_file: Option<PathBuf>,
@@ -62,8 +71,28 @@ pub struct AuthSettings {
     pub audience: Option<String>,
     /// Public keys for RS256 / ES256 / EdDSA tokens, selected by the token's `kid`.
     pub public_keys: Vec<KeySettings>,
+    /// A JWKS file (RFC 7517) of more public keys. Public keys are re-read on SIGHUP and
+    /// when one of their files changes.
+    pub jwks_file: Option<PathBuf>,
     /// The private key `mailgate token issue` signs with, when not HS256.
     pub signing_key: Option<KeySettings>,
+    /// Clock skew allowed when checking `exp` and `nbf`.
+    pub leeway: ConfigDuration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            hs256_secret_file: None,
+            hs256_secret_env: None,
+            issuer: None,
+            audience: None,
+            public_keys: Vec::new(),
+            jwks_file: None,
+            signing_key: None,
+            leeway: ConfigDuration(Duration::from_secs(30)),
+        }
+    }
 }
 
 /// A PEM key file with its `kid` and algorithm (`RS256`, `ES256` or `EdDSA`).

@@ -134,6 +134,7 @@ impl Application {
             store: Arc::clone(&store),
             allow_private_targets: hooks.allow_private_targets,
         };
+        let http = settings.http.clone();
         let state = web::Data::new(AppState {
             store: Arc::clone(&store),
             tokens: Arc::clone(&tokens),
@@ -182,6 +183,9 @@ impl Application {
                 .app_data(state.clone())
                 .configure(api::configure)
         })
+        .client_request_timeout(http.header_timeout.0)
+        .client_disconnect_timeout(std::time::Duration::from_secs(1))
+        .keep_alive(http.keep_alive.0)
         .listen(listener)?
         .run();
         tracing::info!(
@@ -232,6 +236,10 @@ impl Application {
             (0..DISPATCHERS)
                 .map(|_| tokio::spawn(run_dispatcher_until_stopped(self.dispatcher.clone(), stopped.clone()))),
         );
+        workers.push(tokio::spawn(crate::auth::run_key_reloader_until_stopped(
+            Arc::clone(&self.tokens),
+            stopped.clone(),
+        )));
         let served = self.server.await;
         let _ = stop.send(true);
         for worker in workers {

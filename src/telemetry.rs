@@ -18,7 +18,11 @@ pub fn init(settings: &LogSettings) {
     let registry = tracing_subscriber::registry().with(filter);
     let result = match settings.format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_target(false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(

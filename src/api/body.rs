@@ -27,11 +27,14 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 /// Reads the whole body, refusing it (413) past the configured limit — up front from
-/// `Content-Length`, or while streaming a chunked body.
+/// `Content-Length`, or while streaming a chunked body — and (408) when it takes longer
+/// than `http.body_timeout` to arrive.
 fn read_limited(req: &HttpRequest, payload: &mut Payload) -> LocalBoxFuture<'static, Result<web::Bytes, ApiError>> {
-    let limit = req
+    let (limit, deadline) = req
         .app_data::<web::Data<AppState>>()
-        .map_or(25 * 1024 * 1024, |s| s.settings.http.max_body_bytes);
+        .map_or((25 * 1024 * 1024, std::time::Duration::from_secs(30)), |s| {
+            (s.settings.http.max_body_bytes, s.settings.http.body_timeout.0)
+        });
     let declared: Option<usize> = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -42,21 +45,32 @@ fn read_limited(req: &HttpRequest, payload: &mut Payload) -> LocalBoxFuture<'sta
         if declared.is_some_and(|len| len > limit) {
             return Err(too_large(limit));
         }
-        let mut body = web::BytesMut::new();
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|_| {
-                ApiError::new(
-                    Kind::BadRequest,
-                    "unreadable_body",
-                    "the request body could not be read",
-                )
-            })?;
-            if body.len() + chunk.len() > limit {
-                return Err(too_large(limit));
+        let read = async {
+            let mut body = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|_| {
+                    ApiError::new(
+                        Kind::BadRequest,
+                        "unreadable_body",
+                        "the request body could not be read",
+                    )
+                })?;
+                if body.len() + chunk.len() > limit {
+                    return Err(too_large(limit));
+                }
+                body.extend_from_slice(&chunk);
             }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body.freeze())
+            Ok(body.freeze())
+        };
+        // A client trickling its body (slowloris) holds a connection and a buffer; the
+        // whole body must arrive within `http.body_timeout`.
+        tokio::time::timeout(deadline, read).await.unwrap_or_else(|_| {
+            Err(ApiError::new(
+                Kind::RequestTimeout,
+                "request_timeout",
+                format!("the request body did not arrive within {} s", deadline.as_secs()),
+            ))
+        })
     })
 }
 

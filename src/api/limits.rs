@@ -5,8 +5,8 @@ use actix_web::HttpResponseBuilder;
 
 use super::problem::{ApiError, Kind};
 use super::AppState;
-use crate::domain::auth::TenantId;
-use crate::limits::{Allowance, Refusal};
+use crate::auth::Principal;
+use crate::limits::{Allowance, Caller, Refusal};
 
 fn with_headers(mut err: ApiError, allowance: &Allowance) -> ApiError {
     for (name, value) in headers(allowance) {
@@ -23,10 +23,15 @@ fn headers(allowance: &Allowance) -> [(&'static str, String); 3] {
     ]
 }
 
-/// Takes `cost` sends from the tenant's allowance, or refuses with 429.
-pub fn take(state: &AppState, tenant: &TenantId, cost: u64) -> Result<Allowance, ApiError> {
+/// Takes `cost` sends from the caller's allowance, or refuses with 429.
+pub fn take(state: &AppState, principal: &Principal, cost: u64) -> Result<Allowance, ApiError> {
     let retry = |d: std::time::Duration| d.as_secs().max(1).to_string();
-    state.limiter.take(tenant, cost).map_err(|refusal| match refusal {
+    let caller = Caller {
+        tenant: &principal.tenant,
+        subject: &principal.subject,
+        claim: &principal.limits,
+    };
+    state.limiter.take(&caller, cost).map_err(|refusal| match refusal {
         Refusal::RateLimited { retry_after, allowance } => with_headers(
             ApiError::new(
                 Kind::TooManyRequests,

@@ -578,7 +578,7 @@ pub async fn send_message(
         )?),
         None => None,
     };
-    let allowance = super::limits::take(&state, &auth.principal.tenant, 1)?;
+    let allowance = super::limits::take(&state, &auth.principal, 1)?;
     let (response, replayed) = send_one(&state, &auth.principal.tenant, body.0, key).await?;
     let mut answer = HttpResponse::Accepted();
     super::limits::annotate(&mut answer, &allowance);
@@ -737,7 +737,7 @@ pub async fn send_batch(
     }
     let items = parse_batch_items(items)?;
     let tenant = &auth.principal.tenant;
-    super::limits::take(&state, tenant, items.len() as u64)?;
+    super::limits::take(&state, &auth.principal, items.len() as u64)?;
     let mut data = Vec::with_capacity(items.len());
     for (index, (request, key)) in items.into_iter().enumerate() {
         let prefix = format!("/messages/{index}");

@@ -80,6 +80,7 @@ pub enum Kind {
     Forbidden,
     NotFound,
     MethodNotAllowed,
+    RequestTimeout,
     Conflict,
     PayloadTooLarge,
     UnsupportedMediaType,
@@ -101,6 +102,7 @@ impl Kind {
             Kind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"),
             Kind::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type"),
             Kind::Unprocessable => (StatusCode::UNPROCESSABLE_ENTITY, "Unprocessable request"),
+            Kind::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "Request timeout"),
             Kind::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "Too many requests"),
             Kind::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "Internal error"),
             Kind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable"),
@@ -269,7 +271,7 @@ impl From<SendError> for ApiError {
             SendError::SenderDomainNotAllowed(domain) => ApiError::unprocessable(vec![FieldError::new(
                 "/from",
                 &ValidationError::new(
-                    "sender_domain_not_allowed",
+                    "sender_not_allowed",
                     format!("this tenant may not send from `{domain}`"),
                 ),
             )]),

@@ -1,6 +1,6 @@
 //! Responses that whole kinds of operations share, added to the OpenAPI document in one
 //! place: every operation behind a bearer token can answer 401 and 403, every operation
-//! with a body can answer 400, 413 and (for JSON) 415 and 422, every operation with query
+//! with a body can answer 400, 408, 413 and (for JSON) 415 and 422, every operation with query
 //! parameters can answer 422. The extractors that produce these answers are shared, so
 //! documenting them per handler would only let the two drift apart; a handler that says
 //! something more specific about one of these statuses keeps its own description.
@@ -12,7 +12,7 @@ use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Response};
 use super::problem::PROBLEM_JSON;
 
 /// `(status, component name, description)` of each shared response.
-const SHARED: [(&str, &str, &str); 6] = [
+const SHARED: [(&str, &str, &str); 7] = [
     (
         "400",
         "BadRequest",
@@ -29,6 +29,11 @@ const SHARED: [(&str, &str, &str); 6] = [
         "403",
         "Forbidden",
         "The token is valid but lacks the scope this operation needs (`insufficient_scope`)",
+    ),
+    (
+        "408",
+        "RequestTimeout",
+        "The body did not arrive within `http.body_timeout` (`request_timeout`)",
     ),
     (
         "413",
@@ -86,7 +91,7 @@ fn applicable(operation: &Operation) -> Vec<&'static str> {
         statuses.extend(["401", "403"]);
     }
     if let Some(RefOr::T(body)) = &operation.request_body {
-        statuses.extend(["400", "413"]);
+        statuses.extend(["400", "408", "413"]);
         if body.content.keys().any(|media| media.ends_with("json")) {
             statuses.extend(["415", "422"]);
         }

@@ -16,9 +16,16 @@ async fn read_problem(response: reqwest::Response) -> (u16, Value) {
 }
 
 fn forged_token(app: &TestApp, exp_offset: i64) -> String {
-    let secret = std::fs::read_to_string(app.data.path().join("dev-hs256.key")).unwrap();
     let now = jsonwebtoken::get_current_timestamp() as i64;
-    let claims = json!({"sub": "t", "tenant": "acme", "scope": "messages:send", "exp": now + exp_offset});
+    signed(
+        app,
+        json!({"sub": "t", "tenant": "acme", "scope": "messages:send", "exp": now + exp_offset}),
+    )
+}
+
+/// A token with exactly `claims`, signed with the app's dev key.
+fn signed(app: &TestApp, claims: Value) -> String {
+    let secret = std::fs::read_to_string(app.data.path().join("dev-hs256.key")).unwrap();
     encode(
         &Header::default(),
         &claims,
@@ -335,6 +342,30 @@ async fn sends_over_the_tenant_rate_get_429_with_headers_and_recover() {
     assert_eq!(app.send_as(&globex, &body).await.status(), 202);
     let (status, problem) = read_problem(app.send_as(&globex, &body).await).await;
     assert_eq!((status, problem["code"].as_str()), (429, Some("daily_quota_exceeded")));
+
+    // A token's `limits` claim lowers its own limits, never the tenant's or raises them.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let exp = jsonwebtoken::get_current_timestamp() + 600;
+    let lowered = signed(
+        &app,
+        json!({"sub": "nightly-job", "tenant": "acme", "scope": "messages:send", "exp": exp,
+               "limits": {"burst": 1, "messages_per_second": 1}}),
+    );
+    let first = app.send_as(&lowered, &body).await;
+    assert_eq!(
+        (first.status().as_u16(), &first.headers()["ratelimit-limit"]),
+        (202, &"1".parse().unwrap())
+    );
+    assert_eq!(
+        app.send_as(&lowered, &body).await.status(),
+        429,
+        "its own bucket of 1 is empty"
+    );
+    assert_eq!(
+        app.send_as(&app.token, &body).await.status(),
+        202,
+        "the tenant's has room"
+    );
 }
 
 #[tokio::test]
@@ -367,17 +398,33 @@ async fn hostile_shapes_are_refused_with_clear_problems() {
         (422, Some("/template/data"))
     );
 
-    // 10,000 levels of nesting: refused by the parser's depth limit, not a crash.
-    let nested = "[".repeat(10_000) + &"]".repeat(10_000);
-    let response = app
-        .client
-        .post(format!("{}/v1/messages", app.address))
-        .bearer_auth(&app.token)
-        .header("content-type", "application/json")
-        .body(nested)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_client_error(), "{}", response.status());
-    assert_eq!(app.stored_messages(), 0);
+    assert_eq!(app.stored_messages(), 0, "10,000-level nesting: see hostile.rs");
+}
+
+#[tokio::test]
+async fn a_tenant_sends_only_from_its_allowed_sender_domains() {
+    let app = spawn_app_with(|s| {
+        s.tenants.insert(
+            "acme".into(),
+            mailgate::config::TenantSettings {
+                allowed_sender_domains: Some(vec!["sender.mailgate.test".into()]),
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let mut foreign = simple_message("a@example.test");
+    foreign["from"] = json!("Spoof <ceo@bank.example>");
+    let (status, problem) = read_problem(app.send_as(&app.token, &foreign).await).await;
+    assert_eq!(
+        (status, problem["code"].as_str(), problem["errors"][0]["field"].as_str()),
+        (422, Some("sender_not_allowed"), Some("/from"))
+    );
+    assert_eq!(
+        app.send_as(&app.token, &simple_message("a@example.test"))
+            .await
+            .status(),
+        202
+    );
+    assert_eq!(app.stored_messages(), 1);
 }

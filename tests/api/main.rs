@@ -9,6 +9,7 @@ mod crash;
 mod delivery;
 mod events;
 mod helpers;
+mod hostile;
 mod operations;
 mod sandbox;
 mod templates;

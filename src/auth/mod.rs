@@ -1,6 +1,12 @@
 //! Bearer tokens: HS256 JWTs that name a tenant and its scopes. Verification accepts
 //! exactly the configured algorithm, so `alg: none` and algorithm confusion fail.
 
+mod jwks;
+mod reload;
+
+pub use reload::run_key_reloader_until_stopped;
+
+use crate::limits::ClaimLimits;
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -33,6 +39,9 @@ struct Claims {
     /// A string or an array of strings (RFC 7519); jsonwebtoken checks it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     aud: Option<serde_json::Value>,
+    /// Lower send limits for this token (see `limits`); never higher ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limits: Option<ClaimLimits>,
 }
 
 /// The verified caller of one request.
@@ -43,6 +52,8 @@ pub struct Principal {
     pub scopes: Scopes,
     /// The token's id, when it has one: what revocation names.
     pub jti: Option<String>,
+    /// Send limits the token lowers for itself.
+    pub limits: ClaimLimits,
 }
 
 /// Revoked token ids, each until its token's `exp`: kept in memory for the request
@@ -95,7 +106,11 @@ struct SigningKey {
 }
 
 pub struct TokenKeys {
+    /// The HS256 key, fixed for the life of the process.
     verifying: Vec<VerifyingKey>,
+    /// Keys from PEM files and the JWKS file, replaced whole by `reload_public_keys`.
+    public: std::sync::RwLock<std::sync::Arc<Vec<VerifyingKey>>>,
+    auth: crate::config::AuthSettings,
     signing: Option<SigningKey>,
     validation: Validation,
     issuer: Option<String>,
@@ -144,7 +159,7 @@ impl TokenKeys {
         let configured = read_secret(auth.hs256_secret_file.as_deref(), auth.hs256_secret_env.as_deref())?;
         let (secret, source) = match configured {
             Some(secret) => (Some(secret.into_bytes()), KeySource::Configured),
-            None if !auth.public_keys.is_empty() => (None, KeySource::Configured),
+            None if !auth.public_keys.is_empty() || auth.jwks_file.is_some() => (None, KeySource::Configured),
             None => {
                 let path = settings.storage.path.join(DEV_KEY_FILE);
                 (Some(dev_key(&path)?), KeySource::DevKey(path))
@@ -167,16 +182,7 @@ impl TokenKeys {
                 key: EncodingKey::from_secret(secret).context("HS256 signing key")?,
             });
         }
-        for public in &auth.public_keys {
-            let alg = algorithm(&public.alg).with_context(|| format!("auth.public_keys kid {}", public.kid))?;
-            let key = decoding_key(alg, &read_pem(&public.pem_file)?)
-                .with_context(|| format!("auth.public_keys kid {}: not a {} public key", public.kid, public.alg))?;
-            verifying.push(VerifyingKey {
-                kid: Some(public.kid.clone()),
-                alg,
-                key,
-            });
-        }
+        let public = public_keys(auth)?;
         if let Some(private) = &auth.signing_key {
             let alg = algorithm(&private.alg).context("auth.signing_key")?;
             let key = encoding_key(alg, &read_pem(&private.pem_file)?)
@@ -190,7 +196,7 @@ impl TokenKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_nbf = true;
-        validation.leeway = 30;
+        validation.leeway = auth.leeway.0.as_secs();
         match &auth.issuer {
             Some(iss) => validation.set_issuer(&[iss]),
             None => validation.iss = None,
@@ -201,6 +207,8 @@ impl TokenKeys {
         }
         Ok(Self {
             verifying,
+            public: std::sync::RwLock::new(std::sync::Arc::new(public)),
+            auth: auth.clone(),
             signing,
             validation,
             issuer: auth.issuer.clone(),
@@ -209,9 +217,24 @@ impl TokenKeys {
         })
     }
 
+    /// Re-reads the public keys (PEM files and the JWKS file) and swaps them in whole;
+    /// on any error the keys in use stay as they were. Returns how many are loaded.
+    pub fn reload_public_keys(&self) -> anyhow::Result<usize> {
+        let fresh = public_keys(&self.auth)?;
+        let count = fresh.len();
+        *self.public.write().unwrap_or_else(std::sync::PoisonError::into_inner) = std::sync::Arc::new(fresh);
+        Ok(count)
+    }
+
+    /// The files public keys are read from, for the reloader to watch.
+    pub fn public_key_files(&self) -> Vec<PathBuf> {
+        let pem = self.auth.public_keys.iter().map(|k| k.pem_file.clone());
+        pem.chain(self.auth.jwks_file.clone()).collect()
+    }
+
     /// The key a token names (`kid`), or the only key for its algorithm when it names
     /// none; and that key's algorithm must be the token's.
-    fn key_for(&self, token: &str) -> Result<&VerifyingKey, TokenError> {
+    fn key_for<'k>(&'k self, token: &str, public: &'k [VerifyingKey]) -> Result<&'k VerifyingKey, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError("the token is too large"));
         }
@@ -234,10 +257,11 @@ impl TokenKeys {
             Some(kid) => self
                 .verifying
                 .iter()
+                .chain(public)
                 .find(|k| k.kid.as_deref() == Some(kid.as_str()))
                 .ok_or(TokenError("the token's key id is not known"))?,
             None => {
-                let mut candidates = self.verifying.iter().filter(|k| k.alg == header.alg);
+                let mut candidates = self.verifying.iter().chain(public).filter(|k| k.alg == header.alg);
                 match (candidates.next(), candidates.next()) {
                     (Some(only), None) => only,
                     (Some(_), Some(_)) => return Err(TokenError("the token must name its key (`kid`)")),
@@ -253,7 +277,8 @@ impl TokenKeys {
 
     pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
-        let key = self.key_for(token)?;
+        let public = std::sync::Arc::clone(&self.public.read().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let key = self.key_for(token, &public)?;
         let mut validation = self.validation.clone();
         validation.algorithms = vec![key.alg];
         let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation).map_err(|err| {
@@ -277,6 +302,7 @@ impl TokenKeys {
             subject: claims.sub,
             scopes: Scopes::parse_lenient(&claims.scope),
             jti: claims.jti,
+            limits: claims.limits.unwrap_or_default(),
         })
     }
 
@@ -293,6 +319,7 @@ impl TokenKeys {
             jti: Some(uuid::Uuid::now_v7().to_string()),
             iss: self.issuer.clone(),
             aud: self.audience.clone().map(serde_json::Value::String),
+            limits: None,
         };
         let signing = self
             .signing
@@ -302,6 +329,25 @@ impl TokenKeys {
         header.kid = signing.kid.clone();
         jsonwebtoken::encode(&header, &claims, &signing.key).context("Failed to sign the token")
     }
+}
+
+/// The configured public keys: each PEM file, then every key of the JWKS file.
+fn public_keys(auth: &crate::config::AuthSettings) -> anyhow::Result<Vec<VerifyingKey>> {
+    let mut keys = Vec::new();
+    for public in &auth.public_keys {
+        let alg = algorithm(&public.alg).with_context(|| format!("auth.public_keys kid {}", public.kid))?;
+        let key = decoding_key(alg, &read_pem(&public.pem_file)?)
+            .with_context(|| format!("auth.public_keys kid {}: not a {} public key", public.kid, public.alg))?;
+        keys.push(VerifyingKey {
+            kid: Some(public.kid.clone()),
+            alg,
+            key,
+        });
+    }
+    if let Some(path) = &auth.jwks_file {
+        keys.extend(jwks::load(path)?);
+    }
+    Ok(keys)
 }
 
 /// Reads the dev key, creating it (32 random bytes, mode 0600) on first use.
@@ -493,5 +539,127 @@ mod tests {
             b64(r#"{"sub":"x","tenant":"acme","scope":"admin","exp":99999999999}"#)
         );
         assert!(keys(dir.path()).verify(&none).is_err());
+    }
+
+    /// A JWKS file holding the public half of each Ed25519 private key in `privates`.
+    fn write_jwks(path: &Path, privates: &[(&str, &Path)]) {
+        let keys: Vec<_> = privates
+            .iter()
+            .map(|(kid, private)| {
+                let encoding = EncodingKey::from_ed_pem(&std::fs::read(private).unwrap()).unwrap();
+                let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, Algorithm::EdDSA).unwrap();
+                jwk.common.key_id = Some((*kid).to_owned());
+                jwk
+            })
+            .collect();
+        std::fs::write(path, serde_json::to_vec(&jsonwebtoken::jwk::JwkSet { keys }).unwrap()).unwrap();
+    }
+
+    fn signer(dir: &Path, kid: &str, private: &Path) -> TokenKeys {
+        let mut settings = Settings::default();
+        settings.storage.path = dir.join(format!("signer-{kid}"));
+        settings.auth.signing_key = Some(key(kid, "EdDSA", private.to_path_buf()));
+        TokenKeys::load(&settings).unwrap()
+    }
+
+    #[test]
+    fn jwks_keys_verify_and_reload_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old_private, _) = keypair(dir.path(), "old", &["-algorithm", "ed25519"]);
+        let (new_private, _) = keypair(dir.path(), "new", &["-algorithm", "ed25519"]);
+        let jwks = dir.path().join("jwks.json");
+        write_jwks(&jwks, &[("old", &old_private)]);
+        let mut settings = Settings::default();
+        settings.storage.path = dir.path().join("verifier");
+        settings.auth.jwks_file = Some(jwks.clone());
+        let verifier = TokenKeys::load(&settings).unwrap();
+        assert_eq!(verifier.source, KeySource::Configured);
+        assert_eq!(verifier.public_key_files(), std::slice::from_ref(&jwks));
+        let tenant = TenantId::parse("acme").unwrap();
+        let issue = |kid: &str, private: &Path| {
+            signer(dir.path(), kid, private)
+                .issue(&tenant, &Scopes::all(), Duration::from_secs(60), "t")
+                .unwrap()
+        };
+        assert!(verifier.verify(&issue("old", &old_private)).is_ok());
+        assert!(verifier.verify(&issue("new", &new_private)).is_err());
+
+        write_jwks(&jwks, &[("old", &old_private), ("new", &new_private)]);
+        assert_eq!(verifier.reload_public_keys().unwrap(), 2);
+        assert!(verifier.verify(&issue("new", &new_private)).is_ok(), "rotated in");
+
+        std::fs::write(
+            &jwks,
+            "{\"keys\": [{\"kty\": \"oct\", \"kid\": \"x\", \"k\": \"c2VjcmV0\"}]}",
+        )
+        .unwrap();
+        assert!(verifier.reload_public_keys().is_err());
+        assert!(
+            verifier.verify(&issue("old", &old_private)).is_ok(),
+            "a bad file keeps the keys in use"
+        );
+    }
+
+    #[test]
+    fn time_issuer_audience_and_key_algorithm_claims_are_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private, public) = keypair(dir.path(), "ed", &["-algorithm", "ed25519"]);
+        let mut settings = Settings::default();
+        settings.storage.path = dir.path().join("verifier");
+        settings.auth.public_keys = vec![key("d1", "EdDSA", public)];
+        settings.auth.issuer = Some("https://auth.example".into());
+        settings.auth.audience = Some("mailgate".into());
+        settings.auth.leeway = crate::config::ConfigDuration(Duration::from_secs(10));
+        let verifier = TokenKeys::load(&settings).unwrap();
+        let signing = EncodingKey::from_ed_pem(&std::fs::read(&private).unwrap()).unwrap();
+        let now = jsonwebtoken::get_current_timestamp();
+        let token = |changes: serde_json::Value| {
+            let mut claims = serde_json::json!({"sub": "t", "tenant": "acme", "scope": "admin",
+                "exp": now + 60, "iss": "https://auth.example", "aud": "mailgate"});
+            for (name, value) in changes.as_object().unwrap() {
+                claims[name] = value.clone();
+            }
+            let header = Header {
+                kid: Some("d1".into()),
+                ..Header::new(Algorithm::EdDSA)
+            };
+            jsonwebtoken::encode(&header, &claims, &signing).unwrap()
+        };
+        assert!(verifier.verify(&token(serde_json::json!({}))).is_ok());
+        let within_leeway = serde_json::json!({"exp": now - 5, "nbf": now + 5});
+        assert!(verifier.verify(&token(within_leeway)).is_ok());
+        let refused = [
+            (serde_json::json!({"exp": now - 60}), "the token has expired"),
+            (serde_json::json!({"nbf": now + 60}), "the token is not valid yet"),
+            (
+                serde_json::json!({"iss": "https://evil.example"}),
+                "the token issuer is not accepted",
+            ),
+            (
+                serde_json::json!({"aud": "someone-else"}),
+                "the token audience is not accepted",
+            ),
+            (
+                serde_json::json!({"tenant": "Not A Tenant"}),
+                "the token's tenant claim is invalid",
+            ),
+        ];
+        for (changes, why) in refused {
+            assert_eq!(
+                verifier.verify(&token(changes.clone())).unwrap_err().0,
+                why,
+                "{changes}"
+            );
+        }
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let other_alg = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"ES256","kid":"d1"}"#),
+            b64(r#"{"sub":"x","tenant":"acme","scope":"admin","exp":99999999999}"#)
+        );
+        assert_eq!(
+            verifier.verify(&other_alg).unwrap_err().0,
+            "the token algorithm is not accepted for its key"
+        );
     }
 }
