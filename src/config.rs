@@ -131,6 +131,9 @@ pub struct UpstreamSettings {
     pub rate_per_second: u32,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Pooled connections idle longer than this are closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: ConfigDuration,
 }
 
 fn default_port() -> u16 {
@@ -145,6 +148,9 @@ fn default_connections() -> u32 {
 fn default_weight() -> u32 {
     1
 }
+fn default_idle_timeout() -> ConfigDuration {
+    ConfigDuration(Duration::from_secs(60))
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -156,6 +162,10 @@ pub struct DeliverySettings {
     pub max_age: ConfigDuration,
     /// SMTP command timeout: a silent upstream defers instead of hanging a worker.
     pub smtp_timeout: ConfigDuration,
+    /// How long an upstream whose circuit opened is skipped before it is probed again.
+    pub circuit_cooldown: ConfigDuration,
+    /// Messages waiting or being sent beyond which new sends get 503 (0 = no bound).
+    pub max_queue_depth: usize,
 }
 
 const PLACEHOLDER_RETURN_PATH_DOMAIN: &str = "bounces.mailgate.localhost";
@@ -178,6 +188,8 @@ impl Default for DeliverySettings {
             retry_max: ConfigDuration(Duration::from_secs(3600)),
             max_age: ConfigDuration(Duration::from_secs(3 * 24 * 3600)),
             smtp_timeout: ConfigDuration(Duration::from_secs(60)),
+            circuit_cooldown: ConfigDuration(Duration::from_secs(30)),
+            max_queue_depth: 100_000,
         }
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backpressure;
 pub mod bounces;
 pub mod config;
 pub mod delivery;

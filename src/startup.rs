@@ -12,9 +12,10 @@ use tracing_actix_web::TracingLogger;
 
 use crate::api::{self, AppState};
 use crate::auth::TokenKeys;
+use crate::backpressure::QueueGauge;
 use crate::bounces::ingest::{Bounces, SnsCertificates};
 use crate::config::Settings;
-use crate::delivery::{run_worker_until_stopped, RetryPolicy, Transport, Worker};
+use crate::delivery::{run_worker_until_stopped, Member, RetryPolicy, Transport, Upstreams, Worker};
 use crate::metrics::Metrics;
 use crate::render::template::RenderLimits;
 use crate::sending::Sender;
@@ -28,6 +29,7 @@ pub struct Application {
     port: u16,
     server: Server,
     worker: Worker,
+    queue: Arc<QueueGauge>,
     worker_count: usize,
     wake: Arc<Notify>,
     tokens: Arc<TokenKeys>,
@@ -73,17 +75,27 @@ impl Application {
         let store: Arc<dyn Store> = Arc::new(store);
         let tokens = Arc::new(TokenKeys::load(&settings)?);
         let delivery = &settings.delivery;
-        let (transport, worker_count) = match settings.upstreams.first() {
-            Some(upstream) => (
-                Transport::smtp(upstream, delivery.smtp_timeout.0)?,
-                upstream.max_connections as usize,
-            ),
-            None => (
-                Transport::sandbox(settings.storage.path.join("sandbox"))?,
-                SANDBOX_WORKERS,
-            ),
+        let members = if settings.upstreams.is_empty() {
+            let sandbox = Transport::sandbox(settings.storage.path.join("sandbox"))?;
+            vec![Member::new(sandbox, 1, SANDBOX_WORKERS as u32, 0)]
+        } else {
+            settings
+                .upstreams
+                .iter()
+                .map(|up| {
+                    let transport = Transport::smtp(up, delivery.smtp_timeout.0)?;
+                    Ok(Member::new(
+                        transport,
+                        up.weight,
+                        up.max_connections,
+                        up.rate_per_second,
+                    ))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
         };
-        let transport = Arc::new(transport);
+        let upstreams = Arc::new(Upstreams::new(members, delivery.circuit_cooldown.0));
+        let queue = Arc::new(QueueGauge::default());
+        let worker_count = upstreams.connections();
         let wake = Arc::new(Notify::new());
         let metrics = Arc::new(Metrics::default());
         let revocations = Arc::new(crate::auth::Revocations::default());
@@ -95,7 +107,7 @@ impl Application {
         }
         let worker = Worker {
             store: Arc::clone(&store),
-            transport: Arc::clone(&transport),
+            upstreams: Arc::clone(&upstreams),
             policy: RetryPolicy {
                 base: delivery.retry_base.0,
                 max: delivery.retry_max.0,
@@ -138,7 +150,8 @@ impl Application {
         let state = web::Data::new(AppState {
             store: Arc::clone(&store),
             tokens: Arc::clone(&tokens),
-            transport: Arc::clone(&transport),
+            upstreams: Arc::clone(&upstreams),
+            queue: Arc::clone(&queue),
             sender: Sender {
                 store: Arc::clone(&store),
                 wake: Arc::clone(&wake),
@@ -190,7 +203,7 @@ impl Application {
         .run();
         tracing::info!(
             port,
-            transport = transport.name(),
+            upstreams = %upstreams.statuses().iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(","),
             workers = worker_count,
             "mailgate is listening"
         );
@@ -198,6 +211,7 @@ impl Application {
             port,
             server,
             worker,
+            queue,
             worker_count,
             wake,
             tokens,
@@ -236,6 +250,11 @@ impl Application {
             (0..DISPATCHERS)
                 .map(|_| tokio::spawn(run_dispatcher_until_stopped(self.dispatcher.clone(), stopped.clone()))),
         );
+        workers.push(tokio::spawn(crate::backpressure::run_queue_sampler_until_stopped(
+            Arc::clone(&self.queue),
+            Arc::clone(&self.worker.store),
+            stopped.clone(),
+        )));
         workers.push(tokio::spawn(crate::auth::run_key_reloader_until_stopped(
             Arc::clone(&self.tokens),
             stopped.clone(),

@@ -12,9 +12,10 @@ use super::AppState;
 pub struct Health {
     /// `ok`, `ready` or `unavailable`.
     pub status: &'static str,
-    /// Each readiness check and whether it passed.
+    /// Each readiness check and whether it passed: `store`, and `upstream:<name>` for
+    /// each upstream (reachable and its circuit not open).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub checks: BTreeMap<&'static str, bool>,
+    pub checks: BTreeMap<String, bool>,
 }
 
 /// The process is alive and answering.
@@ -27,7 +28,8 @@ pub async fn healthz() -> web::Json<Health> {
     })
 }
 
-/// The store accepts writes and the upstream (or sandbox) can take mail.
+/// The store accepts writes and at least one upstream (or the sandbox) can take mail;
+/// `checks` shows each upstream.
 #[utoipa::path(
     tag = "operations",
     responses(
@@ -39,8 +41,13 @@ pub async fn healthz() -> web::Json<Health> {
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store = state.store.clone();
     let store_ok = matches!(web::block(move || store.check_writable()).await, Ok(Ok(())));
-    let upstream_ok = state.transport.is_reachable().await;
-    let checks = BTreeMap::from([("store", store_ok), ("upstream", upstream_ok)]);
+    let mut checks = BTreeMap::from([("store".to_owned(), store_ok)]);
+    let statuses = state.upstreams.statuses();
+    for ((name, reachable), status) in state.upstreams.reachability().await.into_iter().zip(statuses) {
+        let usable = reachable && status.state != crate::delivery::pool::CircuitState::Open;
+        checks.insert(format!("upstream:{name}"), usable);
+    }
+    let upstream_ok = checks.iter().any(|(name, ok)| name.starts_with("upstream:") && *ok);
     if store_ok && upstream_ok {
         HttpResponse::Ok().json(Health {
             status: "ready",
@@ -64,11 +71,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 )]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let store = state.store.clone();
-    let (queued, leased) = match web::block(move || store.queue_depth()).await {
-        Ok(Ok(depth)) => depth,
-        _ => (0, 0),
-    };
+    let (queued, leased) = state.queue.depth();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render(queued, leased))

@@ -1,11 +1,13 @@
-//! Applying the tenant's send limits to a request: 429 with `Retry-After` and
-//! `RateLimit-*` headers when refused, the same headers on accepted sends.
+//! Applying the send gates to a request: back-pressure (503 + `Retry-After` while the
+//! queue is too deep or the store failing), then the tenant's limits (429 with
+//! `Retry-After` and `RateLimit-*` headers; the same headers on accepted sends).
 
 use actix_web::HttpResponseBuilder;
 
 use super::problem::{ApiError, Kind};
 use super::AppState;
 use crate::auth::Principal;
+use crate::backpressure::Pressure;
 use crate::limits::{Allowance, Caller, Refusal};
 
 fn with_headers(mut err: ApiError, allowance: &Allowance) -> ApiError {
@@ -23,7 +25,11 @@ fn headers(allowance: &Allowance) -> [(&'static str, String); 3] {
     ]
 }
 
-/// Takes `cost` sends from the caller's allowance, or refuses with 429.
+/// Seconds a sender is asked to wait while the queue drains.
+const BACKPRESSURE_RETRY_SECS: u64 = 5;
+
+/// Takes `cost` sends from the caller's allowance, or refuses with 503 (back-pressure)
+/// or 429 (limits).
 pub fn take(state: &AppState, principal: &Principal, cost: u64) -> Result<Allowance, ApiError> {
     let retry = |d: std::time::Duration| d.as_secs().max(1).to_string();
     let caller = Caller {
@@ -31,6 +37,22 @@ pub fn take(state: &AppState, principal: &Principal, cost: u64) -> Result<Allowa
         subject: &principal.subject,
         claim: &principal.limits,
     };
+    if let Some(pressure) = state.queue.pressure(state.settings.delivery.max_queue_depth) {
+        let (code, detail) = match pressure {
+            Pressure::QueueFull { depth, max } => (
+                "queue_full",
+                format!("{depth} messages are queued (the bound is {max}); retry shortly"),
+            ),
+            Pressure::StoreUnavailable => (
+                "store_unavailable",
+                "the message store is not answering; retry shortly".to_owned(),
+            ),
+        };
+        return Err(ApiError::new(Kind::Unavailable, code, detail).with_header(
+            actix_web::http::header::RETRY_AFTER,
+            BACKPRESSURE_RETRY_SECS.to_string(),
+        ));
+    }
     state.limiter.take(&caller, cost).map_err(|refusal| match refusal {
         Refusal::RateLimited { retry_after, allowance } => with_headers(
             ApiError::new(

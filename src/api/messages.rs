@@ -232,8 +232,9 @@ fn depth(value: &serde_json::Value) -> usize {
     }
 }
 
-/// Turns the wire request into a [`NewMessage`], or every field error at once.
-fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<NewMessage, ApiError> {
+/// Turns the wire request into a [`NewMessage`], or every field error at once. Public
+/// so the fuzz target `send_mime` drives exactly the path a request takes.
+pub fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<NewMessage, ApiError> {
     let mut f = Fields::default();
     let from = f.check("/from", Mailbox::parse(&req.from));
     let to = f.mailboxes("to", &req.to);
@@ -557,6 +558,8 @@ impl From<Message> for MessageView {
                     ("RateLimit-Limit" = String, description = "Bucket capacity (burst)"),
                     ("RateLimit-Remaining" = String, description = "Sends left right now"),
                     ("RateLimit-Reset" = String, description = "Seconds until the bucket is full"))),
+        (status = 503, description = "Back-pressure: the queue is over `delivery.max_queue_depth` (`queue_full`) or the store is failing (`store_unavailable`); retry after `Retry-After`", body = Problem, content_type = PROBLEM_JSON,
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
         (status = 400, description = "The body is not valid JSON (`malformed_json`)", body = Problem, content_type = PROBLEM_JSON),
         (status = 413, description = "The body is over the configured limit (`payload_too_large`)", body = Problem, content_type = PROBLEM_JSON),
         (status = 415, description = "The body is not JSON (`unsupported_media_type`)", body = Problem, content_type = PROBLEM_JSON),
@@ -719,6 +722,7 @@ const MAX_BATCH: usize = 500;
         (status = 413, description = "Too large", body = Problem, content_type = PROBLEM_JSON),
         (status = 422, description = "Not a batch, or more than 500 messages (`too_many_messages`)", body = Problem, content_type = PROBLEM_JSON),
         (status = 429, description = "The batch exceeds the tenant's rate or daily quota (each message counts)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 503, description = "Back-pressure: the queue is over `delivery.max_queue_depth` (`queue_full`) or the store is failing (`store_unavailable`); retry after `Retry-After`", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[post("/v1/messages/batch")]

@@ -15,6 +15,7 @@ mod shared_responses;
 pub mod suppressions;
 pub mod templates;
 pub mod tokens;
+pub mod upstreams;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -28,7 +29,6 @@ use utoipa_actix_web::AppExt as _;
 use crate::auth::TokenKeys;
 use crate::bounces::ingest::Bounces;
 use crate::config::Settings;
-use crate::delivery::Transport;
 use crate::sending::Sender;
 use crate::store::Store;
 use crate::templates::Templates;
@@ -59,7 +59,8 @@ impl AppState {
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub tokens: Arc<TokenKeys>,
-    pub transport: Arc<Transport>,
+    pub upstreams: Arc<crate::delivery::Upstreams>,
+    pub queue: Arc<crate::backpressure::QueueGauge>,
     pub sender: Sender,
     pub templates: Templates,
     pub webhooks: Webhooks,
@@ -212,6 +213,7 @@ fn routes(cfg: &mut ServiceConfig) {
         .service(bounces::ingest_ses)
         .service(health::healthz)
         .service(tokens::revoke_token)
+        .service(upstreams::list_upstreams)
         .service(health::readyz)
         .service(health::metrics);
 }

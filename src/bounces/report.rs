@@ -101,6 +101,9 @@ fn dsn_recipients(text: &str) -> Vec<RecipientReport> {
         .skip(1)
         .filter_map(|block| {
             let recipient = address_of(field(block, "final-recipient").or_else(|| field(block, "original-recipient"))?);
+            if recipient.is_empty() {
+                return None;
+            }
             let action = match field(block, "action")?.to_ascii_lowercase().as_str() {
                 "failed" => Action::Failed,
                 "delayed" => Action::Delayed,

@@ -1,9 +1,12 @@
-//! Getting accepted messages to the upstream: workers, transports, retry policy.
+//! Getting accepted messages to the upstreams: workers, the upstream pool, transports,
+//! retry policy.
 
+pub mod pool;
 pub mod retry;
 pub mod transport;
 pub mod worker;
 
+pub use pool::{Member, Upstreams};
 pub use retry::RetryPolicy;
 pub use transport::{Transport, TransportJob};
 pub use worker::{run_worker_until_stopped, ExecutionOutcome, Worker};

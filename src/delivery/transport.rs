@@ -63,7 +63,11 @@ impl Transport {
             .port(upstream.port)
             .tls(tls)
             .timeout(Some(timeout))
-            .pool_config(PoolConfig::new().max_size(upstream.max_connections));
+            .pool_config(
+                PoolConfig::new()
+                    .max_size(upstream.max_connections)
+                    .idle_timeout(upstream.idle_timeout.0),
+            );
         if let Some(username) = &upstream.username {
             let password = read_secret(upstream.password_file.as_deref(), upstream.password_env.as_deref())
                 .with_context(|| format!("upstream {}: password", upstream.name))?

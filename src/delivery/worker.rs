@@ -9,8 +9,9 @@ use chrono::Utc;
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
+use super::pool::Upstreams;
 use super::retry::RetryPolicy;
-use super::transport::{Transport, TransportJob};
+use super::transport::TransportJob;
 use crate::bounces::verp;
 use crate::domain::message::DeliveryOutcome;
 use crate::store::{Lease, Store, StoreError};
@@ -37,7 +38,7 @@ pub enum ExecutionOutcome {
 #[derive(Clone)]
 pub struct Worker {
     pub store: Arc<dyn Store>,
-    pub transport: Arc<Transport>,
+    pub upstreams: Arc<Upstreams>,
     pub policy: RetryPolicy,
     pub return_path_domain: String,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -81,9 +82,9 @@ impl Worker {
                 recipient: message.recipients[index].email.clone(),
                 label: format!("{}-{index}", message.id),
             };
-            let outcome = self.transport.send(&job, &mime).await;
-            log_outcome(&job, &outcome, message.attempts);
-            self.count(&outcome, message.created_at);
+            let (outcome, upstream) = self.upstreams.send(&job, &mime).await;
+            log_outcome(&job, &outcome, message.attempts, &upstream);
+            self.count(&outcome, message.created_at, &upstream);
             message.record_outcome(index, outcome, give_up, Utc::now());
             if n + 1 < pending.len() {
                 let snapshot = message.clone();
@@ -96,13 +97,13 @@ impl Worker {
         self.persist(move |store| store.release(&message)).await
     }
 
-    fn count(&self, outcome: &DeliveryOutcome, accepted_at: chrono::DateTime<Utc>) {
+    fn count(&self, outcome: &DeliveryOutcome, accepted_at: chrono::DateTime<Utc>, upstream: &str) {
         let (kind, latency) = match outcome {
             DeliveryOutcome::Sent(_) => ("sent", (Utc::now() - accepted_at).to_std().ok()),
             DeliveryOutcome::Deferred(_) => ("deferred", None),
             DeliveryOutcome::Bounced(_) => ("bounced", None),
         };
-        self.metrics.recipient_outcome(self.transport.name(), kind, latency);
+        self.metrics.recipient_outcome(upstream, kind, latency);
     }
 
     /// Runs a store write on a blocking thread, retrying a failure a few times: giving
@@ -132,13 +133,13 @@ impl Worker {
     }
 }
 
-fn log_outcome(job: &TransportJob, outcome: &DeliveryOutcome, attempt: u32) {
+fn log_outcome(job: &TransportJob, outcome: &DeliveryOutcome, attempt: u32, upstream: &str) {
     let (kind, reply) = match outcome {
         DeliveryOutcome::Sent(r) => ("sent", r),
         DeliveryOutcome::Deferred(r) => ("deferred", r),
         DeliveryOutcome::Bounced(r) => ("bounced", r),
     };
-    tracing::info!(recipient = %job.recipient, attempt, outcome = kind, smtp_code = reply.code, diagnostic = %reply.diagnostic, "recipient outcome");
+    tracing::info!(recipient = %job.recipient, attempt, upstream, outcome = kind, smtp_code = reply.code, diagnostic = %reply.diagnostic, "recipient outcome");
 }
 
 /// Runs `worker` until `shutdown` turns true, sleeping until the next due message or

@@ -66,12 +66,10 @@ async fn send_burst(
     join_all(sends).await
 }
 
-#[tokio::test]
-async fn sigkill_after_a_burst_of_202s_loses_no_accepted_message() {
-    let postfix = Postfix::shared();
+/// A data dir with a config delivering to `postfix`, and a token its dev key accepts.
+fn prepare(postfix: &Postfix) -> (tempfile::TempDir, String, String) {
     let data = tempfile::tempdir().unwrap();
-    let config = write_config(data.path(), &postfix);
-    let config_arg = config.to_string_lossy().into_owned();
+    let config = write_config(data.path(), postfix);
     let mut settings = mailgate::config::Settings::default();
     settings.storage.path = data.path().to_path_buf();
     let token = mint(
@@ -79,6 +77,13 @@ async fn sigkill_after_a_burst_of_202s_loses_no_accepted_message() {
         "acme",
         "messages:send messages:read",
     );
+    (data, config.to_string_lossy().into_owned(), token)
+}
+
+#[tokio::test]
+async fn sigkill_after_a_burst_of_202s_loses_no_accepted_message() {
+    let postfix = Postfix::shared();
+    let (data, config_arg, token) = prepare(&postfix);
 
     let mut first = Binary::spawn(&["serve", "--config", &config_arg], data.path(), free_port(), &[]);
     first.wait_healthy().await;
@@ -141,4 +146,58 @@ async fn sigkill_after_a_burst_of_202s_loses_no_accepted_message() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_transactions_and_leaves_the_rest_queued() {
+    let postfix = Postfix::shared();
+    let (data, config_arg, token) = prepare(&postfix);
+    let mut first = Binary::spawn(&["serve", "--config", &config_arg], data.path(), free_port(), &[]);
+    first.wait_healthy().await;
+    let client = crate::helpers::http();
+    let ids = send_burst(&client, &first.address, &token, 0..BURST).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !ids.iter().any(|id| !postfix.delivered(id).is_empty()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was delivered before SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = first.child.id().to_string();
+    let terminated = std::time::Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = loop {
+        if let Some(status) = first.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            terminated.elapsed() < Duration::from_secs(20),
+            "no exit within 20 s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let drained_in = terminated.elapsed();
+    assert!(status.success(), "{status}");
+    let delivered_before_restart = ids.iter().filter(|id| !postfix.delivered(id).is_empty()).count();
+
+    let mut second = Binary::spawn(&["serve", "--config", &config_arg], data.path(), free_port(), &[]);
+    second.wait_healthy().await;
+    for id in &ids {
+        postfix.wait_delivered(id, 1, Duration::from_secs(60)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let duplicates: usize = ids.iter().map(|id| postfix.delivered(id).len() - 1).sum();
+    eprintln!(
+        "drain test: {BURST} accepted, exit {drained_in:?} after SIGTERM with {delivered_before_restart} \
+         delivered, the rest after restart, {duplicates} duplicate(s)"
+    );
+    assert_eq!(
+        duplicates, 0,
+        "a drained transaction is recorded, so nothing is sent twice"
+    );
 }

@@ -394,3 +394,33 @@ async fn a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_i
     assert_eq!(fields, [json!("/messages/1/template"), json!("/messages/2/sendat")]);
     assert_eq!(app.stored_messages(), 3);
 }
+
+#[tokio::test]
+async fn a_queue_over_its_bound_gets_503_and_keeps_what_it_accepted() {
+    let app = spawn_app_with(|s| s.delivery.max_queue_depth = 3).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(app.send_ok(&simple_message(&format!("defer@d{n}.example.test"))).await);
+    }
+    // The depth is sampled every second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let response = app.send_as(&app.token, &simple_message("one-more@example.test")).await;
+        if response.status() == 503 {
+            break response;
+        }
+        assert_eq!(response.status(), 202);
+        ids.push(
+            response.json::<serde_json::Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+        assert!(std::time::Instant::now() < deadline, "no back-pressure after 5 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(problem["code"], "queue_full");
+    assert_eq!(app.stored_messages(), ids.len(), "everything accepted is kept");
+}

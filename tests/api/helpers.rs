@@ -71,6 +71,7 @@ impl Postfix {
             max_connections: 4,
             rate_per_second: 0,
             weight: 1,
+            idle_timeout: mailgate::config::ConfigDuration(Duration::from_secs(60)),
         }
     }
 

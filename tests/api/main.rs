@@ -13,4 +13,5 @@ mod hostile;
 mod operations;
 mod sandbox;
 mod templates;
+mod upstreams;
 mod webhooks;

@@ -50,7 +50,7 @@ async fn health_and_readiness_report_a_working_service() {
     let ready = app.client.get(format!("{}/readyz", app.address)).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let body: Value = ready.json().await.unwrap();
-    assert_eq!(body["checks"]["upstream"], true);
+    assert_eq!(body["checks"]["upstream:postfix"], true);
     assert_eq!(body["checks"]["store"], true);
     let missing = app.client.get(format!("{}/v1/nope", app.address)).send().await.unwrap();
     assert_eq!(missing.status(), 404);

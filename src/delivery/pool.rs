@@ -1,0 +1,370 @@
+//! The upstream pool: every configured relay, chosen per SMTP transaction by weight
+//! among those whose circuit is closed. A relay that cannot be reached, answers 421, or
+//! refuses our credentials is an *upstream* failure: the transaction moves on to the
+//! next relay at once (failover), and after `FAILURE_THRESHOLD` such failures in a row
+//! the relay's circuit opens for `circuit_cooldown`; then one transaction probes it
+//! (half-open) and its outcome closes or reopens the circuit. Recipient-level answers
+//! (a 4xx or 5xx at RCPT, say) are the recipient's, not the relay's, and go back to the
+//! worker as they are. Each relay may be paced to `rate_per_second`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rand::Rng as _;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::transport::{Transport, TransportJob};
+use crate::domain::message::{DeliveryOutcome, SmtpReply};
+
+/// Upstream failures in a row that open a circuit.
+const FAILURE_THRESHOLD: u32 = 3;
+
+/// Where a relay's circuit stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CircuitState {
+    /// Taking traffic.
+    Closed,
+    /// Failing: skipped until its cooldown ends.
+    Open,
+    /// Cooldown over: one transaction probes it.
+    HalfOpen,
+}
+
+#[derive(Debug)]
+enum Circuit {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+impl Circuit {
+    /// Whether a transaction may use the relay now (claiming the probe when half-open).
+    fn admit(&mut self, now: Instant) -> bool {
+        match self {
+            Circuit::Closed { .. } => true,
+            Circuit::Open { until } if now < *until => false,
+            Circuit::Open { .. } => {
+                *self = Circuit::HalfOpen { probing: true };
+                true
+            }
+            Circuit::HalfOpen { probing } => !std::mem::replace(probing, true),
+        }
+    }
+
+    fn succeeded(&mut self) {
+        *self = Circuit::Closed { failures: 0 };
+    }
+
+    fn failed(&mut self, now: Instant, cooldown: Duration) {
+        *self = match self {
+            Circuit::Closed { failures } if *failures + 1 < FAILURE_THRESHOLD => Circuit::Closed {
+                failures: *failures + 1,
+            },
+            _ => Circuit::Open { until: now + cooldown },
+        };
+    }
+
+    fn state(&self, now: Instant) -> CircuitState {
+        match self {
+            Circuit::Closed { .. } => CircuitState::Closed,
+            Circuit::Open { until } if now < *until => CircuitState::Open,
+            Circuit::Open { .. } | Circuit::HalfOpen { .. } => CircuitState::HalfOpen,
+        }
+    }
+}
+
+/// Spaces transactions `interval` apart: each caller reserves the next slot and sleeps
+/// until it.
+struct Pace {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Pace {
+    async fn wait(&self) {
+        let slot = {
+            let mut next = self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let slot = (*next).max(Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot.into()).await;
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    in_flight: AtomicU64,
+    sent: AtomicU64,
+    deferred: AtomicU64,
+    bounced: AtomicU64,
+}
+
+/// One relay and its state.
+pub struct Member {
+    transport: Transport,
+    weight: u32,
+    max_connections: u32,
+    rate_per_second: u32,
+    pace: Option<Pace>,
+    circuit: Mutex<Circuit>,
+    counters: Counters,
+}
+
+impl Member {
+    /// `weight` 0 takes traffic only when no weighted relay can.
+    pub fn new(transport: Transport, weight: u32, max_connections: u32, rate_per_second: u32) -> Self {
+        Self {
+            transport,
+            weight,
+            max_connections,
+            rate_per_second,
+            pace: (rate_per_second > 0).then(|| Pace {
+                interval: Duration::from_secs_f64(1.0 / f64::from(rate_per_second)),
+                next: Mutex::new(Instant::now()),
+            }),
+            circuit: Mutex::new(Circuit::Closed { failures: 0 }),
+            counters: Counters::default(),
+        }
+    }
+
+    fn circuit(&self) -> std::sync::MutexGuard<'_, Circuit> {
+        self.circuit.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What `GET /v1/upstreams` and `/readyz` show of one relay.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UpstreamStatus {
+    pub name: String,
+    pub state: CircuitState,
+    /// SMTP transactions running now.
+    pub in_flight: u64,
+    /// Recipient outcomes through this relay since start.
+    pub sent: u64,
+    pub deferred: u64,
+    pub bounced: u64,
+    pub weight: u32,
+    pub max_connections: u32,
+    /// 0 = unpaced.
+    pub rate_per_second: u32,
+}
+
+/// Every relay mail can leave through (the sandbox counts as one).
+pub struct Upstreams {
+    members: Vec<Member>,
+    cooldown: Duration,
+}
+
+/// Whether `outcome` says the relay, not the recipient, failed: no connection, TLS or
+/// timeout (no reply code), 421 (service not available), or refused credentials.
+fn relay_failed(outcome: &DeliveryOutcome) -> bool {
+    match outcome {
+        DeliveryOutcome::Deferred(reply) => reply.code.is_none_or(|c| c == 421 || (530..=538).contains(&c)),
+        _ => false,
+    }
+}
+
+impl Upstreams {
+    pub fn new(members: Vec<Member>, cooldown: Duration) -> Self {
+        Self { members, cooldown }
+    }
+
+    /// How many transactions can run at once: the sum of every relay's connections.
+    pub fn connections(&self) -> usize {
+        self.members.iter().map(|m| m.max_connections.max(1) as usize).sum()
+    }
+
+    /// The relays admitted now, in the order to try them: a weighted random draw
+    /// without replacement, weight-0 relays last.
+    fn candidates(&self) -> Vec<&Member> {
+        let now = Instant::now();
+        let mut open: Vec<&Member> = self
+            .members
+            .iter()
+            .filter(|m| m.circuit().state(now) != CircuitState::Open)
+            .collect();
+        let mut order = Vec::with_capacity(open.len());
+        let mut rng = rand::rng();
+        while !open.is_empty() {
+            let total: u64 = open.iter().map(|m| u64::from(m.weight)).sum();
+            let index = if total == 0 {
+                0
+            } else {
+                let mut ticket = rng.random_range(0..total);
+                open.iter()
+                    .position(|m| {
+                        let w = u64::from(m.weight);
+                        if ticket < w {
+                            true
+                        } else {
+                            ticket -= w;
+                            false
+                        }
+                    })
+                    .unwrap_or(0)
+            };
+            order.push(open.remove(index));
+        }
+        order
+    }
+
+    /// Sends one transaction through the first relay that takes it; returns the outcome
+    /// and the relay's name.
+    pub async fn send(&self, job: &TransportJob, mime: &[u8]) -> (DeliveryOutcome, String) {
+        let mut last: Option<(DeliveryOutcome, String)> = None;
+        for member in self.candidates() {
+            if !member.circuit().admit(Instant::now()) {
+                continue;
+            }
+            if let Some(pace) = &member.pace {
+                pace.wait().await;
+            }
+            member.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+            let outcome = member.transport.send(job, mime).await;
+            member.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let name = member.transport.name().to_owned();
+            if relay_failed(&outcome) {
+                member.circuit().failed(Instant::now(), self.cooldown);
+                member.counters.deferred.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(upstream = %name, diagnostic = %reply_of(&outcome).diagnostic, "upstream failed; trying the next one");
+                last = Some((outcome, name));
+                continue;
+            }
+            member.circuit().succeeded();
+            let counter = match &outcome {
+                DeliveryOutcome::Sent(_) => &member.counters.sent,
+                DeliveryOutcome::Deferred(_) => &member.counters.deferred,
+                DeliveryOutcome::Bounced(_) => &member.counters.bounced,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            return (outcome, name);
+        }
+        last.unwrap_or_else(|| {
+            (
+                DeliveryOutcome::Deferred(SmtpReply {
+                    code: None,
+                    enhanced: None,
+                    diagnostic: "every upstream is unavailable (circuits open); will retry".into(),
+                }),
+                "none".into(),
+            )
+        })
+    }
+
+    /// Each relay's state and counters, in configuration order.
+    pub fn statuses(&self) -> Vec<UpstreamStatus> {
+        let now = Instant::now();
+        self.members
+            .iter()
+            .map(|m| UpstreamStatus {
+                name: m.transport.name().to_owned(),
+                state: m.circuit().state(now),
+                in_flight: m.counters.in_flight.load(Ordering::Relaxed),
+                sent: m.counters.sent.load(Ordering::Relaxed),
+                deferred: m.counters.deferred.load(Ordering::Relaxed),
+                bounced: m.counters.bounced.load(Ordering::Relaxed),
+                weight: m.weight,
+                max_connections: m.max_connections,
+                rate_per_second: m.rate_per_second,
+            })
+            .collect()
+    }
+
+    /// Whether each relay can be reached now (TCP connect, or a writable sandbox).
+    pub async fn reachability(&self) -> Vec<(String, bool)> {
+        let mut out = Vec::with_capacity(self.members.len());
+        for member in &self.members {
+            out.push((
+                member.transport.name().to_owned(),
+                member.transport.is_reachable().await,
+            ));
+        }
+        out
+    }
+}
+
+fn reply_of(outcome: &DeliveryOutcome) -> &SmtpReply {
+    match outcome {
+        DeliveryOutcome::Sent(r) | DeliveryOutcome::Deferred(r) | DeliveryOutcome::Bounced(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_circuit_opens_after_repeated_failures_and_one_probe_closes_it() {
+        let start = Instant::now();
+        let cooldown = Duration::from_secs(10);
+        let mut circuit = Circuit::Closed { failures: 0 };
+        for _ in 0..FAILURE_THRESHOLD {
+            assert!(circuit.admit(start));
+            circuit.failed(start, cooldown);
+        }
+        assert_eq!(circuit.state(start), CircuitState::Open);
+        assert!(!circuit.admit(start + Duration::from_secs(5)));
+        let later = start + cooldown;
+        assert!(circuit.admit(later), "the probe");
+        assert!(!circuit.admit(later), "only one probe at a time");
+        circuit.failed(later, cooldown);
+        assert_eq!(circuit.state(later), CircuitState::Open, "a failed probe reopens");
+        let again = later + cooldown;
+        assert!(circuit.admit(again));
+        circuit.succeeded();
+        assert_eq!(circuit.state(again), CircuitState::Closed);
+        assert!(circuit.admit(again) && circuit.admit(again));
+    }
+
+    #[test]
+    fn relay_failures_are_told_from_recipient_answers() {
+        let deferred = |code| {
+            DeliveryOutcome::Deferred(SmtpReply {
+                code,
+                enhanced: None,
+                diagnostic: String::new(),
+            })
+        };
+        assert!(relay_failed(&deferred(None)));
+        assert!(relay_failed(&deferred(Some(421))));
+        assert!(relay_failed(&deferred(Some(535))));
+        assert!(
+            !relay_failed(&deferred(Some(451))),
+            "a greylisting RCPT is the recipient's"
+        );
+    }
+
+    #[tokio::test]
+    async fn weights_share_traffic_and_pacing_spaces_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let member = |weight, rate| Member::new(Transport::sandbox(dir.path().to_path_buf()).unwrap(), weight, 1, rate);
+        let pool = Upstreams::new(vec![member(3, 0), member(1, 0)], Duration::from_secs(1));
+        let heavy_first = (0..4000)
+            .filter(|_| std::ptr::eq(pool.candidates()[0], &pool.members[0]))
+            .count();
+        let share = heavy_first as f64 / 4000.0;
+        assert!((0.70..0.80).contains(&share), "weight 3 of 4 went first {share}");
+
+        let paced = Upstreams::new(vec![member(1, 20)], Duration::from_secs(1));
+        let job = |n: usize| TransportJob {
+            sender: "s@x.test".into(),
+            recipient: "r@x.test".into(),
+            label: format!("m{n}"),
+        };
+        let started = Instant::now();
+        for n in 0..6 {
+            let (outcome, name) = paced.send(&job(n), b"Subject: x\r\n\r\nx").await;
+            assert!(matches!(outcome, DeliveryOutcome::Sent(_)), "{outcome:?}");
+            assert_eq!(name, "sandbox");
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(240),
+            "6 sends at 20/s take ≥ 250 ms"
+        );
+        assert_eq!(paced.statuses()[0].sent, 6);
+    }
+}
