@@ -1,12 +1,16 @@
 //! Prometheus metrics without a global recorder: counters and histograms owned by the
 //! application (so every test app has its own), rendered in the text exposition
-//! format at `/metrics`. No tenant appears in a label.
+//! format at `/metrics`. Counters carry the tenant id (an operator-chosen slug, never a
+//! secret) so an operator can see who sends what; `/metrics` is for the operator's
+//! network, not for tenants.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+
+use crate::delivery::pool::{CircuitState, UpstreamStatus};
 
 /// A cumulative histogram with fixed bucket bounds in seconds.
 struct Histogram {
@@ -64,9 +68,10 @@ const DELIVERY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
 const HTTP_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 pub struct Metrics {
-    accepted: AtomicU64,
-    /// (upstream, outcome) → recipients.
-    outcomes: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// tenant → messages accepted.
+    accepted: Mutex<BTreeMap<String, u64>>,
+    /// (upstream, tenant, outcome) → recipients.
+    outcomes: Mutex<BTreeMap<(String, String, &'static str), u64>>,
     delivery_latency: Histogram,
     /// (method, route, status) → requests.
     requests: Mutex<BTreeMap<(String, String, u16), u64>>,
@@ -76,7 +81,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            accepted: AtomicU64::new(0),
+            accepted: Mutex::new(BTreeMap::new()),
             outcomes: Mutex::new(BTreeMap::new()),
             delivery_latency: Histogram::new(DELIVERY_BUCKETS),
             requests: Mutex::new(BTreeMap::new()),
@@ -90,13 +95,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Metrics {
-    pub fn message_accepted(&self) {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
+    pub fn message_accepted(&self, tenant: &str) {
+        *lock(&self.accepted).entry(tenant.to_owned()).or_default() += 1;
     }
 
-    /// One recipient's outcome at `upstream`; `latency` (acceptance → 2xx) for sends.
-    pub fn recipient_outcome(&self, upstream: &str, outcome: &'static str, latency: Option<Duration>) {
-        *lock(&self.outcomes).entry((upstream.to_owned(), outcome)).or_default() += 1;
+    /// One recipient's outcome (`sent`, `deferred`, `bounced`, `failed`) at `upstream`
+    /// for `tenant`; `latency` (acceptance → 2xx) for sends.
+    pub fn recipient_outcome(&self, upstream: &str, tenant: &str, outcome: &'static str, latency: Option<Duration>) {
+        *lock(&self.outcomes)
+            .entry((upstream.to_owned(), tenant.to_owned(), outcome))
+            .or_default() += 1;
         if let Some(latency) = latency {
             self.delivery_latency.observe(latency);
         }
@@ -109,24 +117,30 @@ impl Metrics {
         self.request_duration.observe(duration);
     }
 
-    /// The text exposition, with the queue depth read from the store by the caller.
-    pub fn render(&self, queued: usize, leased: usize) -> String {
+    /// The text exposition, with the sampled queue depth and the upstream pool's state
+    /// passed in by the caller.
+    pub fn render(&self, (queued, leased): (usize, usize), upstreams: &[UpstreamStatus]) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP mailgate_messages_accepted_total Messages accepted (202).");
-        let _ = writeln!(out, "# TYPE mailgate_messages_accepted_total counter");
         let _ = writeln!(
             out,
-            "mailgate_messages_accepted_total {}",
-            self.accepted.load(Ordering::Relaxed)
+            "# HELP mailgate_messages_accepted_total Messages accepted (202), by tenant."
         );
-        let _ = writeln!(out, "# HELP mailgate_recipients_total Recipient outcomes by upstream.");
+        let _ = writeln!(out, "# TYPE mailgate_messages_accepted_total counter");
+        for (tenant, count) in lock(&self.accepted).iter() {
+            let _ = writeln!(out, "mailgate_messages_accepted_total{{tenant=\"{tenant}\"}} {count}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mailgate_recipients_total Recipient outcomes by upstream and tenant."
+        );
         let _ = writeln!(out, "# TYPE mailgate_recipients_total counter");
-        for ((upstream, outcome), count) in lock(&self.outcomes).iter() {
+        for ((upstream, tenant, outcome), count) in lock(&self.outcomes).iter() {
             let _ = writeln!(
                 out,
-                "mailgate_recipients_total{{upstream=\"{upstream}\",outcome=\"{outcome}\"}} {count}"
+                "mailgate_recipients_total{{upstream=\"{upstream}\",tenant=\"{tenant}\",outcome=\"{outcome}\"}} {count}"
             );
         }
+        render_pool(&mut out, upstreams);
         let _ = writeln!(
             out,
             "# HELP mailgate_queue_depth Messages waiting (queued, deferred, scheduled) or being sent."
@@ -163,6 +177,35 @@ impl Metrics {
     }
 }
 
+/// A gauge per upstream: name, help text, and how to read it from a status.
+type PoolGauge = (&'static str, &'static str, fn(&UpstreamStatus) -> u64);
+
+/// SMTP pool gauges: transactions in flight, connection capacity and circuit state.
+fn render_pool(out: &mut String, upstreams: &[UpstreamStatus]) {
+    let gauges: [PoolGauge; 3] = [
+        ("mailgate_upstream_in_flight", "SMTP transactions running now.", |u| {
+            u.in_flight
+        }),
+        (
+            "mailgate_upstream_max_connections",
+            "Pooled connections allowed.",
+            |u| u64::from(u.max_connections),
+        ),
+        (
+            "mailgate_upstream_circuit_open",
+            "1 while the circuit is open (the relay is skipped).",
+            |u| u64::from(u.state == CircuitState::Open),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for upstream in upstreams {
+            let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {}", upstream.name, value(upstream));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,12 +213,25 @@ mod tests {
     #[test]
     fn renders_counters_and_cumulative_buckets() {
         let m = Metrics::default();
-        m.message_accepted();
-        m.recipient_outcome("primary", "sent", Some(Duration::from_millis(300)));
+        m.message_accepted("acme");
+        m.recipient_outcome("primary", "acme", "sent", Some(Duration::from_millis(300)));
         m.http_request("POST", "/v1/messages", 202, Duration::from_millis(3));
-        let text = m.render(2, 1);
-        assert!(text.contains("mailgate_messages_accepted_total 1"));
-        assert!(text.contains("mailgate_recipients_total{upstream=\"primary\",outcome=\"sent\"} 1"));
+        let pool = [UpstreamStatus {
+            name: "primary".into(),
+            state: CircuitState::Open,
+            in_flight: 3,
+            sent: 0,
+            deferred: 0,
+            bounced: 0,
+            weight: 1,
+            max_connections: 8,
+            rate_per_second: 0,
+        }];
+        let text = m.render((2, 1), &pool);
+        assert!(text.contains("mailgate_messages_accepted_total{tenant=\"acme\"} 1"));
+        assert!(text.contains("mailgate_recipients_total{upstream=\"primary\",tenant=\"acme\",outcome=\"sent\"} 1"));
+        assert!(text.contains("mailgate_upstream_in_flight{upstream=\"primary\"} 3"));
+        assert!(text.contains("mailgate_upstream_circuit_open{upstream=\"primary\"} 1"));
         assert!(text.contains("mailgate_delivery_latency_seconds_bucket{le=\"0.25\"} 0"));
         assert!(text.contains("mailgate_delivery_latency_seconds_bucket{le=\"0.5\"} 1"));
         assert!(text.contains("mailgate_queue_depth{state=\"waiting\"} 2"));

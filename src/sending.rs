@@ -138,7 +138,7 @@ impl Sender {
             self.wake.notify_one();
         }
         tracing::info!(recipients = message.recipients.len(), status = ?message.status, "message accepted");
-        self.metrics.message_accepted();
+        self.metrics.message_accepted(tenant.as_str());
         Ok(Accepted::New(message))
     }
 

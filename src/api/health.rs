@@ -61,10 +61,10 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-/// Prometheus metrics (text exposition format): messages accepted, recipient outcomes
-/// by upstream, queue depth, delivery latency (acceptance → 2xx) and HTTP requests by
-/// route. Unauthenticated like most exporters, and free of tenant names; keep it on an
-/// internal network.
+/// Prometheus metrics (text exposition format): messages accepted by tenant, recipient
+/// outcomes by upstream and tenant, queue depth, delivery latency (acceptance → 2xx),
+/// SMTP pool gauges per upstream and HTTP requests by route. Unauthenticated like most
+/// exporters and labelled with tenant ids: keep it on the operator's network.
 #[utoipa::path(
     tag = "operations",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
@@ -74,5 +74,5 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let (queued, leased) = state.queue.depth();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render(queued, leased))
+        .body(state.metrics.render((queued, leased), &state.upstreams.statuses()))
 }

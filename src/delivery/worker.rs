@@ -14,6 +14,7 @@ use super::retry::RetryPolicy;
 use super::transport::TransportJob;
 use crate::bounces::verp;
 use crate::domain::message::DeliveryOutcome;
+use crate::domain::status::RecipientStatus;
 use crate::store::{Lease, Store, StoreError};
 
 /// Tries of one store write before a worker step gives up (about 3 s in all).
@@ -84,8 +85,12 @@ impl Worker {
             };
             let (outcome, upstream) = self.upstreams.send(&job, &mime).await;
             log_outcome(&job, &outcome, message.attempts, &upstream);
-            self.count(&outcome, message.created_at, &upstream);
+            let kind = self.count(&outcome, message.created_at, &upstream, message.tenant.as_str());
             message.record_outcome(index, outcome, give_up, Utc::now());
+            if kind == "deferred" && message.recipients[index].status == RecipientStatus::Failed {
+                self.metrics
+                    .recipient_outcome(&upstream, message.tenant.as_str(), "failed", None);
+            }
             if n + 1 < pending.len() {
                 let snapshot = message.clone();
                 self.persist(move |store| store.save_progress(&snapshot)).await?;
@@ -97,13 +102,21 @@ impl Worker {
         self.persist(move |store| store.release(&message)).await
     }
 
-    fn count(&self, outcome: &DeliveryOutcome, accepted_at: chrono::DateTime<Utc>, upstream: &str) {
+    /// Counts an outcome for /metrics; returns its kind.
+    fn count(
+        &self,
+        outcome: &DeliveryOutcome,
+        accepted_at: chrono::DateTime<Utc>,
+        upstream: &str,
+        tenant: &str,
+    ) -> &'static str {
         let (kind, latency) = match outcome {
             DeliveryOutcome::Sent(_) => ("sent", (Utc::now() - accepted_at).to_std().ok()),
             DeliveryOutcome::Deferred(_) => ("deferred", None),
             DeliveryOutcome::Bounced(_) => ("bounced", None),
         };
-        self.metrics.recipient_outcome(upstream, kind, latency);
+        self.metrics.recipient_outcome(upstream, tenant, kind, latency);
+        kind
     }
 
     /// Runs a store write on a blocking thread, retrying a failure a few times: giving

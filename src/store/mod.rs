@@ -4,6 +4,7 @@
 //! Every method is synchronous and may block on disk: call it from a blocking
 //! context (`web::block`, `spawn_blocking`), never directly on an async executor.
 
+mod group_flush;
 mod sled_store;
 
 pub use sled_store::SledStore;

@@ -48,6 +48,7 @@ pub struct SledStore {
     revocations: Tree,
     /// Held while stream positions are taken and committed (see `commit`).
     stream_order: std::sync::Mutex<()>,
+    group_flush: super::group_flush::GroupFlush,
 }
 
 /// `tenant \0 rest`: keys that group one tenant's rows together in iteration order.
@@ -279,6 +280,7 @@ impl SledStore {
             idempotency: db.open_tree("idempotency")?,
             revocations: db.open_tree("revocations")?,
             stream_order: std::sync::Mutex::new(()),
+            group_flush: super::group_flush::GroupFlush::default(),
             db,
         })
     }
@@ -290,8 +292,9 @@ impl SledStore {
             .transpose()
     }
 
+    /// Makes every write so far durable, sharing the fsync with concurrent writers.
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
+        self.group_flush.flush(|| self.db.flush().map(drop))?;
         Ok(())
     }
 

@@ -109,14 +109,21 @@ async fn metrics_count_acceptances_outcomes_and_requests() {
         .unwrap()
         .starts_with("text/plain"));
     let text = response.text().await.unwrap();
-    assert!(text.contains("mailgate_messages_accepted_total 1"), "{text}");
     assert!(
-        text.contains("mailgate_recipients_total{upstream=\"postfix\",outcome=\"sent\"} 1"),
+        text.contains("mailgate_messages_accepted_total{tenant=\"acme\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mailgate_recipients_total{upstream=\"postfix\",tenant=\"acme\",outcome=\"sent\"} 1"),
         "{text}"
     );
     assert!(text.contains("mailgate_delivery_latency_seconds_count 1"), "{text}");
     assert!(text.contains("route=\"/v1/messages\",status=\"202\"} 1"), "{text}");
-    assert!(!text.contains("acme"), "no tenant names in metrics");
+    assert!(
+        text.contains("mailgate_upstream_max_connections{upstream=\"postfix\"} 4"),
+        "{text}"
+    );
+    assert!(text.contains("mailgate_queue_depth{state=\"waiting\"}"), "{text}");
 }
 
 /// The request examples in the document work as written against a real server (the

@@ -8,6 +8,9 @@
 # BASE_PORT + 2  a "remote MX" that answers 550 5.1.1 to every RCPT: mail to
 #                `@remote-bounce.test` is relayed there, so Postfix writes the DSN form
 #                real providers send (`Diagnostic-Code: smtp; 550 …`, `Remote-MTA`)
+# BASE_PORT + 3  plain SMTP for loopback clients, no TLS or AUTH: the benchmark's
+#                reference path (smtp-source → Postfix → smtp-sink); mail to `@sink.bench`
+#                is relayed to BASE_PORT + 4, where scripts/bench-delivery.sh runs smtp-sink
 # Every accepted message lands in the Maildir DIR/sink; `reject@<any domain>` is answered
 # 550 5.1.1 and `defer@<any domain>` 451 4.2.0 at RCPT. Mail to `@nouser.test` is accepted
 # and then fails in a pipe(8) transport with EX_NOUSER, so Postfix sends a real DSN to the
@@ -77,7 +80,7 @@ biff = no
 smtputf8_enable = no
 message_size_limit = 52428800
 virtual_mailbox_limit = 0
-transport_maps = inline:{ nouser.test=nouser:, remote-bounce.test=smtp:[127.0.0.1]:$((base + 2)) }
+transport_maps = inline:{ nouser.test=nouser:, remote-bounce.test=smtp:[127.0.0.1]:$((base + 2)), sink.bench=smtp:[127.0.0.1]:$((base + 4)) }
 sender_dependent_default_transport_maps = inline:{ <>=dsnhook: }
 minimal_backoff_time = 1s
 maximal_backoff_time = 2s
@@ -138,6 +141,11 @@ $((base + 2)) inet  n       -       n       -       -       smtpd
   -o smtpd_sasl_auth_enable=no
   -o smtpd_relay_restrictions=
   -o { smtpd_recipient_restrictions = check_recipient_access static:{550 5.1.1 Simulated remote MX: user unknown}, reject }
+$((base + 3)) inet  n       -       n       -       -       smtpd
+  -o smtpd_tls_security_level=none
+  -o smtpd_sasl_auth_enable=no
+  -o { smtpd_relay_restrictions = permit_mynetworks, reject }
+  -o { smtpd_recipient_restrictions = permit_mynetworks, reject }
 nouser     unix  -       n       n       -       -       pipe
   user=nobody argv=/bin/sh $dir/etc/nouser.sh
 dsnhook    unix  -       n       n       -       -       pipe

@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Delivery benchmark (README "Benchmarks"): prints, side by side from one run,
+#   (a) the accept rate of POST /v1/messages with 64 concurrent clients, p50 / p99;
+#   (b) mailgate end to end into Postfix's smtp-sink over N messages (default 20,000);
+#   (c) the reference: smtp-source → Postfix → smtp-sink, the same N messages, 8 sessions;
+#   (d) the physical limit: smtp-source → smtp-sink directly, 8 persistent sessions;
+# and the ratios. Release build, default settings (every 202 fsynced), 2 KB messages,
+# one recipient each. Not part of the test suite; asserts nothing.
+#
+#   scripts/bench-delivery.sh [N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+n=${1:-20000}
+sessions=8
+base=${MAILGATE_TEST_POSTFIX_PORT:-10587}
+postfix_dir=${MAILGATE_TEST_POSTFIX_DIR:-/tmp/mailgate-postfix}
+bench_smtpd=$((base + 3))
+sink_port=$((base + 4))
+work=$(mktemp -d /tmp/mailgate-bench.XXXXXX)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null
+tests/support/postfix.sh start >/dev/null
+cargo build --release --locked 2>&1 | tail -1
+
+now() { date +%s.%N; }
+rate() { awk -v n="$1" -v s="$2" -v e="$3" 'BEGIN { printf "%.0f", n / (e - s) }'; }
+
+start_sink() {
+  smtp-sink -u nobody "127.0.0.1:$sink_port" 1024 &
+  pids+=($!)
+  sleep 0.3
+}
+
+# A 2 KB text body.
+text=$(head -c 1500 /dev/zero | tr '\0' 'x' | fold -w 72 | paste -sd' ')
+
+# --- (a) and (b): mailgate into smtp-sink -------------------------------------------
+start_sink
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat >"$work/mailgate.toml" <<TOML
+[storage]
+path = "$work/data"
+
+[[upstreams]]
+name = "sink"
+host = "127.0.0.1"
+port = $sink_port
+tls = "none"
+max_connections = $sessions
+
+[limits]
+messages_per_second = 0
+TOML
+MAILGATE_HTTP__LISTEN="127.0.0.1:$port" MAILGATE_LOG__LEVEL=warn \
+  target/release/mailgate serve --config "$work/mailgate.toml" >"$work/stdout" 2>"$work/stderr" &
+pids+=($!)
+mailgate_pid=$!
+for _ in $(seq 100); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+token=$(sed -n '/Dev token/{n;p}' "$work/stdout")
+body="{\"from\":\"Bench <bench@acme.test>\",\"to\":[\"ana@example.test\"],\"subject\":\"Bench\",\"text\":\"$text\"}"
+
+counter() { # the metric $1 summed over its series
+  curl -s "127.0.0.1:$port/metrics" | awk -v m="$1" '$1 ~ "^"m"({|$)" { sum += $2 } END { printf "%d", sum }'
+}
+
+cat >"$work/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$body'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $token"
+local done, limit = 0, tonumber(os.getenv("BENCH_PER_THREAD") or "0")
+function response(status)
+  done = done + 1
+  if limit > 0 and done >= limit then wrk.thread:stop() end
+end
+LUA
+
+echo "== (a) accept rate: wrk, 2 threads, 64 connections, 10 s (delivery into smtp-sink running)"
+wrk -t2 -c64 -d10s --latency -s "$work/post.lua" "http://127.0.0.1:$port/v1/messages" >"$work/wrk-a.txt"
+grep -E 'Requests/sec|50%|99%|Non-2xx' "$work/wrk-a.txt"
+accept_rate=$(awk '/Requests\/sec/ { printf "%.0f", $2 }' "$work/wrk-a.txt")
+# Let the queue drain before (b) starts.
+while [ "$(counter mailgate_recipients_total)" -lt "$(counter mailgate_messages_accepted_total)" ]; do sleep 0.2; done
+
+echo "== (b) end to end: $n messages, 64 clients → mailgate → smtp-sink ($sessions connections)"
+accepted_before=$(counter mailgate_messages_accepted_total)
+sent_before=$(counter mailgate_recipients_total)
+start=$(now)
+BENCH_PER_THREAD=$((n / 2)) wrk -t2 -c64 -d600s -s "$work/post.lua" "http://127.0.0.1:$port/v1/messages" >"$work/wrk-b.txt"
+accepted_at=$(now)
+accepted=$(( $(counter mailgate_messages_accepted_total) - accepted_before ))
+while [ $(( $(counter mailgate_recipients_total) - sent_before )) -lt "$accepted" ]; do sleep 0.05; done
+end=$(now)
+e2e_rate=$(rate "$accepted" "$start" "$end")
+echo "$accepted accepted in $(awk -v s="$start" -v e="$accepted_at" 'BEGIN{printf "%.2f", e-s}') s, all delivered after $(awk -v s="$start" -v e="$end" 'BEGIN{printf "%.2f", e-s}') s: $e2e_rate msg/s end to end"
+grep -E 'Non-2xx' "$work/wrk-b.txt" || true
+echo "   mailgate RSS after: $(ps -o rss= -p "$mailgate_pid" | awk '{printf "%.0f MiB", $1/1024}')"
+
+# --- (c) reference: smtp-source → Postfix → smtp-sink --------------------------------
+echo "== (c) reference: smtp-source ($sessions sessions) → Postfix → smtp-sink, $n messages of 2 KB"
+log="$postfix_dir/maillog"
+offset=$(stat -c %s "$log")
+start=$(now)
+smtp-source -s "$sessions" -m "$n" -l 2048 -f bench@acme.test -t ana@sink.bench "127.0.0.1:$bench_smtpd"
+accepted_at=$(now)
+relayed() { tail -c +"$((offset + 1))" "$log" | grep -c "relay=127.0.0.1\[127.0.0.1\]:$sink_port.*status=sent" || true; }
+while [ "$(relayed)" -lt "$n" ]; do sleep 0.2; done
+end=$(now)
+postfix_accept=$(rate "$n" "$start" "$accepted_at")
+postfix_relay=$(rate "$n" "$start" "$end")
+echo "Postfix accepted $postfix_accept msg/s, relayed end to end $postfix_relay msg/s"
+
+# --- (d) physical limit: smtp-source → smtp-sink ---------------------------------------
+echo "== (d) smtp-source → smtp-sink directly, $sessions sessions, $n messages"
+start=$(now)
+smtp-source -s "$sessions" -m "$n" -l 2048 -f bench@acme.test -t ana@example.test "127.0.0.1:$sink_port"
+end=$(now)
+direct=$(rate "$n" "$start" "$end")
+echo "$direct msg/s"
+
+echo
+echo "== summary"
+printf '%-52s %8s msg/s\n' "(a) mailgate accept, 64 clients" "$accept_rate" \
+  "(b) mailgate end to end into smtp-sink" "$e2e_rate" \
+  "(c) Postfix accept (smtp-source, $sessions sessions)" "$postfix_accept" \
+  "(c) Postfix end to end into smtp-sink" "$postfix_relay" \
+  "(d) smtp-source → smtp-sink directly" "$direct"
+awk -v a="$accept_rate" -v b="$e2e_rate" -v pa="$postfix_accept" -v pr="$postfix_relay" -v d="$direct" 'BEGIN {
+  printf "accept ratio   mailgate / Postfix = %.2f (target ≥ 5)\n", a / pa
+  printf "e2e ratio      mailgate / Postfix = %.2f (target ≥ 4)\n", b / pr
+  printf "e2e / physical limit              = %.2f\n", b / d
+}'
