@@ -23,7 +23,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
   rm -rf "$work"
 }
-trap cleanup EXIT
+trap 'status=$?; cleanup; exit $status' EXIT
 
 command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null
 tests/support/postfix.sh start >/dev/null
@@ -93,8 +93,14 @@ echo "== (b) end to end: $n messages, 64 clients → mailgate → smtp-sink ($se
 accepted_before=$(counter mailgate_messages_accepted_total)
 sent_before=$(counter mailgate_recipients_total)
 start=$(now)
-BENCH_PER_THREAD=$((n / 2)) wrk -t2 -c64 -d600s -s "$work/post.lua" "http://127.0.0.1:$port/v1/messages" >"$work/wrk-b.txt"
+# Each wrk thread stops after its share; wrk itself runs until told to stop (SIGINT).
+BENCH_PER_THREAD=$((n / 2)) wrk -t2 -c64 -d600s -s "$work/post.lua" "http://127.0.0.1:$port/v1/messages" >"$work/wrk-b.txt" &
+wrk_pid=$!
+while [ $(( $(counter mailgate_messages_accepted_total) - accepted_before )) -lt "$n" ]; do sleep 0.05; done
 accepted_at=$(now)
+sleep 0.5
+kill -INT "$wrk_pid"
+wait "$wrk_pid" || true
 accepted=$(( $(counter mailgate_messages_accepted_total) - accepted_before ))
 while [ $(( $(counter mailgate_recipients_total) - sent_before )) -lt "$accepted" ]; do sleep 0.05; done
 end=$(now)

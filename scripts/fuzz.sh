@@ -7,7 +7,8 @@
 # cargo-fuzz needs nightly-only flags (-Zsanitizer=address); RUSTC_BOOTSTRAP=1 lets this
 # machine's stable toolchain accept them. Seeds are committed under fuzz/seeds/<target>;
 # the growing corpus (fuzz/corpus/) and crash inputs (fuzz/artifacts/) are not. A crash
-# input is fixed in the code and kept as a unit test next to the code it broke.
+# is fixed in the code and its input kept under fuzz/regressions/<target>/, replayed by a
+# unit test next to the code it broke (so `cargo test` guards it without a fuzzer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

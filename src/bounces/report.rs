@@ -80,6 +80,12 @@ fn address_of(typed: &str) -> String {
         .to_ascii_lowercase()
 }
 
+/// `something@something`: what a reported recipient must at least look like to be kept.
+fn is_address_like(text: &str) -> bool {
+    text.split_once('@')
+        .is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+}
+
 /// Every `local@domain` in a header value (`Name <a@b>, c@d`).
 fn addresses_in(value: &str) -> Vec<String> {
     value
@@ -101,7 +107,7 @@ fn dsn_recipients(text: &str) -> Vec<RecipientReport> {
         .skip(1)
         .filter_map(|block| {
             let recipient = address_of(field(block, "final-recipient").or_else(|| field(block, "original-recipient"))?);
-            if recipient.is_empty() {
+            if !is_address_like(&recipient) {
                 return None;
             }
             let action = match field(block, "action")?.to_ascii_lowercase().as_str() {
@@ -198,6 +204,7 @@ pub fn parse(raw: &[u8]) -> Result<Report, ReportError> {
         original_to.dedup();
         recipients = original_to
             .into_iter()
+            .filter(|recipient| is_address_like(recipient))
             .map(|recipient| RecipientReport {
                 recipient,
                 action: Action::Complained,
@@ -218,6 +225,20 @@ pub fn parse(raw: &[u8]) -> Result<Report, ReportError> {
 
 #[cfg(test)]
 mod tests {
+    /// Found by the `dsn` fuzz target: a feedback report whose `Original-Rcpt-To` was
+    /// mangled into nothing produced a complaint for the empty address.
+    #[test]
+    fn fuzz_regression_reports_never_name_an_empty_recipient() {
+        let raw = include_bytes!("../../fuzz/regressions/dsn/empty-original-rcpt-to");
+        if let Ok(report) = parse(raw) {
+            assert!(
+                report.recipients.iter().all(|r| is_address_like(&r.recipient)),
+                "{:?}",
+                report.recipients
+            );
+        }
+    }
+
     #[test]
     fn only_text_starting_with_a_header_field_looks_like_a_message() {
         assert!(looks_like_message(b"From: MAILER-DAEMON\r\n\r\nbody"));

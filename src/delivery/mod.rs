@@ -3,6 +3,7 @@
 
 pub mod pool;
 pub mod retry;
+pub mod smtp_client;
 pub mod transport;
 pub mod worker;
 

@@ -1,5 +1,5 @@
 //! The two ways a message leaves: an authenticated upstream SMTP submission server
-//! (pooled connections, STARTTLS or implicit TLS), or the sandbox that writes `.eml`
+//! (pooled connections, see `smtp_client`; STARTTLS or implicit TLS), or the sandbox that writes `.eml`
 //! files for development. Both answer in the same [`DeliveryOutcome`] vocabulary.
 
 use std::path::PathBuf;
@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use lettre::address::Envelope;
-use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::transport::smtp::PoolConfig;
-use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, TlsParameters};
+use lettre::Address;
+
+use super::smtp_client::{SmtpClient, SmtpFailure, SmtpTarget};
 
 use crate::config::{read_secret, TlsMode, UpstreamSettings};
 use crate::domain::message::{DeliveryOutcome, SmtpReply};
@@ -29,7 +30,7 @@ pub enum Transport {
     Smtp {
         name: String,
         address: String,
-        client: AsyncSmtpTransport<Tokio1Executor>,
+        client: Box<SmtpClient>,
     },
     Sandbox {
         dir: PathBuf,
@@ -54,32 +55,33 @@ impl Transport {
             }
             builder.build_rustls().context("Failed to set up TLS for the upstream")
         };
-        let tls = match upstream.tls {
-            TlsMode::Starttls => Tls::Required(tls_parameters()?),
-            TlsMode::Tls => Tls::Wrapper(tls_parameters()?),
-            TlsMode::None => Tls::None,
+        let tls_parameters = match upstream.tls {
+            TlsMode::Starttls | TlsMode::Tls => Some(tls_parameters()?),
+            TlsMode::None => None,
         };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(upstream.host.clone())
-            .port(upstream.port)
-            .tls(tls)
-            .timeout(Some(timeout))
-            .pool_config(
-                PoolConfig::new()
-                    .max_size(upstream.max_connections)
-                    .idle_timeout(upstream.idle_timeout.0),
-            );
-        if let Some(username) = &upstream.username {
-            let password = read_secret(upstream.password_file.as_deref(), upstream.password_env.as_deref())
-                .with_context(|| format!("upstream {}: password", upstream.name))?
-                .unwrap_or_default();
-            builder = builder
-                .credentials(Credentials::new(username.clone(), password))
-                .authentication(vec![Mechanism::Plain, Mechanism::Login]);
-        }
+        let credentials = match &upstream.username {
+            Some(username) => {
+                let password = read_secret(upstream.password_file.as_deref(), upstream.password_env.as_deref())
+                    .with_context(|| format!("upstream {}: password", upstream.name))?
+                    .unwrap_or_default();
+                Some(Credentials::new(username.clone(), password))
+            }
+            None => None,
+        };
+        let client = Box::new(SmtpClient::new(SmtpTarget {
+            host: upstream.host.clone(),
+            port: upstream.port,
+            tls: upstream.tls,
+            tls_parameters,
+            credentials,
+            max_connections: upstream.max_connections,
+            timeout,
+            idle_timeout: upstream.idle_timeout.0,
+        }));
         Ok(Transport::Smtp {
             name: upstream.name.clone(),
             address: format!("{}:{}", upstream.host, upstream.port),
-            client: builder.build(),
+            client,
         })
     }
 
@@ -139,7 +141,7 @@ fn local_failure(diagnostic: String) -> SmtpReply {
     }
 }
 
-async fn send_smtp(client: &AsyncSmtpTransport<Tokio1Executor>, job: &TransportJob, mime: &[u8]) -> DeliveryOutcome {
+async fn send_smtp(client: &SmtpClient, job: &TransportJob, mime: &[u8]) -> DeliveryOutcome {
     let envelope = match (job.sender.parse::<Address>(), job.recipient.parse::<Address>()) {
         (Ok(from), Ok(to)) => Envelope::new(Some(from), vec![to]),
         _ => return DeliveryOutcome::Bounced(local_failure(format!("invalid envelope address {}", job.recipient))),
@@ -148,12 +150,13 @@ async fn send_smtp(client: &AsyncSmtpTransport<Tokio1Executor>, job: &TransportJ
         Ok(envelope) => envelope,
         Err(err) => return DeliveryOutcome::Bounced(local_failure(format!("invalid envelope: {err}"))),
     };
-    match client.send_raw(&envelope, mime).await {
+    match client.send(&envelope, mime).await {
         Ok(response) => {
             let text = response.message().collect::<Vec<_>>().join(" ");
             DeliveryOutcome::Sent(reply(response.code().to_string().parse().ok(), text))
         }
-        Err(err) => {
+        Err(SmtpFailure::Connect(text)) => DeliveryOutcome::Deferred(local_failure(text)),
+        Err(SmtpFailure::Smtp(err)) => {
             let code: Option<u16> = err.status().and_then(|c| c.to_string().parse().ok());
             let text = std::error::Error::source(&err).map_or_else(|| err.to_string(), ToString::to_string);
             match code {
