@@ -152,6 +152,12 @@ async fn sigkill_after_a_burst_of_202s_loses_no_accepted_message() {
 async fn sigterm_drains_in_flight_transactions_and_leaves_the_rest_queued() {
     let postfix = Postfix::shared();
     let (data, config_arg, token) = prepare(&postfix);
+    // Paced to 20 transactions a second, the burst takes 3 s: SIGTERM lands mid-way.
+    let paced = std::fs::read_to_string(&config_arg).unwrap().replace(
+        &format!("max_connections = {MAX_CONNECTIONS}"),
+        &format!("max_connections = {MAX_CONNECTIONS}\nrate_per_second = 20"),
+    );
+    std::fs::write(&config_arg, paced).unwrap();
     let mut first = Binary::spawn(&["serve", "--config", &config_arg], data.path(), free_port(), &[]);
     first.wait_healthy().await;
     let client = crate::helpers::http();
@@ -183,7 +189,15 @@ async fn sigterm_drains_in_flight_transactions_and_leaves_the_rest_queued() {
     };
     let drained_in = terminated.elapsed();
     assert!(status.success(), "{status}");
+    assert!(
+        drained_in < Duration::from_secs(5),
+        "the drain waited for the queue: {drained_in:?}"
+    );
     let delivered_before_restart = ids.iter().filter(|id| !postfix.delivered(id).is_empty()).count();
+    assert!(
+        delivered_before_restart < BURST,
+        "SIGTERM must leave work queued, or this proves nothing"
+    );
 
     let mut second = Binary::spawn(&["serve", "--config", &config_arg], data.path(), free_port(), &[]);
     second.wait_healthy().await;
