@@ -20,7 +20,7 @@ sink_port=$((base + 4))
 work=$(mktemp -d /tmp/mailgate-bench.XXXXXX)
 pids=()
 cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; done
+  for pid in "${pids[@]}"; do { kill "$pid" && wait "$pid"; } 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap 'status=$?; cleanup; exit $status' EXIT
