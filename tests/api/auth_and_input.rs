@@ -386,6 +386,50 @@ async fn hostile_shapes_are_refused_with_clear_problems() {
     let (status, problem) = read_problem(app.send_as(&app.token, &many_files).await).await;
     assert_eq!((status, problem["code"].as_str()), (422, Some("too_many_attachments")));
 
+    // Every other documented limit, each with its code and pointer.
+    let at = |key: &str, value: Value| {
+        let mut body = simple_message("a@example.test");
+        body[key] = value;
+        body
+    };
+    let limits = [
+        (
+            at("to", (0..51).map(|i| json!(format!("r{i}@example.test"))).collect()),
+            "too_many_recipients",
+            "/to",
+        ),
+        (at("subject", json!("s".repeat(999))), "invalid_subject", "/subject"),
+        (
+            at("headers", json!({"X-Long": "v".repeat(999)})),
+            "invalid_header",
+            "/headers/X-Long",
+        ),
+        (
+            at(
+                "metadata",
+                (0..51)
+                    .map(|i| (format!("k{i}"), json!("v")))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+            ),
+            "invalid_metadata",
+            "/metadata",
+        ),
+        (
+            at("tags", (0..11).map(|i| json!(format!("t{i}"))).collect()),
+            "invalid_tag",
+            "/tags",
+        ),
+    ];
+    for (body, code, field) in limits {
+        let (status, problem) = read_problem(app.send_as(&app.token, &body).await).await;
+        assert_eq!(
+            (status, problem["code"].as_str(), problem["errors"][0]["field"].as_str()),
+            (422, Some(code), Some(field)),
+            "{problem}"
+        );
+    }
+
     let mut deep = json!("leaf");
     for _ in 0..40 {
         deep = json!({"d": deep});
