@@ -12,7 +12,7 @@ use super::providers::ProviderKeys;
 use super::report::{self, Action, RecipientReport};
 use super::verp::parse_return_path;
 use crate::domain::auth::TenantId;
-use crate::domain::bounce::{classify, Bounce, BounceKind, BounceType};
+use crate::domain::bounce::{classify, Bounce};
 use crate::domain::ids::{EventId, MessageId};
 use crate::domain::message::{ExternalReport, SmtpReply};
 use crate::domain::status::EventType;
@@ -49,6 +49,29 @@ pub struct Statement {
     pub index: Option<usize>,
     pub recipient: String,
     pub report: ExternalReport,
+}
+
+impl Statement {
+    /// What a provider webhook says about one recipient of a message it names (no VERP
+    /// index); the address is lowercased as every stored recipient is.
+    pub fn reported(
+        message_id: Option<MessageId>,
+        recipient: &str,
+        event_type: EventType,
+        smtp: Option<SmtpReply>,
+        bounce: Option<Bounce>,
+    ) -> Self {
+        Self {
+            message_id,
+            index: None,
+            recipient: recipient.to_ascii_lowercase(),
+            report: ExternalReport {
+                event_type,
+                smtp,
+                bounce,
+            },
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -113,14 +136,7 @@ fn statement_of(recipient: &RecipientReport, message_id: Option<MessageId>, inde
         ),
         Action::Delayed => (EventType::Deferred, None),
         Action::Delivered => (EventType::Delivered, None),
-        Action::Complained => (
-            EventType::Complained,
-            Some(Bounce {
-                kind: BounceKind::Hard,
-                bounce_type: BounceType::Spam,
-                source: "arf".into(),
-            }),
-        ),
+        Action::Complained => (EventType::Complained, Some(Bounce::complaint("arf"))),
     };
     Statement {
         message_id,

@@ -15,7 +15,7 @@ use rand::Rng as _;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::transport::{Transport, TransportJob};
+use super::transport::{Transport, TransportJob, GATEWAY_PROBLEM_CODES};
 use crate::domain::message::{DeliveryOutcome, SmtpReply};
 
 /// Upstream failures in a row that open a circuit.
@@ -160,10 +160,13 @@ pub struct Upstreams {
 }
 
 /// Whether `outcome` says the relay, not the recipient, failed: no connection, TLS or
-/// timeout (no reply code), 421 (service not available), or refused credentials.
+/// timeout (no reply code), 421 (service not available), or the authentication codes
+/// that already defer instead of bouncing (`GATEWAY_PROBLEM_CODES`).
 fn relay_failed(outcome: &DeliveryOutcome) -> bool {
     match outcome {
-        DeliveryOutcome::Deferred(reply) => reply.code.is_none_or(|c| c == 421 || (530..=538).contains(&c)),
+        DeliveryOutcome::Deferred(reply) => reply
+            .code
+            .is_none_or(|c| c == 421 || GATEWAY_PROBLEM_CODES.contains(&c)),
         _ => false,
     }
 }

@@ -39,7 +39,7 @@ pub enum Transport {
 
 /// Reply codes that say the *gateway* is misconfigured (authentication), not that the
 /// recipient is bad: deferring keeps mail queued until the operator fixes the config.
-const GATEWAY_PROBLEM_CODES: [u16; 4] = [530, 534, 535, 538];
+pub(super) const GATEWAY_PROBLEM_CODES: [u16; 4] = [530, 534, 535, 538];
 
 impl Transport {
     /// Builds the pooled SMTP client for `upstream`, reading its password and CA file.

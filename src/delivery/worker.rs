@@ -85,9 +85,9 @@ impl Worker {
             };
             let (outcome, upstream) = self.upstreams.send(&job, &mime).await;
             log_outcome(&job, &outcome, message.attempts, &upstream);
-            let kind = self.count(&outcome, message.created_at, &upstream, message.tenant.as_str());
+            self.count(&outcome, message.created_at, &upstream, message.tenant.as_str());
             message.record_outcome(index, outcome, give_up, Utc::now());
-            if kind == "deferred" && message.recipients[index].status == RecipientStatus::Failed {
+            if message.recipients[index].status == RecipientStatus::Failed {
                 self.metrics
                     .recipient_outcome(&upstream, message.tenant.as_str(), "failed", None);
             }
@@ -102,21 +102,14 @@ impl Worker {
         self.persist(move |store| store.release(&message)).await
     }
 
-    /// Counts an outcome for /metrics; returns its kind.
-    fn count(
-        &self,
-        outcome: &DeliveryOutcome,
-        accepted_at: chrono::DateTime<Utc>,
-        upstream: &str,
-        tenant: &str,
-    ) -> &'static str {
+    /// Counts an outcome for /metrics.
+    fn count(&self, outcome: &DeliveryOutcome, accepted_at: chrono::DateTime<Utc>, upstream: &str, tenant: &str) {
         let (kind, latency) = match outcome {
             DeliveryOutcome::Sent(_) => ("sent", (Utc::now() - accepted_at).to_std().ok()),
             DeliveryOutcome::Deferred(_) => ("deferred", None),
             DeliveryOutcome::Bounced(_) => ("bounced", None),
         };
         self.metrics.recipient_outcome(upstream, tenant, kind, latency);
-        kind
     }
 
     /// Runs a store write on a blocking thread, retrying a failure a few times: giving

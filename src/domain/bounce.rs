@@ -44,6 +44,17 @@ pub struct Bounce {
     pub source: String,
 }
 
+impl Bounce {
+    /// A spam complaint reported by `source`: hard, so the address is suppressed.
+    pub fn complaint(source: &str) -> Self {
+        Self {
+            kind: BounceKind::Hard,
+            bounce_type: BounceType::Spam,
+            source: source.to_owned(),
+        }
+    }
+}
+
 /// Classifies a failure from its reply code, RFC 3463 enhanced code and text.
 pub fn classify(code: Option<u16>, enhanced: Option<&str>, diagnostic: &str, source: &str) -> Bounce {
     let text = diagnostic.to_ascii_lowercase();

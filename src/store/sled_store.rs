@@ -59,6 +59,19 @@ fn tenant_key(tenant: &TenantId, rest: &str) -> Vec<u8> {
     key
 }
 
+/// The key just past every `tenant_key(tenant, …)`: `tenant \x01`.
+fn tenant_end(tenant: &TenantId) -> Vec<u8> {
+    let mut key = tenant.as_str().as_bytes().to_vec();
+    key.push(1);
+    key
+}
+
+/// The tenant's keys before `before` (all of them when `None`), for newest-first pages.
+fn tenant_range_before(tenant: &TenantId, before: Option<&str>) -> std::ops::Range<Vec<u8>> {
+    let end = before.map_or_else(|| tenant_end(tenant), |b| tenant_key(tenant, b));
+    tenant_key(tenant, "")..end
+}
+
 fn version_key(id: &TemplateId, version: u32) -> Vec<u8> {
     let mut key = id.as_str().as_bytes().to_vec();
     key.extend_from_slice(&version.to_be_bytes());
@@ -298,10 +311,13 @@ impl SledStore {
         Ok(())
     }
 
-    /// Keys of `tenant_messages` in `[start, end)`, newest first.
-    fn by_tenant_range(&self, start: Vec<u8>, end: Vec<u8>) -> impl Iterator<Item = Result<sled::IVec, sled::Error>> {
+    /// Keys of `tenant_messages` in `range`, newest first.
+    fn by_tenant_range(
+        &self,
+        range: std::ops::Range<Vec<u8>>,
+    ) -> impl Iterator<Item = Result<sled::IVec, sled::Error>> {
         self.tenant_messages
-            .range(start..end)
+            .range(range)
             .rev()
             .map(|entry| entry.map(|(key, _)| key))
     }
@@ -499,17 +515,9 @@ impl Store for SledStore {
         before: Option<&TemplateId>,
         limit: usize,
     ) -> Result<Vec<Template>, StoreError> {
-        let start = tenant_key(tenant, "");
-        let end = match before {
-            Some(id) => tenant_key(tenant, id.as_str()),
-            None => {
-                let mut end = tenant.as_str().as_bytes().to_vec();
-                end.push(1);
-                end
-            }
-        };
+        let range = tenant_range_before(tenant, before.map(|id| id.as_str()));
         self.templates
-            .range(start..end)
+            .range(range)
             .rev()
             .take(limit)
             .map(|entry| decode(&entry?.1))
@@ -596,10 +604,8 @@ impl Store for SledStore {
         if after.is_some() {
             start.push(0);
         }
-        let mut end = tenant.as_str().as_bytes().to_vec();
-        end.push(1);
         self.suppressions
-            .range(start..end)
+            .range(start..tenant_end(tenant))
             .take(limit)
             .map(|entry| decode(&entry?.1))
             .collect()
@@ -797,19 +803,11 @@ impl Store for SledStore {
         budget: usize,
         wanted: &dyn Fn(&Message) -> bool,
     ) -> Result<(Vec<Message>, Option<MessageId>), StoreError> {
-        let start = tenant_key(tenant, "");
-        let end = match before {
-            Some(id) => tenant_key(tenant, id.as_str()),
-            None => {
-                let mut end = tenant.as_str().as_bytes().to_vec();
-                end.push(1);
-                end
-            }
-        };
+        let range = tenant_range_before(tenant, before.map(|id| id.as_str()));
         let mut found = Vec::new();
         let mut last = None;
         let mut examined = 0;
-        for entry in self.by_tenant_range(start, end).take(budget) {
+        for entry in self.by_tenant_range(range).take(budget) {
             examined += 1;
             let key = entry?;
             let raw = key.get(tenant.as_str().len() + 1..).unwrap_or_default();

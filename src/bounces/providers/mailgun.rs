@@ -10,8 +10,8 @@ use sha2::Sha256;
 
 use super::{check_fresh, message_id_of, same, Parsed, ProviderError};
 use crate::bounces::ingest::Statement;
-use crate::domain::bounce::{classify, Bounce, BounceKind, BounceType};
-use crate::domain::message::{ExternalReport, SmtpReply};
+use crate::domain::bounce::{classify, Bounce};
+use crate::domain::message::SmtpReply;
 use crate::domain::status::EventType;
 
 fn hex(bytes: &[u8]) -> String {
@@ -68,26 +68,16 @@ pub fn parse(body: &Value) -> Parsed {
         ),
         (Some("failed"), _) => (EventType::Deferred, None),
         (Some("delivered"), _) => (EventType::Delivered, None),
-        (Some("complained"), _) => (
-            EventType::Complained,
-            Some(Bounce {
-                kind: BounceKind::Hard,
-                bounce_type: BounceType::Spam,
-                source: "mailgun".into(),
-            }),
-        ),
+        (Some("complained"), _) => (EventType::Complained, Some(Bounce::complaint("mailgun"))),
         _ => return Ok(Vec::new()),
     };
-    Ok(vec![Statement {
+    Ok(vec![Statement::reported(
         message_id,
-        index: None,
-        recipient: recipient.to_ascii_lowercase(),
-        report: ExternalReport {
-            event_type,
-            smtp: Some(smtp),
-            bounce,
-        },
-    }])
+        recipient,
+        event_type,
+        Some(smtp),
+        bounce,
+    )])
 }
 
 #[cfg(test)]
@@ -103,6 +93,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::domain::bounce::BounceKind;
 
     #[test]
     fn a_documented_permanent_failure_is_a_hard_bounce_and_signatures_are_checked() {

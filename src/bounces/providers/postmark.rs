@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{message_id_of, same, Parsed, ProviderError};
 use crate::bounces::ingest::Statement;
 use crate::domain::bounce::{Bounce, BounceKind, BounceType};
-use crate::domain::message::{ExternalReport, SmtpReply};
+use crate::domain::message::SmtpReply;
 use crate::domain::status::EventType;
 
 /// Checks `Authorization: Basic …` against the configured `user:password`.
@@ -64,27 +64,17 @@ pub fn parse(body: &Value) -> Parsed {
             ),
             None => return Ok(Vec::new()),
         },
-        Some("SpamComplaint") => (
-            EventType::Complained,
-            Some(Bounce {
-                kind: BounceKind::Hard,
-                bounce_type: BounceType::Spam,
-                source: "postmark".into(),
-            }),
-        ),
+        Some("SpamComplaint") => (EventType::Complained, Some(Bounce::complaint("postmark"))),
         Some("Delivery") => (EventType::Delivered, None),
         _ => return Ok(Vec::new()),
     };
-    Ok(vec![Statement {
+    Ok(vec![Statement::reported(
         message_id,
-        index: None,
-        recipient: recipient.to_ascii_lowercase(),
-        report: ExternalReport {
-            event_type,
-            smtp: Some(smtp),
-            bounce,
-        },
-    }])
+        recipient,
+        event_type,
+        Some(smtp),
+        bounce,
+    )])
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::{check_fresh, message_id_of, Parsed, ProviderError};
 use crate::bounces::ingest::Statement;
 use crate::domain::bounce::{classify, Bounce, BounceKind, BounceType};
-use crate::domain::message::{ExternalReport, SmtpReply};
+use crate::domain::message::SmtpReply;
 use crate::domain::status::EventType;
 
 pub const SIGNATURE_HEADER: &str = "x-twilio-email-event-webhook-signature";
@@ -82,26 +82,16 @@ pub fn parse(body: &Value) -> Parsed {
                 }
                 "deferred" => (EventType::Deferred, None),
                 "delivered" => (EventType::Delivered, None),
-                "spamreport" => (
-                    EventType::Complained,
-                    Some(Bounce {
-                        kind: BounceKind::Hard,
-                        bounce_type: BounceType::Spam,
-                        source: "sendgrid".into(),
-                    }),
-                ),
+                "spamreport" => (EventType::Complained, Some(Bounce::complaint("sendgrid"))),
                 _ => return None,
             };
-            Some(Statement {
-                message_id: event["smtp-id"].as_str().and_then(message_id_of),
-                index: None,
-                recipient: recipient.to_ascii_lowercase(),
-                report: ExternalReport {
-                    event_type,
-                    smtp: Some(smtp),
-                    bounce,
-                },
-            })
+            Some(Statement::reported(
+                event["smtp-id"].as_str().and_then(message_id_of),
+                recipient,
+                event_type,
+                Some(smtp),
+                bounce,
+            ))
         })
         .collect())
 }

@@ -12,8 +12,8 @@ use serde_json::Value;
 
 use super::{message_id_of, Parsed, ProviderError};
 use crate::bounces::ingest::Statement;
-use crate::domain::bounce::{classify, Bounce, BounceKind, BounceType};
-use crate::domain::message::{ExternalReport, SmtpReply};
+use crate::domain::bounce::{classify, Bounce, BounceKind};
+use crate::domain::message::SmtpReply;
 use crate::domain::status::EventType;
 
 /// The fields SNS signs, in order, for each message type.
@@ -125,15 +125,8 @@ pub fn parse(envelope: &Value) -> Parsed {
     let message_id = message["mail"]["commonHeaders"]["messageId"]
         .as_str()
         .and_then(message_id_of);
-    let statement = |recipient: &str, event_type, smtp: Option<SmtpReply>, bounce| Statement {
-        message_id: message_id.clone(),
-        index: None,
-        recipient: recipient.to_ascii_lowercase(),
-        report: ExternalReport {
-            event_type,
-            smtp,
-            bounce,
-        },
+    let statement = |recipient: &str, event_type, smtp: Option<SmtpReply>, bounce| {
+        Statement::reported(message_id.clone(), recipient, event_type, smtp, bounce)
     };
     let statements = match kind {
         "Bounce" => {
@@ -176,11 +169,7 @@ pub fn parse(envelope: &Value) -> Parsed {
             .into_iter()
             .flatten()
             .filter_map(|r| {
-                let bounce = Bounce {
-                    kind: BounceKind::Hard,
-                    bounce_type: BounceType::Spam,
-                    source: "ses".into(),
-                };
+                let bounce = Bounce::complaint("ses");
                 Some(statement(
                     r["emailAddress"].as_str()?,
                     EventType::Complained,
