@@ -18,6 +18,7 @@ use crate::domain::template::TemplateKey;
 use crate::domain::text::Subject;
 use crate::domain::ValidationError;
 use crate::render::{render_mime, RenderError};
+use crate::store::writer::{Prepare, StoreWriter};
 use crate::store::{Store, StoreError};
 use crate::templates::{Templates, TemplatesError};
 
@@ -61,6 +62,8 @@ pub enum Accepted {
 #[derive(Clone)]
 pub struct Sender {
     pub store: Arc<dyn Store>,
+    /// Where the message is written, sharing one fsync with concurrent sends.
+    pub writer: StoreWriter,
     pub wake: Arc<Notify>,
     pub settings: Arc<Settings>,
     pub templates: Templates,
@@ -111,10 +114,8 @@ impl Sender {
             SystemTime::now(),
         )?;
         let message = Message::accepted(id, tenant.clone(), &new, &content, Utc::now());
-        let store = Arc::clone(&self.store);
-        let claim = key.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            let mut message = message;
+        // Suppressions are read on the writer thread, so none added meanwhile is missed.
+        let prepare: Prepare = Box::new(|store, message| {
             let emails: Vec<String> = message.recipients.iter().map(|r| r.email.clone()).collect();
             let suppressed = store.suppressed(&message.tenant, &emails)?;
             let now = Utc::now();
@@ -123,9 +124,9 @@ impl Sender {
                     message.suppress(index, now);
                 }
             }
-            store.accept(&message, &mime, claim.as_ref()).map(|()| message)
-        })
-        .await?;
+            Ok(())
+        });
+        let stored = self.writer.accept(message, mime, key.clone(), prepare).await;
         let message = match (stored, &key) {
             (Ok(message), _) => message,
             // A concurrent request with the same key won the claim: answer as it did.

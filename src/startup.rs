@@ -19,6 +19,7 @@ use crate::delivery::{run_worker_until_stopped, Member, RetryPolicy, Transport, 
 use crate::metrics::Metrics;
 use crate::render::template::RenderLimits;
 use crate::sending::Sender;
+use crate::store::writer::StoreWriter;
 use crate::store::{SledStore, Store};
 use crate::templates::Templates;
 use crate::webhooks::dispatcher::{run_dispatcher_until_stopped, Dispatcher};
@@ -38,6 +39,9 @@ pub struct Application {
 
 /// Concurrent webhook deliveries.
 const DISPATCHERS: usize = 4;
+
+/// Delivery workers per upstream connection (see where the workers are counted).
+const WORKERS_PER_CONNECTION: usize = 4;
 
 /// Delivery workers when the sandbox is the transport (no connection limit applies).
 const SANDBOX_WORKERS: usize = 2;
@@ -95,7 +99,9 @@ impl Application {
         };
         let upstreams = Arc::new(Upstreams::new(members, delivery.circuit_cooldown.0));
         let queue = Arc::new(QueueGauge::default());
-        let worker_count = upstreams.connections();
+        // More workers than connections: a worker waiting for its attempt to reach the
+        // disk holds no connection, so another one keeps that connection busy meanwhile.
+        let worker_count = upstreams.connections() * WORKERS_PER_CONNECTION;
         let wake = Arc::new(Notify::new());
         let metrics = Arc::new(Metrics::default());
         let revocations = Arc::new(crate::auth::Revocations::default());
@@ -105,8 +111,10 @@ impl Application {
         {
             revocations.revoke(&jti, until);
         }
+        let writer = StoreWriter::start(Arc::clone(&store)).context("Failed to start the store writer")?;
         let worker = Worker {
             store: Arc::clone(&store),
+            writer: writer.clone(),
             upstreams: Arc::clone(&upstreams),
             policy: RetryPolicy {
                 base: delivery.retry_base.0,
@@ -154,6 +162,7 @@ impl Application {
             queue: Arc::clone(&queue),
             sender: Sender {
                 store: Arc::clone(&store),
+                writer,
                 wake: Arc::clone(&wake),
                 settings: Arc::clone(&settings),
                 templates: templates.clone(),

@@ -13,8 +13,9 @@ use super::pool::Upstreams;
 use super::retry::RetryPolicy;
 use super::transport::TransportJob;
 use crate::bounces::verp;
-use crate::domain::message::DeliveryOutcome;
+use crate::domain::message::{DeliveryOutcome, Message};
 use crate::domain::status::RecipientStatus;
+use crate::store::writer::StoreWriter;
 use crate::store::{Lease, Store, StoreError};
 
 /// Tries of one store write before a worker step gives up (about 3 s in all).
@@ -39,6 +40,8 @@ pub enum ExecutionOutcome {
 #[derive(Clone)]
 pub struct Worker {
     pub store: Arc<dyn Store>,
+    /// Leases and attempt records go through the writer thread (see there why).
+    pub writer: StoreWriter,
     pub upstreams: Arc<Upstreams>,
     pub policy: RetryPolicy,
     pub return_path_domain: String,
@@ -48,29 +51,30 @@ pub struct Worker {
 impl Worker {
     /// Leases the earliest due message, if any, and makes one delivery attempt for it.
     pub async fn try_execute_task(&self) -> Result<ExecutionOutcome, DeliveryError> {
-        let store = Arc::clone(&self.store);
-        let Some(lease) = tokio::task::spawn_blocking(move || store.lease_due(Utc::now())).await?? else {
+        // Suppressions added since acceptance (a bounce, a complaint, by hand) still
+        // stop a scheduled or retried recipient before any SMTP attempt: read them with
+        // the lease, in the same trip to the writer thread.
+        let leased = self
+            .writer
+            .lease(Box::new(|store, lease| {
+                let emails: Vec<String> = lease.message.recipients.iter().map(|r| r.email.clone()).collect();
+                store.suppressed(&lease.message.tenant, &emails)
+            }))
+            .await?;
+        let Some((lease, suppressed)) = leased else {
             return Ok(ExecutionOutcome::EmptyQueue);
         };
         let span = tracing::info_span!("delivery", message_id = %lease.message.id, tenant = %lease.message.tenant);
-        self.attempt(lease).instrument(span).await?;
+        self.attempt(lease, &suppressed).instrument(span).await?;
         Ok(ExecutionOutcome::TaskCompleted)
     }
 
-    async fn attempt(&self, lease: Lease) -> Result<(), DeliveryError> {
+    async fn attempt(&self, lease: Lease, suppressed: &[String]) -> Result<(), DeliveryError> {
         let Lease { mut message, mime } = lease;
         let started = Utc::now();
         let first_due = message.first_due();
         let give_up = self.policy.gives_up(first_due, started);
         message.begin_attempt();
-        // Suppressions added since acceptance (a bounce, a complaint, by hand) still
-        // stop a scheduled or retried recipient before any SMTP attempt.
-        let store = Arc::clone(&self.store);
-        let (tenant, emails) = (
-            message.tenant.clone(),
-            message.recipients.iter().map(|r| r.email.clone()).collect::<Vec<_>>(),
-        );
-        let suppressed = tokio::task::spawn_blocking(move || store.suppressed(&tenant, &emails)).await??;
         for index in message.pending_recipients() {
             if suppressed.contains(&message.recipients[index].email) {
                 message.suppress(index, Utc::now());
@@ -92,14 +96,13 @@ impl Worker {
                     .recipient_outcome(&upstream, message.tenant.as_str(), "failed", None);
             }
             if n + 1 < pending.len() {
-                let snapshot = message.clone();
-                self.persist(move |store| store.save_progress(&snapshot)).await?;
+                self.persist(message.clone(), false).await?;
             }
         }
         let retry_at = self.policy.retry_at(message.attempts, first_due, Utc::now());
         message.finish_attempt(Some(retry_at));
         tracing::info!(status = ?message.status, attempts = message.attempts, next_attempt_at = ?message.next_attempt_at, "delivery attempt finished");
-        self.persist(move |store| store.release(&message)).await
+        self.persist(message, true).await
     }
 
     /// Counts an outcome for /metrics.
@@ -112,20 +115,14 @@ impl Worker {
         self.metrics.recipient_outcome(upstream, tenant, kind, latency);
     }
 
-    /// Runs a store write on a blocking thread, retrying a failure a few times: giving
-    /// up leaves the message leased (and its outcomes unrecorded) until the next start,
-    /// so it is worth waiting out a short disk hiccup.
-    async fn persist(
-        &self,
-        write: impl Fn(&dyn Store) -> Result<(), StoreError> + Send + Sync + 'static,
-    ) -> Result<(), DeliveryError> {
-        let write = Arc::new(write);
+    /// Runs a store write on the writer thread until it is durable, retrying a failure
+    /// a few times: giving up leaves the message leased (and its outcomes unrecorded)
+    /// until the next start, so it is worth waiting out a short disk hiccup.
+    async fn persist(&self, message: Message, release: bool) -> Result<(), DeliveryError> {
         let mut delay = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
-            let store = Arc::clone(&self.store);
-            let write = Arc::clone(&write);
-            match tokio::task::spawn_blocking(move || write(store.as_ref())).await? {
+            match self.writer.save(message.clone(), release).await {
                 Ok(()) => return Ok(()),
                 Err(err) if attempt >= PERSIST_ATTEMPTS => return Err(err.into()),
                 Err(err) => {

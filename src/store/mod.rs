@@ -6,6 +6,49 @@
 
 mod group_flush;
 mod sled_store;
+pub mod writer;
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::collections::BTreeMap;
+
+    use chrono::Utc;
+
+    use crate::domain::address::Mailbox;
+    use crate::domain::auth::TenantId;
+    use crate::domain::ids::MessageId;
+    use crate::domain::message::{Body, Content, Message, NewMessage, ReadyContent};
+    use crate::domain::text::Subject;
+
+    /// A message to `b@example.test` from tenant `acme`, due now.
+    pub fn message() -> Message {
+        let ready = ReadyContent {
+            subject: Subject::parse("s").unwrap(),
+            body: Body::Text("t".into()),
+            template: None,
+        };
+        let new = NewMessage {
+            from: Mailbox::parse("a@example.test").unwrap(),
+            to: vec![Mailbox::parse("b@example.test").unwrap()],
+            cc: vec![],
+            bcc: vec![],
+            reply_to: vec![],
+            content: Content::Ready(ready.clone()),
+            headers: vec![],
+            attachments: vec![],
+            tags: vec![],
+            metadata: BTreeMap::new(),
+            send_at: None,
+        };
+        Message::accepted(
+            MessageId::generate(),
+            TenantId::parse("acme").unwrap(),
+            &new,
+            &ready,
+            Utc::now(),
+        )
+    }
+}
 
 pub use sled_store::SledStore;
 
@@ -32,6 +75,11 @@ pub enum StoreError {
     /// A compare-and-swap lost to a concurrent writer; retry.
     #[error("the record changed concurrently")]
     Conflict,
+    /// A call served in a batch failed with the batch (a write whose sync failed may
+    /// not be on disk), or the writer thread is gone. The reason is kept as text
+    /// because every call of the batch gets the same answer.
+    #[error("a batched store call failed: {0}")]
+    Batch(String),
 }
 
 /// What [`Store::apply_report`] did.
@@ -53,6 +101,21 @@ pub enum CancelOutcome {
     TooLate(crate::domain::status::MessageStatus),
 }
 
+/// One write of a message, for [`Store::write_messages`].
+#[derive(Debug, Clone, Copy)]
+pub enum MessageWrite<'a> {
+    /// As [`Store::accept`].
+    Accept {
+        message: &'a Message,
+        mime: &'a [u8],
+        key: Option<&'a IdempotencyKey>,
+    },
+    /// As [`Store::save_progress`].
+    Progress(&'a Message),
+    /// As [`Store::release`].
+    Release(&'a Message),
+}
+
 /// A message handed to exactly one worker, with the bytes to send.
 #[derive(Debug, Clone)]
 pub struct Lease {
@@ -65,14 +128,31 @@ pub trait Store: Send + Sync {
     /// Stores the message, its MIME and its queue entry atomically, and returns only
     /// once all of it is on disk (fsync). This is what makes a `202` a promise.
     ///
-    /// Every write of a message (this, [`Store::save_progress`], [`Store::release`])
+    /// Every write of a message (this, [`Store::save_progress`], [`Store::release`],
+    /// [`Store::write_messages`])
     /// also appends the message's new events to the tenant's event stream, and adds the
     /// suppressions they imply (hard bounces, complaints), in the same transaction.
     ///
     /// With an idempotency key, the key is claimed in the same transaction; if another
     /// request holds it (fresh), nothing is written and [`StoreError::Conflict`] is
     /// returned: read the holder with [`Store::idempotency`].
-    fn accept(&self, message: &Message, mime: &[u8], key: Option<&IdempotencyKey>) -> Result<(), StoreError>;
+    fn accept(&self, message: &Message, mime: &[u8], key: Option<&IdempotencyKey>) -> Result<(), StoreError> {
+        let written = self.write_messages(&[MessageWrite::Accept { message, mime, key }])?;
+        written.into_iter().next().unwrap_or(Err(StoreError::Conflict))?;
+        self.sync()
+    }
+
+    /// Applies several writes of messages at once, each as [`Store::accept`],
+    /// [`Store::save_progress`] or [`Store::release`] would, but not yet durably:
+    /// they are visible at once and durable once a later [`Store::sync`] returns.
+    /// One result per write, in order ([`StoreError::Conflict`] for an accept whose
+    /// key is held). For [`writer::StoreWriter`], which shares one sync (and, in sled,
+    /// one transaction) among everything that arrived together.
+    fn write_messages(&self, writes: &[MessageWrite<'_>]) -> Result<Vec<Result<(), StoreError>>, StoreError>;
+
+    /// Returns once every write made before the call is on disk. Concurrent callers
+    /// share one fsync (group commit).
+    fn sync(&self) -> Result<(), StoreError>;
 
     /// What the tenant's `key` maps to, when it is still fresh (24 h).
     fn idempotency(&self, tenant: &TenantId, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
@@ -84,18 +164,28 @@ pub trait Store: Send + Sync {
     /// The stored MIME of the tenant's message, under the same rule as [`Store::message`].
     fn mime(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Takes the earliest message due at `now` off the queue and marks it leased (status
-    /// `sending`), or returns `None`. Two callers never receive the same message. The
+    /// Takes up to `max` of the earliest messages due at `now` off the queue and marks
+    /// them leased (status `sending`). Two callers never receive the same message. A
     /// lease is not durable: after a crash [`Store::recover_leases`] puts it back.
-    fn lease_due(&self, now: DateTime<Utc>) -> Result<Option<Lease>, StoreError>;
+    fn lease_due(&self, now: DateTime<Utc>, max: usize) -> Result<Vec<Lease>, StoreError>;
 
     /// Durably saves progress on a leased message (one recipient done) without ending
     /// the lease, so a crash repeats at most the transaction that was in flight.
-    fn save_progress(&self, message: &Message) -> Result<(), StoreError>;
+    fn save_progress(&self, message: &Message) -> Result<(), StoreError> {
+        self.write_messages(&[MessageWrite::Progress(message)])?
+            .into_iter()
+            .collect::<Result<(), _>>()?;
+        self.sync()
+    }
 
     /// Durably saves the message and ends its lease; it is queued again for
     /// `message.next_attempt_at` when that is set.
-    fn release(&self, message: &Message) -> Result<(), StoreError>;
+    fn release(&self, message: &Message) -> Result<(), StoreError> {
+        self.write_messages(&[MessageWrite::Release(message)])?
+            .into_iter()
+            .collect::<Result<(), _>>()?;
+        self.sync()
+    }
 
     /// Puts every leased message back on the queue, due now. Called once at start-up,
     /// when no worker can hold a lease, so a worker that died loses nothing.

@@ -5,13 +5,14 @@
 //! (queue entries that could not be leased, with the reason). Multi-tree
 //! transactions keep them consistent; `flush` makes a write durable.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use chrono::{DateTime, TimeZone, Utc};
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional, TransactionalTree};
 use sled::{Db, Tree};
 
-use super::{CancelOutcome, Lease, ReportTarget, Store, StoreError};
+use super::{CancelOutcome, Lease, MessageWrite, ReportTarget, Store, StoreError};
 use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
 use crate::domain::ids::WebhookId;
@@ -144,22 +145,185 @@ fn stream_key(tenant: &TenantId, position: u64) -> Vec<u8> {
     key
 }
 
+/// What a write of a message adds besides the message (see `SledStore::consequences`).
+struct Consequences {
+    fresh: Vec<(u64, PublishedEvent)>,
+    implied: Vec<Suppression>,
+    deliveries: Vec<OutboxEntry>,
+}
+
+/// The trees a message write touches, inside one transaction.
+struct Staging<'t> {
+    messages: &'t TransactionalTree,
+    mimes: &'t TransactionalTree,
+    queue: &'t TransactionalTree,
+    leases: &'t TransactionalTree,
+    events: &'t TransactionalTree,
+    event_ids: &'t TransactionalTree,
+    suppressions: &'t TransactionalTree,
+    outbox: &'t TransactionalTree,
+    by_tenant: &'t TransactionalTree,
+    keys: &'t TransactionalTree,
+}
+
+type Staged<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+impl Staging<'_> {
+    /// Stages one write; `false` when it must write nothing (see `commit_all`).
+    fn write(&self, message: &Message, change: &Commit<'_>, planned: &Consequences) -> Staged<bool> {
+        let tenant = &message.tenant;
+        let requeue = match *change {
+            Commit::Accept { mime, key } => {
+                if let Some(key) = key {
+                    if !self.claim(message, key)? {
+                        return Ok(false);
+                    }
+                }
+                self.mimes.insert(message.id.as_str(), mime)?;
+                self.by_tenant.insert(tenant_key(tenant, message.id.as_str()), &[])?;
+                true
+            }
+            Commit::Progress => false,
+            Commit::Release => {
+                self.leases.remove(message.id.as_str())?;
+                true
+            }
+            Commit::Swap { read, dequeue } => {
+                let unchanged = self
+                    .messages
+                    .get(message.id.as_str())?
+                    .is_some_and(|now| now.as_ref() == read);
+                if self.leases.get(message.id.as_str())?.is_some() || !unchanged {
+                    return Ok(false);
+                }
+                if dequeue {
+                    let stored: Message = serde_json::from_slice(read)
+                        .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
+                    if let Some(due) = stored.next_attempt_at {
+                        self.queue.remove(queue_key(due, &message.id))?;
+                    }
+                }
+                false
+            }
+        };
+        self.messages.insert(message.id.as_str(), encode(message)?)?;
+        if let (true, Some(due)) = (requeue, message.next_attempt_at) {
+            self.queue.insert(queue_key(due, &message.id), &[])?;
+        }
+        for (position, event) in &planned.fresh {
+            self.events.insert(stream_key(tenant, *position), encode_json(event)?)?;
+            self.event_ids.insert(event.id.as_str(), &position.to_be_bytes())?;
+        }
+        for suppression in &planned.implied {
+            let key = tenant_key(tenant, &suppression.email);
+            if self.suppressions.get(&key)?.is_none() {
+                self.suppressions.insert(key, encode_json(suppression)?)?;
+            }
+        }
+        for entry in &planned.deliveries {
+            self.outbox.insert(outbox_key(entry), encode_json(entry)?)?;
+        }
+        Ok(true)
+    }
+
+    /// Claims the idempotency key for `message`; `false` when another request holds it.
+    fn claim(&self, message: &Message, key: &IdempotencyKey) -> Staged<bool> {
+        let slot = tenant_key(&message.tenant, &key.key);
+        let held = match self.keys.get(&slot)? {
+            Some(raw) => serde_json::from_slice::<IdempotencyRecord>(&raw)
+                .map(|r| r.is_fresh(message.created_at))
+                .unwrap_or(false),
+            None => false,
+        };
+        if held {
+            return Ok(false);
+        }
+        let record = IdempotencyRecord {
+            request_hash: key.request_hash.clone(),
+            created_at: message.created_at,
+            accepted: message.clone(),
+        };
+        self.keys.insert(slot, encode_json(&record)?)?;
+        Ok(true)
+    }
+}
+
 impl SledStore {
-    /// Writes a message and everything that follows from it in one transaction: its
+    /// Writes messages and everything that follows from each in one transaction: its
     /// MIME and queue entry (accept), its lease (release), its new events in the
-    /// tenant's stream, and the suppressions those events imply. Then fsyncs.
+    /// tenant's stream, and the suppressions those events imply. Durable after the next
+    /// flush. Per write, `false` when it wrote nothing: an accept whose idempotency key
+    /// another request holds, or a swap that lost to a concurrent change.
+    ///
+    /// One transaction for many writes matters: sled writes its log buffer out twice
+    /// for every transaction, whatever its size.
     ///
     /// Stream positions come from one counter, and the commit holds `stream_order`
     /// from taking positions until the transaction is applied, so a reader never sees
     /// a position before a smaller one that is still to come.
-    fn commit(&self, message: &Message, change: Commit<'_>) -> Result<(), StoreError> {
+    fn commit_all(&self, writes: &[(&Message, Commit<'_>)]) -> Result<Vec<bool>, StoreError> {
         let order = self
             .stream_order
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut planned_ids = HashSet::new();
+        let planned = writes
+            .iter()
+            .map(|(message, _)| self.consequences(message, &mut planned_ids))
+            .collect::<Result<Vec<_>, _>>()?;
+        let written = (
+            &self.messages,
+            &self.mime,
+            &self.queue,
+            &self.leases,
+            &self.events,
+            &self.event_ids,
+            &self.suppressions,
+            &self.outbox,
+            &self.tenant_messages,
+            &self.idempotency,
+        )
+            .transaction(
+                |(messages, mimes, queue, leases, events, event_ids, suppressions, outbox, by_tenant, keys)| {
+                    let trees = Staging {
+                        messages,
+                        mimes,
+                        queue,
+                        leases,
+                        events,
+                        event_ids,
+                        suppressions,
+                        outbox,
+                        by_tenant,
+                        keys,
+                    };
+                    writes
+                        .iter()
+                        .zip(&planned)
+                        .map(|((message, change), planned)| trees.write(message, change, planned))
+                        .collect::<Result<Vec<bool>, _>>()
+                },
+            )
+            .map_err(flatten)?;
+        drop(order);
+        Ok(written)
+    }
+
+    /// One write of [`Self::commit_all`]; [`StoreError::Conflict`] when it wrote nothing.
+    fn commit(&self, message: &Message, change: Commit<'_>) -> Result<(), StoreError> {
+        match self.commit_all(&[(message, change)])?.first() {
+            Some(true) => Ok(()),
+            _ => Err(StoreError::Conflict),
+        }
+    }
+
+    /// What writing `message` adds besides itself: its events not yet in the stream
+    /// (nor in `planned`, the events of earlier writes of the same batch) with their
+    /// positions, the suppressions they imply, the webhook deliveries they queue.
+    fn consequences(&self, message: &Message, planned: &mut HashSet<String>) -> Result<Consequences, StoreError> {
         let mut fresh = Vec::new();
         for event in &message.events {
-            if !self.event_ids.contains_key(event.id.as_str())? {
+            if !self.event_ids.contains_key(event.id.as_str())? && planned.insert(event.id.as_str().to_owned()) {
                 fresh.push((self.db.generate_id()?, PublishedEvent::of(message, event)));
             }
         }
@@ -184,88 +348,16 @@ impl SledStore {
                 })
                 .collect()
         };
-        (
-            &self.messages,
-            &self.mime,
-            &self.queue,
-            &self.leases,
-            &self.events,
-            &self.event_ids,
-            &self.suppressions,
-            &self.outbox,
-            &self.tenant_messages,
-            &self.idempotency,
-        )
-            .transaction(
-                |(messages, mimes, queue, leases, events, event_ids, suppressions, outbox, by_tenant, keys)| {
-                    let requeue = match change {
-                        Commit::Accept { mime, key } => {
-                            if let Some(key) = key {
-                                let slot = tenant_key(tenant, &key.key);
-                                let held = match keys.get(&slot)? {
-                                    Some(raw) => serde_json::from_slice::<IdempotencyRecord>(&raw)
-                                        .map(|r| r.is_fresh(message.created_at))
-                                        .unwrap_or(false),
-                                    None => false,
-                                };
-                                if held {
-                                    return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
-                                }
-                                let record = IdempotencyRecord {
-                                    request_hash: key.request_hash.clone(),
-                                    created_at: message.created_at,
-                                    accepted: message.clone(),
-                                };
-                                keys.insert(slot, encode_json(&record)?)?;
-                            }
-                            mimes.insert(message.id.as_str(), mime)?;
-                            by_tenant.insert(tenant_key(tenant, message.id.as_str()), &[])?;
-                            true
-                        }
-                        Commit::Progress => false,
-                        Commit::Release => {
-                            leases.remove(message.id.as_str())?;
-                            true
-                        }
-                        Commit::Swap { read, dequeue } => {
-                            let unchanged = messages
-                                .get(message.id.as_str())?
-                                .is_some_and(|now| now.as_ref() == read);
-                            if leases.get(message.id.as_str())?.is_some() || !unchanged {
-                                return Err(ConflictableTransactionError::Abort(StoreError::Conflict));
-                            }
-                            if dequeue {
-                                let stored: Message = serde_json::from_slice(read)
-                                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
-                                if let Some(due) = stored.next_attempt_at {
-                                    queue.remove(queue_key(due, &message.id))?;
-                                }
-                            }
-                            false
-                        }
-                    };
-                    messages.insert(message.id.as_str(), encode(message)?)?;
-                    if let (true, Some(due)) = (requeue, message.next_attempt_at) {
-                        queue.insert(queue_key(due, &message.id), &[])?;
-                    }
-                    for (position, event) in &fresh {
-                        events.insert(stream_key(tenant, *position), encode_json(event)?)?;
-                        event_ids.insert(event.id.as_str(), &position.to_be_bytes())?;
-                    }
-                    for suppression in &implied {
-                        let key = tenant_key(tenant, &suppression.email);
-                        if suppressions.get(&key)?.is_none() {
-                            suppressions.insert(key, encode_json(suppression)?)?;
-                        }
-                    }
-                    for entry in &deliveries {
-                        outbox.insert(outbox_key(entry), encode_json(entry)?)?;
-                    }
-                    Ok(())
-                },
-            )
-            .map_err(flatten)?;
-        drop(order);
+        Ok(Consequences {
+            fresh,
+            implied,
+            deliveries,
+        })
+    }
+
+    /// [`Self::commit`], then durable.
+    fn commit_durably(&self, message: &Message, change: Commit<'_>) -> Result<(), StoreError> {
+        self.commit(message, change)?;
         self.flush()
     }
 
@@ -322,17 +414,19 @@ impl SledStore {
             .map(|entry| entry.map(|(key, _)| key))
     }
 
-    /// Leases the message behind one queue entry; `None` if another worker won it.
-    fn lease_entry(&self, key: &[u8]) -> Result<Option<Lease>, StoreError> {
+    /// The message and MIME behind one queue entry, checked to be leasable.
+    fn lease_candidate(&self, key: &[u8]) -> Result<(sled::IVec, MessageId, Vec<u8>), StoreError> {
         let id = id_of_queue_key(key)?;
         let mime = self
             .mime
             .get(id.as_str())?
             .ok_or_else(|| StoreError::Missing(format!("mime of {id}")))?;
-        Ok(self.try_lease(key, &id)?.map(|message| Lease {
-            message,
-            mime: mime.to_vec(),
-        }))
+        let bytes = self
+            .messages
+            .get(id.as_str())?
+            .ok_or_else(|| StoreError::Missing(id.to_string()))?;
+        decode::<Message>(&bytes)?;
+        Ok((sled::IVec::from(key), id, mime.to_vec()))
     }
 
     /// Moves a queue entry that cannot be delivered (undecodable, or its message is
@@ -344,31 +438,51 @@ impl SledStore {
         Ok(())
     }
 
-    /// Moves one queue entry into `leases` if it is still there; `None` if another
-    /// worker won the race for it.
-    fn try_lease(&self, key: &[u8], id: &MessageId) -> Result<Option<Message>, StoreError> {
+    /// Moves the queue entries still there into `leases`, in one transaction; an entry
+    /// another caller took meanwhile is skipped.
+    fn try_lease(&self, candidates: &[(sled::IVec, MessageId, Vec<u8>)]) -> Result<Vec<Message>, StoreError> {
         (&self.queue, &self.leases, &self.messages)
             .transaction(|(queue, leases, messages)| {
-                if queue.remove(key)?.is_none() {
-                    return Ok(None);
+                let mut leased = Vec::with_capacity(candidates.len());
+                for (key, id, _) in candidates {
+                    if queue.remove(key)?.is_none() {
+                        continue;
+                    }
+                    let bytes = messages
+                        .get(id.as_str())?
+                        .ok_or_else(|| ConflictableTransactionError::Abort(StoreError::Missing(id.to_string())))?;
+                    let mut message: Message = serde_json::from_slice(&bytes)
+                        .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
+                    message.status = MessageStatus::Sending;
+                    messages.insert(id.as_str(), encode(&message)?)?;
+                    leases.insert(id.as_str(), &[])?;
+                    leased.push(message);
                 }
-                let bytes = messages
-                    .get(id.as_str())?
-                    .ok_or_else(|| ConflictableTransactionError::Abort(StoreError::Missing(id.to_string())))?;
-                let mut message: Message = serde_json::from_slice(&bytes)
-                    .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
-                message.status = MessageStatus::Sending;
-                messages.insert(id.as_str(), encode(&message)?)?;
-                leases.insert(id.as_str(), &[])?;
-                Ok(Some(message))
+                Ok(leased)
             })
             .map_err(flatten)
     }
 }
 
 impl Store for SledStore {
-    fn accept(&self, message: &Message, mime: &[u8], key: Option<&IdempotencyKey>) -> Result<(), StoreError> {
-        self.commit(message, Commit::Accept { mime, key })
+    fn sync(&self) -> Result<(), StoreError> {
+        self.flush()
+    }
+
+    fn write_messages(&self, writes: &[MessageWrite<'_>]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let changes: Vec<(&Message, Commit<'_>)> = writes
+            .iter()
+            .map(|write| match *write {
+                MessageWrite::Accept { message, mime, key } => (message, Commit::Accept { mime, key }),
+                MessageWrite::Progress(message) => (message, Commit::Progress),
+                MessageWrite::Release(message) => (message, Commit::Release),
+            })
+            .collect();
+        Ok(self
+            .commit_all(&changes)?
+            .into_iter()
+            .map(|written| if written { Ok(()) } else { Err(StoreError::Conflict) })
+            .collect())
     }
 
     fn idempotency(&self, tenant: &TenantId, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
@@ -390,29 +504,38 @@ impl Store for SledStore {
         Ok(self.mime.get(id.as_str())?.map(|b| b.to_vec()))
     }
 
-    fn lease_due(&self, now: DateTime<Utc>) -> Result<Option<Lease>, StoreError> {
+    fn lease_due(&self, now: DateTime<Utc>, max: usize) -> Result<Vec<Lease>, StoreError> {
         let end = u64::try_from(now.timestamp_millis())
             .unwrap_or(0)
             .saturating_add(1)
             .to_be_bytes();
+        let mut candidates = Vec::new();
         for entry in self.queue.range(..end.as_slice()) {
+            if candidates.len() >= max {
+                break;
+            }
             let (key, _) = entry?;
-            match self.lease_entry(&key) {
-                Ok(Some(lease)) => return Ok(Some(lease)),
-                Ok(None) => {}
+            match self.lease_candidate(&key) {
+                Ok(candidate) => candidates.push(candidate),
                 Err(StoreError::Io(err)) => return Err(StoreError::Io(err)),
                 Err(unusable) => self.park(&key, &unusable)?,
             }
         }
-        Ok(None)
-    }
-
-    fn save_progress(&self, message: &Message) -> Result<(), StoreError> {
-        self.commit(message, Commit::Progress)
-    }
-
-    fn release(&self, message: &Message) -> Result<(), StoreError> {
-        self.commit(message, Commit::Release)
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut mimes: std::collections::HashMap<MessageId, Vec<u8>> = candidates
+            .iter()
+            .map(|(_, id, mime)| (id.clone(), mime.clone()))
+            .collect();
+        Ok(self
+            .try_lease(&candidates)?
+            .into_iter()
+            .map(|message| Lease {
+                mime: mimes.remove(&message.id).unwrap_or_default(),
+                message,
+            })
+            .collect())
     }
 
     fn recover_leases(&self) -> Result<usize, StoreError> {
@@ -771,7 +894,7 @@ impl Store for SledStore {
         apply(&mut message);
         // Compare-and-swap: a worker that leased the message, or another report that
         // changed it, since `read` makes this a retry instead of a lost update.
-        match self.commit(
+        match self.commit_durably(
             &message,
             Commit::Swap {
                 read: &read,
@@ -839,7 +962,7 @@ impl Store for SledStore {
         if !message.cancel(now) {
             return Ok(CancelOutcome::TooLate(message.status));
         }
-        match self.commit(
+        match self.commit_durably(
             &message,
             Commit::Swap {
                 read: &read,
@@ -886,12 +1009,8 @@ impl Store for SledStore {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::domain::address::Mailbox;
-    use crate::domain::message::{Body, Content, NewMessage, ReadyContent};
-    use crate::domain::text::Subject;
+    use crate::store::test_support::message;
 
     /// Reopens a store just dropped in this process: sled's flusher thread may hold
     /// the directory lock for a moment after the drop.
@@ -905,34 +1024,6 @@ mod tests {
         panic!("the store could not be reopened");
     }
 
-    fn message() -> Message {
-        let ready = ReadyContent {
-            subject: Subject::parse("s").unwrap(),
-            body: Body::Text("t".into()),
-            template: None,
-        };
-        let new = NewMessage {
-            from: Mailbox::parse("a@example.test").unwrap(),
-            to: vec![Mailbox::parse("b@example.test").unwrap()],
-            cc: vec![],
-            bcc: vec![],
-            reply_to: vec![],
-            content: Content::Ready(ready.clone()),
-            headers: vec![],
-            attachments: vec![],
-            tags: vec![],
-            metadata: BTreeMap::new(),
-            send_at: None,
-        };
-        Message::accepted(
-            MessageId::generate(),
-            TenantId::parse("acme").unwrap(),
-            &new,
-            &ready,
-            Utc::now(),
-        )
-    }
-
     #[test]
     fn a_lease_is_exclusive_and_survives_a_restart_as_a_queued_message() {
         let dir = tempfile::tempdir().unwrap();
@@ -940,18 +1031,18 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).unwrap();
             store.accept(&msg, b"mime", None).unwrap();
-            let lease = store.lease_due(Utc::now()).unwrap().unwrap();
+            let lease = store.lease_due(Utc::now(), 1).unwrap().remove(0);
             assert_eq!(lease.message.id, msg.id);
             assert_eq!(lease.message.status, MessageStatus::Sending);
             assert!(
-                store.lease_due(Utc::now()).unwrap().is_none(),
+                store.lease_due(Utc::now(), 1).unwrap().is_empty(),
                 "a leased message is not handed out twice"
             );
             store.db.flush().unwrap();
         }
         let store = reopen(dir.path());
         assert_eq!(store.recover_leases().unwrap(), 1);
-        let again = store.lease_due(Utc::now()).unwrap().unwrap();
+        let again = store.lease_due(Utc::now(), 1).unwrap().remove(0);
         assert_eq!(again.message.id, msg.id);
         assert_eq!(again.mime, b"mime");
     }
@@ -981,16 +1072,40 @@ mod tests {
     }
 
     #[test]
+    fn leases_come_in_due_order_up_to_the_number_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut ids = Vec::new();
+        for age in [3, 1, 2] {
+            let mut msg = message();
+            msg.next_attempt_at = Some(Utc::now() - chrono::Duration::seconds(age));
+            store.accept(&msg, b"mime", None).unwrap();
+            ids.push((age, msg.id));
+        }
+        ids.sort();
+        let leased: Vec<MessageId> = store
+            .lease_due(Utc::now(), 2)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.message.id)
+            .collect();
+        assert_eq!(leased, [ids[2].1.clone(), ids[1].1.clone()]);
+        let rest = store.lease_due(Utc::now(), 5).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].message.id, ids[0].1);
+    }
+
+    #[test]
     fn a_released_message_is_due_again_only_at_its_retry_time() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         store.accept(&message(), b"mime", None).unwrap();
-        let mut lease = store.lease_due(Utc::now()).unwrap().unwrap();
+        let mut lease = store.lease_due(Utc::now(), 1).unwrap().remove(0);
         let retry_at = Utc::now() + chrono::Duration::seconds(60);
         lease.message.next_attempt_at = Some(retry_at);
         store.release(&lease.message).unwrap();
-        assert!(store.lease_due(Utc::now()).unwrap().is_none());
-        assert!(store.lease_due(retry_at).unwrap().is_some());
+        assert!(store.lease_due(Utc::now(), 1).unwrap().is_empty());
+        assert!(!store.lease_due(retry_at, 1).unwrap().is_empty());
     }
 }
 
@@ -1008,7 +1123,7 @@ mod queue_tests {
             .insert(queue_key(Utc::now() - chrono::Duration::seconds(5), &ghost), &[])
             .unwrap();
         store.queue.insert([&[0u8; 8][..], b"garbage"].concat(), &[]).unwrap();
-        assert!(store.lease_due(Utc::now()).unwrap().is_none());
+        assert!(store.lease_due(Utc::now(), 1).unwrap().is_empty());
         assert_eq!(store.parked.len(), 2);
         assert!(store.queue.is_empty());
     }
