@@ -6,13 +6,13 @@
 //! background task rather than on every request: the bound can be overshot by at most
 //! one second of accepts.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::store::Store;
+use crate::store::{QueueDepth, Store};
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
@@ -26,18 +26,14 @@ pub enum Pressure {
 /// The last sample of the queue.
 #[derive(Default)]
 pub struct QueueGauge {
-    waiting: AtomicUsize,
-    sending: AtomicUsize,
+    depth: Mutex<QueueDepth>,
     store_failing: AtomicBool,
 }
 
 impl QueueGauge {
-    /// (waiting, being sent) at the last sample.
-    pub fn depth(&self) -> (usize, usize) {
-        (
-            self.waiting.load(Ordering::Relaxed),
-            self.sending.load(Ordering::Relaxed),
-        )
+    /// The queue by state at the last sample.
+    pub fn depth(&self) -> QueueDepth {
+        *self.depth.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether a new send must wait; `max` 0 means no depth bound.
@@ -45,16 +41,14 @@ impl QueueGauge {
         if self.store_failing.load(Ordering::Relaxed) {
             return Some(Pressure::StoreUnavailable);
         }
-        let (waiting, sending) = self.depth();
-        let depth = waiting + sending;
+        let depth = self.depth().total();
         (max > 0 && depth >= max).then_some(Pressure::QueueFull { depth, max })
     }
 
     fn sample(&self, store: &dyn Store) {
         match store.queue_depth() {
-            Ok((waiting, sending)) => {
-                self.waiting.store(waiting, Ordering::Relaxed);
-                self.sending.store(sending, Ordering::Relaxed);
+            Ok(depth) => {
+                *self.depth.lock().unwrap_or_else(PoisonError::into_inner) = depth;
                 self.store_failing.store(false, Ordering::Relaxed);
             }
             Err(err) => {
@@ -90,8 +84,12 @@ mod tests {
     fn a_deep_queue_or_a_failing_store_refuses_sends() {
         let gauge = QueueGauge::default();
         assert_eq!(gauge.pressure(10), None);
-        gauge.waiting.store(8, Ordering::Relaxed);
-        gauge.sending.store(2, Ordering::Relaxed);
+        *gauge.depth.lock().unwrap() = QueueDepth {
+            queued: 5,
+            scheduled: 2,
+            deferred: 1,
+            sending: 2,
+        };
         assert_eq!(gauge.pressure(10), Some(Pressure::QueueFull { depth: 10, max: 10 }));
         assert_eq!(gauge.pressure(0), None, "0 = unbounded");
         gauge.store_failing.store(true, Ordering::Relaxed);

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::delivery::pool::{CircuitState, UpstreamStatus};
+use crate::store::QueueDepth;
 
 /// A cumulative histogram with fixed bucket bounds in seconds.
 struct Histogram {
@@ -119,7 +120,7 @@ impl Metrics {
 
     /// The text exposition, with the sampled queue depth and the upstream pool's state
     /// passed in by the caller.
-    pub fn render(&self, (queued, leased): (usize, usize), upstreams: &[UpstreamStatus]) -> String {
+    pub fn render(&self, depth: QueueDepth, upstreams: &[UpstreamStatus]) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -143,11 +144,17 @@ impl Metrics {
         render_pool(&mut out, upstreams);
         let _ = writeln!(
             out,
-            "# HELP mailgate_queue_depth Messages waiting (queued, deferred, scheduled) or being sent."
+            "# HELP mailgate_queue_depth Messages not yet done, by state (sampled once a second)."
         );
         let _ = writeln!(out, "# TYPE mailgate_queue_depth gauge");
-        let _ = writeln!(out, "mailgate_queue_depth{{state=\"waiting\"}} {queued}");
-        let _ = writeln!(out, "mailgate_queue_depth{{state=\"sending\"}} {leased}");
+        for (state, count) in [
+            ("queued", depth.queued),
+            ("scheduled", depth.scheduled),
+            ("deferred", depth.deferred),
+            ("sending", depth.sending),
+        ] {
+            let _ = writeln!(out, "mailgate_queue_depth{{state=\"{state}\"}} {count}");
+        }
         let _ = writeln!(
             out,
             "# HELP mailgate_delivery_latency_seconds From acceptance to the upstream's 2xx."
@@ -227,14 +234,23 @@ mod tests {
             max_connections: 8,
             rate_per_second: 0,
         }];
-        let text = m.render((2, 1), &pool);
+        let depth = QueueDepth {
+            queued: 2,
+            scheduled: 3,
+            deferred: 4,
+            sending: 1,
+        };
+        let text = m.render(depth, &pool);
         assert!(text.contains("mailgate_messages_accepted_total{tenant=\"acme\"} 1"));
         assert!(text.contains("mailgate_recipients_total{upstream=\"primary\",tenant=\"acme\",outcome=\"sent\"} 1"));
         assert!(text.contains("mailgate_upstream_in_flight{upstream=\"primary\"} 3"));
         assert!(text.contains("mailgate_upstream_circuit_open{upstream=\"primary\"} 1"));
         assert!(text.contains("mailgate_delivery_latency_seconds_bucket{le=\"0.25\"} 0"));
         assert!(text.contains("mailgate_delivery_latency_seconds_bucket{le=\"0.5\"} 1"));
-        assert!(text.contains("mailgate_queue_depth{state=\"waiting\"} 2"));
+        assert!(text.contains("mailgate_queue_depth{state=\"queued\"} 2"));
+        assert!(text.contains("mailgate_queue_depth{state=\"scheduled\"} 3"));
+        assert!(text.contains("mailgate_queue_depth{state=\"deferred\"} 4"));
+        assert!(text.contains("mailgate_queue_depth{state=\"sending\"} 1"));
         assert!(text.contains("route=\"/v1/messages\",status=\"202\"} 1"));
     }
 }

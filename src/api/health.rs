@@ -71,8 +71,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 )]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let (queued, leased) = state.queue.depth();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render((queued, leased), &state.upstreams.statuses()))
+        .body(state.metrics.render(state.queue.depth(), &state.upstreams.statuses()))
 }

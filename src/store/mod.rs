@@ -101,6 +101,25 @@ pub enum CancelOutcome {
     TooLate(crate::domain::status::MessageStatus),
 }
 
+/// How many messages wait in each state (for `/metrics` and back-pressure).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Due now or overdue, not yet tried.
+    pub queued: usize,
+    /// Waiting for `send_at`.
+    pub scheduled: usize,
+    /// Waiting for a retry.
+    pub deferred: usize,
+    /// Leased by a worker right now.
+    pub sending: usize,
+}
+
+impl QueueDepth {
+    pub fn total(&self) -> usize {
+        self.queued + self.scheduled + self.deferred + self.sending
+    }
+}
+
 /// One write of a message, for [`Store::write_messages`].
 #[derive(Debug, Clone, Copy)]
 pub enum MessageWrite<'a> {
@@ -321,8 +340,8 @@ pub trait Store: Send + Sync {
     /// it afterwards); a message being sent or done is left as it is.
     fn cancel(&self, tenant: &TenantId, id: &MessageId, now: DateTime<Utc>) -> Result<CancelOutcome, StoreError>;
 
-    /// Messages waiting on the queue (due or not) and messages leased right now.
-    fn queue_depth(&self) -> Result<(usize, usize), StoreError>;
+    /// Messages on the queue by state, and messages leased right now.
+    fn queue_depth(&self) -> Result<QueueDepth, StoreError>;
 
     /// Records a revoked token id until `until` (Unix seconds), durably.
     fn revoke_token(&self, jti: &str, until: u64) -> Result<(), StoreError>;

@@ -1,7 +1,8 @@
 //! The sled implementation of [`Store`].
 //!
 //! Trees: `messages` (id → JSON), `mime` (id → bytes), `queue` (due millis BE ++ id →
-//! nothing, so iteration order is due order), `leases` (id → nothing) and `parked`
+//! the message's status when queued, so iteration order is due order and the depth
+//! can be counted by state), `leases` (id → nothing) and `parked`
 //! (queue entries that could not be leased, with the reason). Multi-tree
 //! transactions keep them consistent; `flush` makes a write durable.
 
@@ -12,7 +13,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional, TransactionalTree};
 use sled::{Db, Tree};
 
-use super::{CancelOutcome, Lease, MessageWrite, ReportTarget, Store, StoreError};
+use super::{CancelOutcome, Lease, MessageWrite, QueueDepth, ReportTarget, Store, StoreError};
 use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
 use crate::domain::ids::WebhookId;
@@ -208,7 +209,8 @@ impl Staging<'_> {
         };
         self.messages.insert(message.id.as_str(), encode(message)?)?;
         if let (true, Some(due)) = (requeue, message.next_attempt_at) {
-            self.queue.insert(queue_key(due, &message.id), &[])?;
+            self.queue
+                .insert(queue_key(due, &message.id), message.status.as_str().as_bytes())?;
         }
         for (position, event) in &planned.fresh {
             self.events.insert(stream_key(tenant, *position), encode_json(event)?)?;
@@ -974,8 +976,20 @@ impl Store for SledStore {
         }
     }
 
-    fn queue_depth(&self) -> Result<(usize, usize), StoreError> {
-        Ok((self.queue.len(), self.leases.len()))
+    fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
+        let mut depth = QueueDepth {
+            sending: self.leases.len(),
+            ..QueueDepth::default()
+        };
+        for entry in self.queue.iter() {
+            let (_, state) = entry?;
+            match state.as_ref() {
+                b"scheduled" => depth.scheduled += 1,
+                b"deferred" => depth.deferred += 1,
+                _ => depth.queued += 1,
+            }
+        }
+        Ok(depth)
     }
 
     fn revoke_token(&self, jti: &str, until: u64) -> Result<(), StoreError> {

@@ -103,6 +103,11 @@ async fn metrics_count_acceptances_outcomes_and_requests() {
         .await;
     app.wait_for(&id, std::time::Duration::from_secs(20), |m| m["status"] == "sent")
         .await;
+    let mut later = crate::helpers::simple_message("later@example.test");
+    later["send_at"] = serde_json::json!((chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339());
+    app.send_ok(&later).await;
+    // The queue is sampled once a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let response = app.client.get(format!("{}/metrics", app.address)).send().await.unwrap();
     assert!(response.headers()["content-type"]
         .to_str()
@@ -110,7 +115,7 @@ async fn metrics_count_acceptances_outcomes_and_requests() {
         .starts_with("text/plain"));
     let text = response.text().await.unwrap();
     assert!(
-        text.contains("mailgate_messages_accepted_total{tenant=\"acme\"} 1"),
+        text.contains("mailgate_messages_accepted_total{tenant=\"acme\"} 2"),
         "{text}"
     );
     assert!(
@@ -118,12 +123,13 @@ async fn metrics_count_acceptances_outcomes_and_requests() {
         "{text}"
     );
     assert!(text.contains("mailgate_delivery_latency_seconds_count 1"), "{text}");
-    assert!(text.contains("route=\"/v1/messages\",status=\"202\"} 1"), "{text}");
+    assert!(text.contains("route=\"/v1/messages\",status=\"202\"} 2"), "{text}");
     assert!(
         text.contains("mailgate_upstream_max_connections{upstream=\"postfix\"} 4"),
         "{text}"
     );
-    assert!(text.contains("mailgate_queue_depth{state=\"waiting\"}"), "{text}");
+    assert!(text.contains("mailgate_queue_depth{state=\"scheduled\"} 1"), "{text}");
+    assert!(text.contains("mailgate_queue_depth{state=\"queued\"} 0"), "{text}");
 }
 
 /// The request examples in the document work as written against a real server (the
