@@ -129,6 +129,10 @@ pub struct UpstreamSettings {
     pub max_connections: u32,
     #[serde(default)]
     pub rate_per_second: u32,
+    /// At most this many of one tenant's transactions on this relay at once (0 = no
+    /// cap), so one tenant's burst cannot take every connection of a shared relay.
+    #[serde(default)]
+    pub tenant_max_connections: u32,
     #[serde(default = "default_weight")]
     pub weight: u32,
     /// Pooled connections idle longer than this are closed.

@@ -233,6 +233,7 @@ mod tests {
             weight: 1,
             max_connections: 8,
             rate_per_second: 0,
+            tenant_max_connections: 0,
         }];
         let depth = QueueDepth {
             queued: 2,

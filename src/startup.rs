@@ -88,12 +88,10 @@ impl Application {
                 .iter()
                 .map(|up| {
                     let transport = Transport::smtp(up, delivery.smtp_timeout.0)?;
-                    Ok(Member::new(
-                        transport,
-                        up.weight,
-                        up.max_connections,
-                        up.rate_per_second,
-                    ))
+                    Ok(
+                        Member::new(transport, up.weight, up.max_connections, up.rate_per_second)
+                            .with_tenant_cap(up.tenant_max_connections),
+                    )
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?
         };

@@ -5,14 +5,18 @@
 //! the relay's circuit opens for `circuit_cooldown`; then one transaction probes it
 //! (half-open) and its outcome closes or reopens the circuit. Recipient-level answers
 //! (a 4xx or 5xx at RCPT, say) are the recipient's, not the relay's, and go back to the
-//! worker as they are. Each relay may be paced to `rate_per_second`.
+//! worker as they are. Each relay may be paced to `rate_per_second`, and may cap how
+//! many transactions of one tenant it runs at once (`tenant_max_connections`): a
+//! tenant at its cap on one relay goes to the next, and waits when capped on all.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
 use serde::Serialize;
+use tokio::sync::Notify;
 use utoipa::ToSchema;
 
 use super::transport::{Transport, TransportJob, GATEWAY_PROBLEM_CODES};
@@ -20,6 +24,12 @@ use crate::domain::message::{DeliveryOutcome, SmtpReply};
 
 /// Upstream failures in a row that open a circuit.
 const FAILURE_THRESHOLD: u32 = 3;
+
+/// How often a transaction capped on every relay looks again without being told.
+const CAPPED_RECHECK: Duration = Duration::from_millis(100);
+
+/// Every relay that could take the transaction has the tenant at its cap.
+struct Capped;
 
 /// Where a relay's circuit stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -95,6 +105,54 @@ impl Pace {
     }
 }
 
+/// Transactions running per tenant on one relay, against a cap.
+struct TenantSlots {
+    cap: u32,
+    taken: Mutex<HashMap<String, u32>>,
+    /// Told whenever a slot frees, so a capped transaction can try again.
+    freed: Arc<Notify>,
+}
+
+/// A running transaction's slot; gives it back when dropped.
+struct TenantSlot<'a> {
+    slots: &'a TenantSlots,
+    tenant: String,
+}
+
+impl TenantSlots {
+    /// A slot for `tenant`, or `None` when the tenant is at the cap.
+    fn take(&self, tenant: &str) -> Option<TenantSlot<'_>> {
+        let mut taken = self.taken.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = taken.entry(tenant.to_owned()).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(TenantSlot {
+            slots: self,
+            tenant: tenant.to_owned(),
+        })
+    }
+}
+
+impl Drop for TenantSlot<'_> {
+    fn drop(&mut self) {
+        let mut taken = self
+            .slots
+            .taken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = taken.get_mut(&self.tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                taken.remove(&self.tenant);
+            }
+        }
+        drop(taken);
+        self.slots.freed.notify_waiters();
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     in_flight: AtomicU64,
@@ -110,6 +168,7 @@ pub struct Member {
     max_connections: u32,
     rate_per_second: u32,
     pace: Option<Pace>,
+    tenant_slots: Option<TenantSlots>,
     circuit: Mutex<Circuit>,
     counters: Counters,
 }
@@ -126,9 +185,20 @@ impl Member {
                 interval: Duration::from_secs_f64(1.0 / f64::from(rate_per_second)),
                 next: Mutex::new(Instant::now()),
             }),
+            tenant_slots: None,
             circuit: Mutex::new(Circuit::Closed { failures: 0 }),
             counters: Counters::default(),
         }
+    }
+
+    /// Caps one tenant's concurrent transactions on this relay (0 = no cap).
+    pub fn with_tenant_cap(mut self, cap: u32) -> Self {
+        self.tenant_slots = (cap > 0).then(|| TenantSlots {
+            cap,
+            taken: Mutex::new(HashMap::new()),
+            freed: Arc::new(Notify::new()),
+        });
+        self
     }
 
     fn circuit(&self) -> std::sync::MutexGuard<'_, Circuit> {
@@ -151,6 +221,8 @@ pub struct UpstreamStatus {
     pub max_connections: u32,
     /// 0 = unpaced.
     pub rate_per_second: u32,
+    /// One tenant's transactions at once at most; 0 = no cap.
+    pub tenant_max_connections: u32,
 }
 
 /// Every relay mail can leave through (the sandbox counts as one).
@@ -216,10 +288,43 @@ impl Upstreams {
     }
 
     /// Sends one transaction through the first relay that takes it; returns the outcome
-    /// and the relay's name.
+    /// and the relay's name. When the tenant is at its cap on every relay that could
+    /// take it, waits for a slot.
     pub async fn send(&self, job: &TransportJob, mime: &[u8]) -> (DeliveryOutcome, String) {
+        loop {
+            match self.try_send(job, mime).await {
+                Ok(sent) => return sent,
+                Err(Capped) => self.slot_freed().await,
+            }
+        }
+    }
+
+    /// Until some relay frees a tenant slot (or a short while, in case that happened
+    /// just before the wait began).
+    async fn slot_freed(&self) {
+        let waits = self
+            .members
+            .iter()
+            .filter_map(|m| m.tenant_slots.as_ref())
+            .map(|s| Box::pin(s.freed.notified()));
+        let any = futures_util::future::select_all(waits);
+        let _ = tokio::time::timeout(CAPPED_RECHECK, any).await;
+    }
+
+    async fn try_send(&self, job: &TransportJob, mime: &[u8]) -> Result<(DeliveryOutcome, String), Capped> {
         let mut last: Option<(DeliveryOutcome, String)> = None;
+        let mut capped = false;
         for member in self.candidates() {
+            let slot = match &member.tenant_slots {
+                Some(slots) => match slots.take(&job.tenant) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        capped = true;
+                        continue;
+                    }
+                },
+                None => None,
+            };
             if !member.circuit().admit(Instant::now()) {
                 continue;
             }
@@ -229,6 +334,7 @@ impl Upstreams {
             member.counters.in_flight.fetch_add(1, Ordering::Relaxed);
             let outcome = member.transport.send(job, mime).await;
             member.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
             let name = member.transport.name().to_owned();
             if relay_failed(&outcome) {
                 member.circuit().failed(Instant::now(), self.cooldown);
@@ -244,18 +350,20 @@ impl Upstreams {
                 DeliveryOutcome::Bounced(_) => &member.counters.bounced,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            return (outcome, name);
+            return Ok((outcome, name));
         }
-        last.unwrap_or_else(|| {
-            (
+        match last {
+            Some(last) => Ok(last),
+            None if capped => Err(Capped),
+            None => Ok((
                 DeliveryOutcome::Deferred(SmtpReply {
                     code: None,
                     enhanced: None,
                     diagnostic: "every upstream is unavailable (circuits open); will retry".into(),
                 }),
                 "none".into(),
-            )
-        })
+            )),
+        }
     }
 
     /// Each relay's state and counters, in configuration order.
@@ -273,6 +381,7 @@ impl Upstreams {
                 weight: m.weight,
                 max_connections: m.max_connections,
                 rate_per_second: m.rate_per_second,
+                tenant_max_connections: m.tenant_slots.as_ref().map_or(0, |s| s.cap),
             })
             .collect()
     }
@@ -354,6 +463,7 @@ mod tests {
 
         let paced = Upstreams::new(vec![member(1, 20)], Duration::from_secs(1));
         let job = |n: usize| TransportJob {
+            tenant: "acme".into(),
             sender: "s@x.test".into(),
             recipient: "r@x.test".into(),
             label: format!("m{n}"),
@@ -369,5 +479,56 @@ mod tests {
             "6 sends at 20/s take ≥ 250 ms"
         );
         assert_eq!(paced.statuses()[0].sent, 6);
+    }
+
+    #[tokio::test]
+    async fn a_tenant_at_its_cap_moves_to_another_relay_or_waits_while_others_go_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = || Transport::sandbox(dir.path().to_path_buf()).unwrap();
+        let job = |tenant: &str, n: usize| TransportJob {
+            tenant: tenant.into(),
+            sender: "s@x.test".into(),
+            recipient: "r@x.test".into(),
+            label: format!("{tenant}{n}"),
+        };
+        let mime = b"Subject: x\r\n\r\nx";
+        let sent = |(outcome, _): (DeliveryOutcome, String)| matches!(outcome, DeliveryOutcome::Sent(_));
+
+        let pool = Upstreams::new(
+            vec![Member::new(sandbox(), 1, 4, 0).with_tenant_cap(1)],
+            Duration::from_secs(1),
+        );
+        let held = pool.members[0].tenant_slots.as_ref().unwrap().take("busy").unwrap();
+        assert!(
+            sent(pool.send(&job("calm", 0), mime).await),
+            "another tenant is not held up"
+        );
+        let busy = job("busy", 1);
+        let capped = pool.send(&busy, mime);
+        tokio::pin!(capped);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut capped)
+                .await
+                .is_err(),
+            "a tenant at its cap waits"
+        );
+        drop(held);
+        let freed = tokio::time::timeout(Duration::from_secs(2), capped).await;
+        assert!(sent(freed.expect("a freed slot lets it go")));
+
+        let pool = Upstreams::new(
+            vec![
+                Member::new(sandbox(), 1, 4, 0).with_tenant_cap(1),
+                Member::new(sandbox(), 0, 4, 0),
+            ],
+            Duration::from_secs(1),
+        );
+        let _held = pool.members[0].tenant_slots.as_ref().unwrap().take("busy").unwrap();
+        assert!(sent(pool.send(&job("busy", 2), mime).await));
+        assert_eq!(
+            pool.statuses()[1].sent,
+            1,
+            "capped on the first relay, it took the second"
+        );
     }
 }

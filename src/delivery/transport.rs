@@ -20,6 +20,8 @@ use crate::domain::message::{DeliveryOutcome, SmtpReply};
 /// own outcome and its own VERP return path.
 #[derive(Debug, Clone)]
 pub struct TransportJob {
+    /// Whose message it is (for the relay's per-tenant cap).
+    pub tenant: String,
     pub sender: String,
     pub recipient: String,
     /// Names the sandbox file; unique per message and recipient.

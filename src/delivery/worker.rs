@@ -83,6 +83,7 @@ impl Worker {
         let pending = message.pending_recipients();
         for (n, index) in pending.iter().copied().enumerate() {
             let job = TransportJob {
+                tenant: message.tenant.as_str().to_owned(),
                 sender: verp::return_path(&message.id, index, &self.return_path_domain),
                 recipient: message.recipients[index].email.clone(),
                 label: format!("{}-{index}", message.id),

@@ -70,6 +70,7 @@ impl Postfix {
             ca_file: Some(self.dir.join("tls/ca.pem")),
             max_connections: 4,
             rate_per_second: 0,
+            tenant_max_connections: 0,
             weight: 1,
             idle_timeout: mailgate::config::ConfigDuration(Duration::from_secs(60)),
         }
