@@ -131,7 +131,12 @@ fn run(store: &dyn Store, queue: &mpsc::Receiver<Call>) {
                 Err(_) => break,
             }
         }
-        serve(store, batch);
+        // A panic must not take every later write down with it: the calls of this
+        // batch lose their answers (their callers see the writer as stopped) and the
+        // thread goes on with the next batch.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(store, batch))).is_err() {
+            tracing::error!("a store write panicked; its batch was not answered");
+        }
     }
 }
 
