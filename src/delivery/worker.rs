@@ -25,8 +25,6 @@ const PERSIST_ATTEMPTS: u32 = 5;
 pub enum DeliveryError {
     #[error("the store failed")]
     Store(#[from] StoreError),
-    #[error("a blocking store call was cancelled")]
-    Join(#[from] tokio::task::JoinError),
 }
 
 /// What one call of [`Worker::try_execute_task`] did; tests call it to drain the queue

@@ -2,7 +2,9 @@
 //! contract (and one contract test suite).
 //!
 //! Every method is synchronous and may block on disk: call it from a blocking
-//! context (`web::block`, `spawn_blocking`), never directly on an async executor.
+//! context (`web::block`, `spawn_blocking`), never directly on an async executor. The
+//! hot path (accepting, leasing, recording attempts) goes through [`writer`] instead,
+//! which batches those calls on one thread.
 
 mod group_flush;
 mod sled_store;
