@@ -5,22 +5,21 @@
 //! Why not lettre's own pool: its connections leave Nagle's algorithm on, and lettre
 //! writes a message body and the final `<CRLF>.<CRLF>` as two writes, so the terminator
 //! waits for the relay's delayed ACK — about 40 ms per message, which capped delivery at
-//! ~25 messages/s per connection. Our plain and STARTTLS connections are opened with
-//! `TCP_NODELAY`; lettre still speaks SMTP on them. (Implicit-TLS relays connect through
-//! lettre's connector, which does not expose the socket, so they keep that delay.)
+//! ~25 messages/s per connection. Every connection is opened by us with `TCP_NODELAY`
+//! (implicit TLS handshaken over it by `tls`); lettre still speaks SMTP on them.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::commands::Rset;
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 use tokio::sync::Semaphore;
 
-use crate::config::TlsMode;
+use super::tls::{Encryption, TlsSocket};
 
 /// Why a transaction did not happen.
 #[derive(Debug)]
@@ -35,8 +34,7 @@ pub enum SmtpFailure {
 pub struct SmtpClient {
     host: String,
     port: u16,
-    tls: TlsMode,
-    tls_parameters: Option<TlsParameters>,
+    encryption: Encryption,
     credentials: Option<Credentials>,
     hello: ClientId,
     timeout: Duration,
@@ -49,8 +47,7 @@ pub struct SmtpClient {
 pub struct SmtpTarget {
     pub host: String,
     pub port: u16,
-    pub tls: TlsMode,
-    pub tls_parameters: Option<TlsParameters>,
+    pub encryption: Encryption,
     pub credentials: Option<Credentials>,
     pub max_connections: u32,
     /// Per SMTP exchange: connecting (with greeting, TLS and AUTH), and one transaction.
@@ -63,8 +60,7 @@ impl SmtpClient {
         Self {
             host: target.host,
             port: target.port,
-            tls: target.tls,
-            tls_parameters: target.tls_parameters,
+            encryption: target.encryption,
             credentials: target.credentials,
             hello: ClientId::default(),
             timeout: target.timeout,
@@ -130,28 +126,25 @@ impl SmtpClient {
         Ok(connection)
     }
 
+    /// A greeted connection over a socket with `TCP_NODELAY`, encrypted as configured.
     async fn open(&self) -> Result<AsyncSmtpConnection, SmtpFailure> {
-        let address = (self.host.as_str(), self.port);
-        if self.tls == TlsMode::Tls {
-            return AsyncSmtpConnection::connect_tokio1(
-                address,
-                Some(self.timeout),
-                &self.hello,
-                self.tls_parameters.clone(),
-                None,
-            )
-            .await
-            .map_err(SmtpFailure::Smtp);
-        }
-        let tcp = tokio::net::TcpStream::connect(address)
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|err| SmtpFailure::Connect(format!("connect to {}:{}: {err}", self.host, self.port)))?;
         tcp.set_nodelay(true)
             .map_err(|err| SmtpFailure::Connect(format!("TCP_NODELAY: {err}")))?;
-        let mut connection = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello)
+        let stream: Box<dyn lettre::transport::smtp::client::AsyncTokioStream> = match &self.encryption {
+            Encryption::Implicit { connector, server_name } => Box::new(
+                TlsSocket::connect(connector, server_name, tcp)
+                    .await
+                    .map_err(|err| SmtpFailure::Connect(format!("TLS with {}:{}: {err}", self.host, self.port)))?,
+            ),
+            Encryption::None | Encryption::Starttls(_) => Box::new(tcp),
+        };
+        let mut connection = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
             .await
             .map_err(SmtpFailure::Smtp)?;
-        if let (TlsMode::Starttls, Some(parameters)) = (self.tls, &self.tls_parameters) {
+        if let Encryption::Starttls(parameters) = &self.encryption {
             connection
                 .starttls(parameters.clone(), &self.hello)
                 .await

@@ -8,12 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, TlsParameters};
 use lettre::Address;
 
 use super::smtp_client::{SmtpClient, SmtpFailure, SmtpTarget};
+use super::tls::Encryption;
 
-use crate::config::{read_secret, TlsMode, UpstreamSettings};
+use crate::config::{read_secret, UpstreamSettings};
 use crate::domain::message::{DeliveryOutcome, SmtpReply};
 
 /// One SMTP transaction to do: one envelope recipient, so that each recipient gets its
@@ -46,21 +46,14 @@ pub(super) const GATEWAY_PROBLEM_CODES: [u16; 4] = [530, 534, 535, 538];
 impl Transport {
     /// Builds the pooled SMTP client for `upstream`, reading its password and CA file.
     pub fn smtp(upstream: &UpstreamSettings, timeout: Duration) -> anyhow::Result<Self> {
-        let tls_parameters = || -> anyhow::Result<TlsParameters> {
-            let mut builder = TlsParameters::builder(upstream.host.clone());
-            if let Some(ca_file) = &upstream.ca_file {
-                let pem = std::fs::read(ca_file)
-                    .with_context(|| format!("Failed to read the CA file {}", ca_file.display()))?;
-                let cert = Certificate::from_pem(&pem)
-                    .with_context(|| format!("{} holds no PEM certificate", ca_file.display()))?;
-                builder = builder.add_root_certificate(cert);
-            }
-            builder.build_rustls().context("Failed to set up TLS for the upstream")
+        let ca_pem = match &upstream.ca_file {
+            Some(ca_file) => Some(
+                std::fs::read(ca_file).with_context(|| format!("Failed to read the CA file {}", ca_file.display()))?,
+            ),
+            None => None,
         };
-        let tls_parameters = match upstream.tls {
-            TlsMode::Starttls | TlsMode::Tls => Some(tls_parameters()?),
-            TlsMode::None => None,
-        };
+        let encryption = Encryption::new(upstream.tls, &upstream.host, ca_pem.as_deref())
+            .with_context(|| format!("upstream {}: TLS", upstream.name))?;
         let credentials = match &upstream.username {
             Some(username) => {
                 let password = read_secret(upstream.password_file.as_deref(), upstream.password_env.as_deref())
@@ -73,8 +66,7 @@ impl Transport {
         let client = Box::new(SmtpClient::new(SmtpTarget {
             host: upstream.host.clone(),
             port: upstream.port,
-            tls: upstream.tls,
-            tls_parameters,
+            encryption,
             credentials,
             max_connections: upstream.max_connections,
             timeout,
