@@ -40,8 +40,14 @@ pub struct Application {
 /// Concurrent webhook deliveries.
 const DISPATCHERS: usize = 4;
 
-/// Delivery workers per upstream connection (see where the workers are counted).
-const WORKERS_PER_CONNECTION: usize = 4;
+/// Delivery workers per upstream connection. A worker hands its connection back as
+/// soon as the upstream answers and then waits for the outcome to reach the disk, so
+/// with more workers than connections a connection never idles through an fsync; the
+/// price is that a crash can repeat up to one transaction per worker (the upstream
+/// accepted it, its outcome was not yet on disk). Measured on two cores into
+/// smtp-sink over 8 connections: 1 per connection 1,974 msg/s end to end, 2 → 2,184,
+/// 4 → 2,930–3,061.
+pub const WORKERS_PER_CONNECTION: usize = 4;
 
 /// Delivery workers when the sandbox is the transport (no connection limit applies).
 const SANDBOX_WORKERS: usize = 2;
@@ -97,8 +103,6 @@ impl Application {
         };
         let upstreams = Arc::new(Upstreams::new(members, delivery.circuit_cooldown.0));
         let queue = Arc::new(QueueGauge::default());
-        // More workers than connections: a worker waiting for its attempt to reach the
-        // disk holds no connection, so another one keeps that connection busy meanwhile.
         let worker_count = upstreams.connections() * WORKERS_PER_CONNECTION;
         let wake = Arc::new(Notify::new());
         let metrics = Arc::new(Metrics::default());
