@@ -2,7 +2,8 @@
 //!
 //! Trees: `messages` (id → JSON), `mime` (id → bytes), `queue` (due millis BE ++ id →
 //! the message's status when queued, so iteration order is due order and the depth
-//! can be counted by state), `leases` (id → nothing) and `parked`
+//! can be counted by state), `leases` (id → nothing: held by a worker, which makes
+//! the message read as `sending`) and `parked`
 //! (queue entries that could not be leased, with the reason). Multi-tree
 //! transactions keep them consistent; `flush` makes a write durable.
 
@@ -392,11 +393,17 @@ impl SledStore {
         })
     }
 
+    /// The message as readers see it: `sending` while a worker holds its lease (the
+    /// lease does not rewrite the stored record, to keep leasing cheap).
     fn load(&self, id: &MessageId) -> Result<Option<Message>, StoreError> {
-        self.messages
-            .get(id.as_str())?
-            .map(|bytes| serde_json::from_slice(&bytes).map_err(StoreError::from))
-            .transpose()
+        let Some(bytes) = self.messages.get(id.as_str())? else {
+            return Ok(None);
+        };
+        let mut message: Message = decode(&bytes)?;
+        if self.leases.contains_key(id.as_str())? {
+            message.status = MessageStatus::Sending;
+        }
+        Ok(Some(message))
     }
 
     /// Makes every write so far durable, sharing the fsync with concurrent writers.
@@ -417,7 +424,7 @@ impl SledStore {
     }
 
     /// The message and MIME behind one queue entry, checked to be leasable.
-    fn lease_candidate(&self, key: &[u8]) -> Result<(sled::IVec, MessageId, Vec<u8>), StoreError> {
+    fn lease_candidate(&self, key: &[u8]) -> Result<(sled::IVec, Lease), StoreError> {
         let id = id_of_queue_key(key)?;
         let mime = self
             .mime
@@ -427,8 +434,15 @@ impl SledStore {
             .messages
             .get(id.as_str())?
             .ok_or_else(|| StoreError::Missing(id.to_string()))?;
-        decode::<Message>(&bytes)?;
-        Ok((sled::IVec::from(key), id, mime.to_vec()))
+        let mut message: Message = decode(&bytes)?;
+        message.status = MessageStatus::Sending;
+        Ok((
+            sled::IVec::from(key),
+            Lease {
+                message,
+                mime: mime.to_vec(),
+            },
+        ))
     }
 
     /// Moves a queue entry that cannot be delivered (undecodable, or its message is
@@ -440,27 +454,20 @@ impl SledStore {
         Ok(())
     }
 
-    /// Moves the queue entries still there into `leases`, in one transaction; an entry
-    /// another caller took meanwhile is skipped.
-    fn try_lease(&self, candidates: &[(sled::IVec, MessageId, Vec<u8>)]) -> Result<Vec<Message>, StoreError> {
-        (&self.queue, &self.leases, &self.messages)
-            .transaction(|(queue, leases, messages)| {
-                let mut leased = Vec::with_capacity(candidates.len());
-                for (key, id, _) in candidates {
-                    if queue.remove(key)?.is_none() {
-                        continue;
+    /// Moves the queue entries still there into `leases`, in one transaction; `false`
+    /// for an entry another caller took meanwhile.
+    fn try_lease(&self, candidates: &[(sled::IVec, Lease)]) -> Result<Vec<bool>, StoreError> {
+        (&self.queue, &self.leases)
+            .transaction(|(queue, leases)| {
+                let mut taken = Vec::with_capacity(candidates.len());
+                for (key, lease) in candidates {
+                    let won = queue.remove(key)?.is_some();
+                    if won {
+                        leases.insert(lease.message.id.as_str(), &[])?;
                     }
-                    let bytes = messages
-                        .get(id.as_str())?
-                        .ok_or_else(|| ConflictableTransactionError::Abort(StoreError::Missing(id.to_string())))?;
-                    let mut message: Message = serde_json::from_slice(&bytes)
-                        .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
-                    message.status = MessageStatus::Sending;
-                    messages.insert(id.as_str(), encode(&message)?)?;
-                    leases.insert(id.as_str(), &[])?;
-                    leased.push(message);
+                    taken.push(won);
                 }
-                Ok(leased)
+                Ok::<_, ConflictableTransactionError<StoreError>>(taken)
             })
             .map_err(flatten)
     }
@@ -526,17 +533,11 @@ impl Store for SledStore {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
-        let mut mimes: std::collections::HashMap<MessageId, Vec<u8>> = candidates
-            .iter()
-            .map(|(_, id, mime)| (id.clone(), mime.clone()))
-            .collect();
-        Ok(self
-            .try_lease(&candidates)?
+        let taken = self.try_lease(&candidates)?;
+        Ok(candidates
             .into_iter()
-            .map(|message| Lease {
-                mime: mimes.remove(&message.id).unwrap_or_default(),
-                message,
-            })
+            .zip(taken)
+            .filter_map(|((_, lease), won)| won.then_some(lease))
             .collect())
     }
 
@@ -1048,6 +1049,8 @@ mod tests {
             let lease = store.lease_due(Utc::now(), 1).unwrap().remove(0);
             assert_eq!(lease.message.id, msg.id);
             assert_eq!(lease.message.status, MessageStatus::Sending);
+            let seen = store.message(&msg.tenant, &msg.id).unwrap().unwrap();
+            assert_eq!(seen.status, MessageStatus::Sending, "readers see the lease");
             assert!(
                 store.lease_due(Utc::now(), 1).unwrap().is_empty(),
                 "a leased message is not handed out twice"
