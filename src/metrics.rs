@@ -144,7 +144,7 @@ impl Metrics {
         render_pool(&mut out, upstreams);
         let _ = writeln!(
             out,
-            "# HELP mailgate_queue_depth Messages not yet done, by state (sampled once a second)."
+            "# HELP mailgate_queue_depth Messages not yet done, by the state they were queued in (a scheduled message counts as scheduled until leased), and being sent; sampled once a second."
         );
         let _ = writeln!(out, "# TYPE mailgate_queue_depth gauge");
         for (state, count) in [

@@ -114,7 +114,9 @@ impl Sender {
             SystemTime::now(),
         )?;
         let message = Message::accepted(id, tenant.clone(), &new, &content, Utc::now());
-        // Suppressions are read on the writer thread, so none added meanwhile is missed.
+        // Suppressions are read on the writer thread just before the write; one added
+        // after that still stops the send, because the worker reads them again with
+        // the lease.
         let prepare: Prepare = Box::new(|store, message| {
             let emails: Vec<String> = message.recipients.iter().map(|r| r.email.clone()).collect();
             let suppressed = store.suppressed(&message.tenant, &emails)?;

@@ -62,6 +62,16 @@ impl Worker {
         let Some((lease, suppressed)) = leased else {
             return Ok(ExecutionOutcome::EmptyQueue);
         };
+        let suppressed = match suppressed {
+            Ok(suppressed) => suppressed,
+            Err(err) => {
+                tracing::warn!(message_id = %lease.message.id, error = %crate::telemetry::ErrorChain(&err), "could not read suppressions; the message goes back on the queue");
+                let mut message = lease.message;
+                message.finish_attempt(Some(Utc::now() + chrono::Duration::seconds(1)));
+                self.persist(message, true).await?;
+                return Ok(ExecutionOutcome::TaskCompleted);
+            }
+        };
         let span = tracing::info_span!("delivery", message_id = %lease.message.id, tenant = %lease.message.tenant);
         self.attempt(lease, &suppressed).instrument(span).await?;
         Ok(ExecutionOutcome::TaskCompleted)

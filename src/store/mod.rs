@@ -131,7 +131,8 @@ pub enum MessageWrite<'a> {
         mime: &'a [u8],
         key: Option<&'a IdempotencyKey>,
     },
-    /// As [`Store::save_progress`].
+    /// Progress on a leased message (one recipient done) without ending the lease, so
+    /// a crash repeats at most the transaction that was in flight.
     Progress(&'a Message),
     /// As [`Store::release`].
     Release(&'a Message),
@@ -149,8 +150,7 @@ pub trait Store: Send + Sync {
     /// Stores the message, its MIME and its queue entry atomically, and returns only
     /// once all of it is on disk (fsync). This is what makes a `202` a promise.
     ///
-    /// Every write of a message (this, [`Store::save_progress`], [`Store::release`],
-    /// [`Store::write_messages`])
+    /// Every write of a message (this, [`Store::release`], [`Store::write_messages`])
     /// also appends the message's new events to the tenant's event stream, and adds the
     /// suppressions they imply (hard bounces, complaints), in the same transaction.
     ///
@@ -164,7 +164,7 @@ pub trait Store: Send + Sync {
     }
 
     /// Applies several writes of messages at once, each as [`Store::accept`],
-    /// [`Store::save_progress`] or [`Store::release`] would, but not yet durably:
+    /// [`MessageWrite::Progress`] or [`Store::release`] would, but not yet durably:
     /// they are visible at once and durable once a later [`Store::sync`] returns.
     /// One result per write, in order ([`StoreError::Conflict`] for an accept whose
     /// key is held). For [`writer::StoreWriter`], which shares one sync (and, in sled,
@@ -189,15 +189,6 @@ pub trait Store: Send + Sync {
     /// them leased (status `sending`). Two callers never receive the same message. A
     /// lease is not durable: after a crash [`Store::recover_leases`] puts it back.
     fn lease_due(&self, now: DateTime<Utc>, max: usize) -> Result<Vec<Lease>, StoreError>;
-
-    /// Durably saves progress on a leased message (one recipient done) without ending
-    /// the lease, so a crash repeats at most the transaction that was in flight.
-    fn save_progress(&self, message: &Message) -> Result<(), StoreError> {
-        self.write_messages(&[MessageWrite::Progress(message)])?
-            .into_iter()
-            .collect::<Result<(), _>>()?;
-        self.sync()
-    }
 
     /// Durably saves the message and ends its lease; it is queued again for
     /// `message.next_attempt_at` when that is set.

@@ -147,6 +147,13 @@ fn stream_key(tenant: &TenantId, position: u64) -> Vec<u8> {
     key
 }
 
+/// A due queue entry read for leasing: its key, the message record as read, the lease.
+struct Candidate {
+    key: sled::IVec,
+    read: sled::IVec,
+    lease: Lease,
+}
+
 /// What a write of a message adds besides the message (see `SledStore::consequences`).
 struct Consequences {
     fresh: Vec<(u64, PublishedEvent)>,
@@ -256,7 +263,8 @@ impl SledStore {
     /// MIME and queue entry (accept), its lease (release), its new events in the
     /// tenant's stream, and the suppressions those events imply. Durable after the next
     /// flush. Per write, `false` when it wrote nothing: an accept whose idempotency key
-    /// another request holds, or a swap that lost to a concurrent change.
+    /// another request holds, or a swap that lost to a concurrent change; or the error
+    /// that kept that one write out (its webhooks could not be read, say).
     ///
     /// One transaction for many writes matters: sled writes its log buffer out twice
     /// for every transaction, whatever its size.
@@ -264,16 +272,16 @@ impl SledStore {
     /// Stream positions come from one counter, and the commit holds `stream_order`
     /// from taking positions until the transaction is applied, so a reader never sees
     /// a position before a smaller one that is still to come.
-    fn commit_all(&self, writes: &[(&Message, Commit<'_>)]) -> Result<Vec<bool>, StoreError> {
+    fn commit_all(&self, writes: &[(&Message, Commit<'_>)]) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
         let order = self
             .stream_order
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut planned_ids = HashSet::new();
-        let planned = writes
+        let planned: Vec<Result<Consequences, StoreError>> = writes
             .iter()
             .map(|(message, _)| self.consequences(message, &mut planned_ids))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect();
         let written = (
             &self.messages,
             &self.mime,
@@ -303,19 +311,31 @@ impl SledStore {
                     writes
                         .iter()
                         .zip(&planned)
-                        .map(|((message, change), planned)| trees.write(message, change, planned))
-                        .collect::<Result<Vec<bool>, _>>()
+                        .map(|((message, change), planned)| match planned {
+                            Ok(planned) => trees.write(message, change, planned).map(Some),
+                            Err(_) => Ok(None),
+                        })
+                        .collect::<Result<Vec<Option<bool>>, _>>()
                 },
             )
             .map_err(flatten)?;
         drop(order);
-        Ok(written)
+        Ok(written
+            .into_iter()
+            .zip(planned)
+            .map(|(written, planned)| match (written, planned) {
+                (Some(written), _) => Ok(written),
+                (None, Err(err)) => Err(err),
+                (None, Ok(_)) => Err(StoreError::Conflict),
+            })
+            .collect())
     }
 
     /// One write of [`Self::commit_all`]; [`StoreError::Conflict`] when it wrote nothing.
     fn commit(&self, message: &Message, change: Commit<'_>) -> Result<(), StoreError> {
-        match self.commit_all(&[(message, change)])?.first() {
-            Some(true) => Ok(()),
+        match self.commit_all(&[(message, change)])?.pop() {
+            Some(Ok(true)) => Ok(()),
+            Some(Err(err)) => Err(err),
             _ => Err(StoreError::Conflict),
         }
     }
@@ -424,7 +444,7 @@ impl SledStore {
     }
 
     /// The message and MIME behind one queue entry, checked to be leasable.
-    fn lease_candidate(&self, key: &[u8]) -> Result<(sled::IVec, Lease), StoreError> {
+    fn lease_candidate(&self, key: &[u8]) -> Result<Candidate, StoreError> {
         let id = id_of_queue_key(key)?;
         let mime = self
             .mime
@@ -436,13 +456,14 @@ impl SledStore {
             .ok_or_else(|| StoreError::Missing(id.to_string()))?;
         let mut message: Message = decode(&bytes)?;
         message.status = MessageStatus::Sending;
-        Ok((
-            sled::IVec::from(key),
-            Lease {
+        Ok(Candidate {
+            key: sled::IVec::from(key),
+            read: bytes,
+            lease: Lease {
                 message,
                 mime: mime.to_vec(),
             },
-        ))
+        })
     }
 
     /// Moves a queue entry that cannot be delivered (undecodable, or its message is
@@ -455,15 +476,18 @@ impl SledStore {
     }
 
     /// Moves the queue entries still there into `leases`, in one transaction; `false`
-    /// for an entry another caller took meanwhile.
-    fn try_lease(&self, candidates: &[(sled::IVec, Lease)]) -> Result<Vec<bool>, StoreError> {
-        (&self.queue, &self.leases)
-            .transaction(|(queue, leases)| {
+    /// for an entry another caller took meanwhile, or whose message changed since it
+    /// was read (a report applied in between: the next scan reads it afresh).
+    fn try_lease(&self, candidates: &[Candidate]) -> Result<Vec<bool>, StoreError> {
+        (&self.queue, &self.leases, &self.messages)
+            .transaction(|(queue, leases, messages)| {
                 let mut taken = Vec::with_capacity(candidates.len());
-                for (key, lease) in candidates {
-                    let won = queue.remove(key)?.is_some();
+                for candidate in candidates {
+                    let id = candidate.lease.message.id.as_str();
+                    let unchanged = messages.get(id)?.is_some_and(|now| now == candidate.read);
+                    let won = unchanged && queue.remove(&candidate.key)?.is_some();
                     if won {
-                        leases.insert(lease.message.id.as_str(), &[])?;
+                        leases.insert(id, &[])?;
                     }
                     taken.push(won);
                 }
@@ -490,7 +514,11 @@ impl Store for SledStore {
         Ok(self
             .commit_all(&changes)?
             .into_iter()
-            .map(|written| if written { Ok(()) } else { Err(StoreError::Conflict) })
+            .map(|written| match written {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(StoreError::Conflict),
+                Err(err) => Err(err),
+            })
             .collect())
     }
 
@@ -537,7 +565,7 @@ impl Store for SledStore {
         Ok(candidates
             .into_iter()
             .zip(taken)
-            .filter_map(|((_, lease), won)| won.then_some(lease))
+            .filter_map(|(candidate, won)| won.then_some(candidate.lease))
             .collect())
     }
 
@@ -1110,6 +1138,57 @@ mod tests {
         let rest = store.lease_due(Utc::now(), 5).unwrap();
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].message.id, ids[0].1);
+    }
+
+    #[test]
+    fn a_lease_does_not_hand_out_a_copy_older_than_a_report_applied_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let msg = message();
+        store.accept(&msg, b"mime", None).unwrap();
+        let (key, _) = store.queue.first().unwrap().unwrap();
+        let candidate = store.lease_candidate(&key).unwrap();
+        let applied = store
+            .apply_report(&msg.tenant, &msg.id, &mut |m| m.tags.push("changed".into()))
+            .unwrap();
+        assert_eq!(applied, ReportTarget::Applied);
+        assert_eq!(store.try_lease(&[candidate]).unwrap(), [false]);
+        let fresh = store.lease_due(Utc::now(), 1).unwrap().remove(0);
+        assert_eq!(fresh.message.tags, ["changed"], "the next scan reads it afresh");
+    }
+
+    #[test]
+    fn a_write_that_cannot_be_planned_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        // An event to publish makes the write read the tenant's webhooks.
+        let mut broken = message();
+        broken.suppress(0, Utc::now());
+        let mut fine = message();
+        fine.suppress(0, Utc::now());
+        fine.tenant = TenantId::parse("other").unwrap();
+        store
+            .webhooks
+            .insert(tenant_key(&broken.tenant, "wh_garbage"), b"not json".as_slice())
+            .unwrap();
+        let written = store
+            .write_messages(&[
+                MessageWrite::Accept {
+                    message: &broken,
+                    mime: b"m",
+                    key: None,
+                },
+                MessageWrite::Accept {
+                    message: &fine,
+                    mime: b"m",
+                    key: None,
+                },
+            ])
+            .unwrap();
+        assert!(matches!(written[0], Err(StoreError::Corrupt(_))), "{written:?}");
+        assert!(written[1].is_ok());
+        assert!(store.message(&broken.tenant, &broken.id).unwrap().is_none());
+        assert!(store.message(&fine.tenant, &fine.id).unwrap().is_some());
     }
 
     #[test]

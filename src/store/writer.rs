@@ -86,7 +86,7 @@ impl StoreWriter {
         answered.await.map_err(|_| stopped())?
     }
 
-    /// [`Store::save_progress`], or [`Store::release`] with `release`; returns once on
+    /// [`MessageWrite::Progress`], or [`Store::release`] with `release`; returns once on
     /// disk.
     pub async fn save(&self, message: Message, release: bool) -> Result<(), StoreError> {
         let (answer, answered) = oneshot::channel();
@@ -98,13 +98,19 @@ impl StoreWriter {
         answered.await.map_err(|_| stopped())?
     }
 
-    /// Leases the earliest due message, if any, with what `with` reads for it.
-    pub async fn lease<T: Send + 'static>(&self, with: WithLease<T>) -> Result<Option<(Lease, T)>, StoreError> {
+    /// Leases the earliest due message, if any, with what `with` reads for it. When
+    /// `with` fails the lease is still the caller's, to put back.
+    pub async fn lease<T: Send + 'static>(
+        &self,
+        with: WithLease<T>,
+    ) -> Result<Option<(Lease, Result<T, StoreError>)>, StoreError> {
         let (answer, answered) = oneshot::channel();
         self.send(Call::Lease(Box::new(move |store, leased| {
-            let result = leased.and_then(|lease| match lease {
-                Some(lease) => with(store, &lease).map(|extra| Some((lease, extra))),
-                None => Ok(None),
+            let result = leased.map(|lease| {
+                lease.map(|lease| {
+                    let extra = with(store, &lease);
+                    (lease, extra)
+                })
             });
             let _ = answer.send(result);
         })))?;
@@ -202,15 +208,22 @@ fn serve(store: &dyn Store, batch: Vec<Call>) {
             Call::Lease(answer) => leases.push(answer),
         }
     }
-    if !pending.is_empty() {
-        write_and_sync(store, pending);
+    let durable = pending.is_empty() || write_and_sync(store, pending);
+    if leases.is_empty() {
+        return;
     }
-    if !leases.is_empty() {
+    if durable {
         hand_out(store, leases);
+    } else {
+        // What this batch wrote may not be on disk: lease nothing that could rest on it.
+        for answer in leases {
+            answer(store, Err(StoreError::Batch("the store could not sync".to_owned())));
+        }
     }
 }
 
-fn write_and_sync(store: &dyn Store, pending: Vec<Pending>) {
+/// Whether the batch's writes reached the disk.
+fn write_and_sync(store: &dyn Store, pending: Vec<Pending>) -> bool {
     let writes: Vec<MessageWrite<'_>> = pending.iter().map(Pending::write).collect();
     let written = store.write_messages(&writes);
     drop(writes);
@@ -222,7 +235,7 @@ fn write_and_sync(store: &dyn Store, pending: Vec<Pending>) {
             pending
                 .into_iter()
                 .for_each(|p| p.answer(Err(StoreError::Batch(reason.clone()))));
-            return;
+            return false;
         }
     };
     let synced = store
@@ -239,6 +252,7 @@ fn write_and_sync(store: &dyn Store, pending: Vec<Pending>) {
         };
         pending.answer(outcome);
     }
+    synced.is_ok()
 }
 
 fn hand_out(store: &dyn Store, waiting: Vec<LeaseAnswer>) {
@@ -294,7 +308,7 @@ mod tests {
             .collect();
         let mut leased = HashSet::new();
         for lease in leases {
-            if let Some((lease, ())) = lease.await.unwrap().unwrap() {
+            if let Some((lease, _)) = lease.await.unwrap().unwrap() {
                 assert!(leased.insert(lease.message.id), "a message was leased twice");
             }
         }
