@@ -19,7 +19,7 @@ use crate::delivery::{run_worker_until_stopped, Member, RetryPolicy, Transport, 
 use crate::metrics::Metrics;
 use crate::render::template::RenderLimits;
 use crate::sending::Sender;
-use crate::store::writer::StoreWriter;
+use crate::store::writer::{LeasePolicy, StoreWriter};
 use crate::store::{SledStore, Store};
 use crate::templates::Templates;
 use crate::webhooks::dispatcher::{run_dispatcher_until_stopped, Dispatcher};
@@ -113,7 +113,8 @@ impl Application {
         {
             revocations.revoke(&jti, until);
         }
-        let writer = StoreWriter::start(Arc::clone(&store)).context("Failed to start the store writer")?;
+        let policy: Arc<dyn LeasePolicy> = Arc::clone(&upstreams) as Arc<dyn LeasePolicy>;
+        let writer = StoreWriter::start(Arc::clone(&store), policy).context("Failed to start the store writer")?;
         let worker = Worker {
             store: Arc::clone(&store),
             writer: writer.clone(),

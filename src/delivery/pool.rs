@@ -21,6 +21,7 @@ use utoipa::ToSchema;
 
 use super::transport::{Transport, TransportJob, GATEWAY_PROBLEM_CODES};
 use crate::domain::message::{DeliveryOutcome, SmtpReply};
+use crate::store::writer::{LeaseGuard, LeasePolicy};
 
 /// Upstream failures in a row that open a circuit.
 const FAILURE_THRESHOLD: u32 = 3;
@@ -229,6 +230,61 @@ pub struct UpstreamStatus {
 pub struct Upstreams {
     members: Vec<Member>,
     cooldown: Duration,
+    /// Each tenant's messages leased by workers right now (see the [`LeasePolicy`]).
+    in_progress: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// A leased message counted against its tenant; uncounted when dropped.
+struct InProgress {
+    counts: Arc<Mutex<HashMap<String, u32>>>,
+    tenant: String,
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// With tenant caps, a worker holding a message whose tenant is at its cap on every
+/// relay can only wait; so messages of a tenant are leased only while the tenant has
+/// fewer in progress than the relays' caps add up to, and the lease scan passes over
+/// the rest — other tenants' mail is leased meanwhile. Without caps (or with a relay
+/// that has none) everything is admitted.
+impl LeasePolicy for Upstreams {
+    fn admits(&self, tenant: &str, admitted: u32) -> bool {
+        let room: Option<u32> = self
+            .members
+            .iter()
+            .map(|m| m.tenant_slots.as_ref().map(|s| s.cap))
+            .sum();
+        let Some(room) = room else {
+            return true;
+        };
+        let counts = self
+            .in_progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts.get(tenant).copied().unwrap_or(0).saturating_add(admitted) < room
+    }
+
+    fn lease_taken(&self, tenant: &str) -> LeaseGuard {
+        let mut counts = self
+            .in_progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *counts.entry(tenant.to_owned()).or_insert(0) += 1;
+        Box::new(InProgress {
+            counts: Arc::clone(&self.in_progress),
+            tenant: tenant.to_owned(),
+        })
+    }
 }
 
 /// Whether `outcome` says the relay, not the recipient, failed: no connection, TLS or
@@ -245,7 +301,11 @@ fn relay_failed(outcome: &DeliveryOutcome) -> bool {
 
 impl Upstreams {
     pub fn new(members: Vec<Member>, cooldown: Duration) -> Self {
-        Self { members, cooldown }
+        Self {
+            members,
+            cooldown,
+            in_progress: Arc::default(),
+        }
     }
 
     /// How many transactions can run at once: the sum of every relay's connections.
@@ -479,6 +539,35 @@ mod tests {
             "6 sends at 20/s take ≥ 250 ms"
         );
         assert_eq!(paced.statuses()[0].sent, 6);
+    }
+
+    #[test]
+    fn a_tenant_is_leased_only_while_it_has_room_on_the_capped_relays() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = || Transport::sandbox(dir.path().to_path_buf()).unwrap();
+        let capped = Upstreams::new(
+            vec![
+                Member::new(sandbox(), 1, 4, 0).with_tenant_cap(1),
+                Member::new(sandbox(), 1, 4, 0).with_tenant_cap(2),
+            ],
+            Duration::from_secs(1),
+        );
+        assert!(capped.admits("busy", 2) && !capped.admits("busy", 3), "room is 1 + 2");
+        let held: Vec<_> = (0..3).map(|_| capped.lease_taken("busy")).collect();
+        assert!(!capped.admits("busy", 0), "three in progress fill the room");
+        assert!(capped.admits("calm", 0), "other tenants are not held up");
+        drop(held);
+        assert!(capped.admits("busy", 0), "finished work frees the room");
+
+        let open = Upstreams::new(
+            vec![
+                Member::new(sandbox(), 1, 4, 0).with_tenant_cap(1),
+                Member::new(sandbox(), 1, 4, 0),
+            ],
+            Duration::from_secs(1),
+        );
+        let _held: Vec<_> = (0..10).map(|_| open.lease_taken("busy")).collect();
+        assert!(open.admits("busy", 10), "a relay without a cap takes any amount");
     }
 
     #[tokio::test]

@@ -59,7 +59,8 @@ impl Worker {
                 store.suppressed(&lease.message.tenant, &emails)
             }))
             .await?;
-        let Some((lease, suppressed)) = leased else {
+        // Held for the whole attempt: the lease counts against its tenant meanwhile.
+        let Some((lease, suppressed, _counted)) = leased else {
             return Ok(ExecutionOutcome::EmptyQueue);
         };
         let suppressed = match suppressed {

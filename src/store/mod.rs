@@ -186,9 +186,16 @@ pub trait Store: Send + Sync {
     fn mime(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Takes up to `max` of the earliest messages due at `now` off the queue and marks
-    /// them leased (status `sending`). Two callers never receive the same message. A
-    /// lease is not durable: after a crash [`Store::recover_leases`] puts it back.
-    fn lease_due(&self, now: DateTime<Utc>, max: usize) -> Result<Vec<Lease>, StoreError>;
+    /// them leased (status `sending`), passing over those whose tenant `admit` refuses
+    /// (it is asked once per message, in due order). Two callers never receive the same
+    /// message. A lease is not durable: after a crash [`Store::recover_leases`] puts it
+    /// back.
+    fn lease_due(
+        &self,
+        now: DateTime<Utc>,
+        max: usize,
+        admit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Vec<Lease>, StoreError>;
 
     /// Durably saves the message and ends its lease; it is queued again for
     /// `message.next_attempt_at` when that is set.

@@ -96,6 +96,27 @@ fn queue_key(due: DateTime<Utc>, id: &MessageId) -> Vec<u8> {
     key
 }
 
+/// A queue entry's value: the status the message was queued in and its tenant, so the
+/// depth can be counted by state and a lease scan can pass over a tenant without
+/// reading its messages.
+fn queue_value(message: &Message) -> Vec<u8> {
+    let mut value = message.status.as_str().as_bytes().to_vec();
+    value.push(0);
+    value.extend_from_slice(message.tenant.as_str().as_bytes());
+    value
+}
+
+/// The status and tenant of a queue value (older entries hold the status alone).
+fn queued_as(value: &[u8]) -> (&[u8], &str) {
+    let mut parts = value.splitn(2, |b| *b == 0);
+    let status = parts.next().unwrap_or_default();
+    let tenant = parts
+        .next()
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .unwrap_or_default();
+    (status, tenant)
+}
+
 fn id_of_queue_key(key: &[u8]) -> Result<MessageId, StoreError> {
     let raw = key
         .get(8..)
@@ -146,6 +167,10 @@ fn stream_key(tenant: &TenantId, position: u64) -> Vec<u8> {
     key.extend_from_slice(&position.to_be_bytes());
     key
 }
+
+/// Due entries a lease scan may pass over (tenants the caller does not admit now)
+/// before it gives up: the scan reads queue entries only, so this is cheap.
+const LEASE_SKIP_BUDGET: usize = 10_000;
 
 /// A due queue entry read for leasing: its key, the message record as read, the lease.
 struct Candidate {
@@ -217,8 +242,7 @@ impl Staging<'_> {
         };
         self.messages.insert(message.id.as_str(), encode(message)?)?;
         if let (true, Some(due)) = (requeue, message.next_attempt_at) {
-            self.queue
-                .insert(queue_key(due, &message.id), message.status.as_str().as_bytes())?;
+            self.queue.insert(queue_key(due, &message.id), queue_value(message))?;
         }
         for (position, event) in &planned.fresh {
             self.events.insert(stream_key(tenant, *position), encode_json(event)?)?;
@@ -541,17 +565,29 @@ impl Store for SledStore {
         Ok(self.mime.get(id.as_str())?.map(|b| b.to_vec()))
     }
 
-    fn lease_due(&self, now: DateTime<Utc>, max: usize) -> Result<Vec<Lease>, StoreError> {
+    fn lease_due(
+        &self,
+        now: DateTime<Utc>,
+        max: usize,
+        admit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Vec<Lease>, StoreError> {
         let end = u64::try_from(now.timestamp_millis())
             .unwrap_or(0)
             .saturating_add(1)
             .to_be_bytes();
         let mut candidates = Vec::new();
-        for entry in self.queue.range(..end.as_slice()) {
+        for entry in self
+            .queue
+            .range(..end.as_slice())
+            .take(max.saturating_add(LEASE_SKIP_BUDGET))
+        {
             if candidates.len() >= max {
                 break;
             }
-            let (key, _) = entry?;
+            let (key, value) = entry?;
+            if !admit(queued_as(&value).1) {
+                continue;
+            }
             match self.lease_candidate(&key) {
                 Ok(candidate) => candidates.push(candidate),
                 Err(StoreError::Io(err)) => return Err(StoreError::Io(err)),
@@ -1011,8 +1047,8 @@ impl Store for SledStore {
             ..QueueDepth::default()
         };
         for entry in self.queue.iter() {
-            let (_, state) = entry?;
-            match state.as_ref() {
+            let (_, value) = entry?;
+            match queued_as(&value).0 {
                 b"scheduled" => depth.scheduled += 1,
                 b"deferred" => depth.deferred += 1,
                 _ => depth.queued += 1,
@@ -1074,20 +1110,20 @@ mod tests {
         {
             let store = SledStore::open(dir.path()).unwrap();
             store.accept(&msg, b"mime", None).unwrap();
-            let lease = store.lease_due(Utc::now(), 1).unwrap().remove(0);
+            let lease = store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().remove(0);
             assert_eq!(lease.message.id, msg.id);
             assert_eq!(lease.message.status, MessageStatus::Sending);
             let seen = store.message(&msg.tenant, &msg.id).unwrap().unwrap();
             assert_eq!(seen.status, MessageStatus::Sending, "readers see the lease");
             assert!(
-                store.lease_due(Utc::now(), 1).unwrap().is_empty(),
+                store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().is_empty(),
                 "a leased message is not handed out twice"
             );
             store.db.flush().unwrap();
         }
         let store = reopen(dir.path());
         assert_eq!(store.recover_leases().unwrap(), 1);
-        let again = store.lease_due(Utc::now(), 1).unwrap().remove(0);
+        let again = store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().remove(0);
         assert_eq!(again.message.id, msg.id);
         assert_eq!(again.mime, b"mime");
     }
@@ -1129,13 +1165,13 @@ mod tests {
         }
         ids.sort();
         let leased: Vec<MessageId> = store
-            .lease_due(Utc::now(), 2)
+            .lease_due(Utc::now(), 2, &mut |_| true)
             .unwrap()
             .into_iter()
             .map(|l| l.message.id)
             .collect();
         assert_eq!(leased, [ids[2].1.clone(), ids[1].1.clone()]);
-        let rest = store.lease_due(Utc::now(), 5).unwrap();
+        let rest = store.lease_due(Utc::now(), 5, &mut |_| true).unwrap();
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].message.id, ids[0].1);
     }
@@ -1153,7 +1189,7 @@ mod tests {
             .unwrap();
         assert_eq!(applied, ReportTarget::Applied);
         assert_eq!(store.try_lease(&[candidate]).unwrap(), [false]);
-        let fresh = store.lease_due(Utc::now(), 1).unwrap().remove(0);
+        let fresh = store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().remove(0);
         assert_eq!(fresh.message.tags, ["changed"], "the next scan reads it afresh");
     }
 
@@ -1196,12 +1232,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
         store.accept(&message(), b"mime", None).unwrap();
-        let mut lease = store.lease_due(Utc::now(), 1).unwrap().remove(0);
+        let mut lease = store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().remove(0);
         let retry_at = Utc::now() + chrono::Duration::seconds(60);
         lease.message.next_attempt_at = Some(retry_at);
         store.release(&lease.message).unwrap();
-        assert!(store.lease_due(Utc::now(), 1).unwrap().is_empty());
-        assert!(!store.lease_due(retry_at, 1).unwrap().is_empty());
+        assert!(store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().is_empty());
+        assert!(!store.lease_due(retry_at, 1, &mut |_| true).unwrap().is_empty());
     }
 }
 
@@ -1219,7 +1255,7 @@ mod queue_tests {
             .insert(queue_key(Utc::now() - chrono::Duration::seconds(5), &ghost), &[])
             .unwrap();
         store.queue.insert([&[0u8; 8][..], b"garbage"].concat(), &[]).unwrap();
-        assert!(store.lease_due(Utc::now(), 1).unwrap().is_empty());
+        assert!(store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().is_empty());
         assert_eq!(store.parked.len(), 2);
         assert!(store.queue.is_empty());
     }

@@ -11,6 +11,7 @@
 //! thread. A caller still gets its answer only after its own write is on disk, and a
 //! lease is only ever of a message whose acceptance is on disk.
 
+use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -30,8 +31,38 @@ pub type Prepare = Box<dyn FnOnce(&dyn Store, &mut Message) -> Result<(), StoreE
 /// Reads what a worker needs with its lease, on the writer thread.
 pub type WithLease<T> = Box<dyn FnOnce(&dyn Store, &Lease) -> Result<T, StoreError> + Send>;
 
+/// Which due messages may be leased now. Delivery uses it to keep a tenant that is at
+/// its cap on every relay from filling the workers while other tenants' mail waits.
+pub trait LeasePolicy: Send + Sync {
+    /// Whether one more of `tenant`'s messages may be leased, with `admitted` of them
+    /// already admitted by this scan.
+    fn admits(&self, tenant: &str, admitted: u32) -> bool;
+
+    /// Counts a leased message of `tenant` against it until the guard is dropped.
+    fn lease_taken(&self, tenant: &str) -> LeaseGuard;
+}
+
+/// Held while a leased message counts against its tenant (see [`LeasePolicy`]).
+pub type LeaseGuard = Box<dyn std::any::Any + Send>;
+
+/// Admits everything: for a writer nobody delivers from (tests, tools).
+pub struct AdmitAll;
+
+impl LeasePolicy for AdmitAll {
+    fn admits(&self, _tenant: &str, _admitted: u32) -> bool {
+        true
+    }
+
+    fn lease_taken(&self, _tenant: &str) -> LeaseGuard {
+        Box::new(())
+    }
+}
+
+/// A lease with its guard, or `None` when nothing is due.
+type Leased = Option<(Lease, LeaseGuard)>;
+
 /// Called with a lease, or `None` when nothing is due.
-type LeaseAnswer = Box<dyn FnOnce(&dyn Store, Result<Option<Lease>, StoreError>) + Send>;
+type LeaseAnswer = Box<dyn FnOnce(&dyn Store, Result<Leased, StoreError>) + Send>;
 
 enum Call {
     Accept {
@@ -57,12 +88,12 @@ pub struct StoreWriter {
 }
 
 impl StoreWriter {
-    /// Starts the thread over `store`.
-    pub fn start(store: Arc<dyn Store>) -> std::io::Result<Self> {
+    /// Starts the thread over `store`, leasing as `policy` admits.
+    pub fn start(store: Arc<dyn Store>, policy: Arc<dyn LeasePolicy>) -> std::io::Result<Self> {
         let (calls, queue) = mpsc::channel::<Call>();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run(store.as_ref(), &queue))?;
+            .spawn(move || run(store.as_ref(), policy.as_ref(), &queue))?;
         Ok(Self { calls })
     }
 
@@ -98,18 +129,19 @@ impl StoreWriter {
         answered.await.map_err(|_| stopped())?
     }
 
-    /// Leases the earliest due message, if any, with what `with` reads for it. When
-    /// `with` fails the lease is still the caller's, to put back.
+    /// Leases the earliest due message the policy admits, if any, with what `with`
+    /// reads for it and the guard that counts it against its tenant until dropped.
+    /// When `with` fails the lease is still the caller's, to put back.
     pub async fn lease<T: Send + 'static>(
         &self,
         with: WithLease<T>,
-    ) -> Result<Option<(Lease, Result<T, StoreError>)>, StoreError> {
+    ) -> Result<Option<(Lease, Result<T, StoreError>, LeaseGuard)>, StoreError> {
         let (answer, answered) = oneshot::channel();
         self.send(Call::Lease(Box::new(move |store, leased| {
             let result = leased.map(|lease| {
-                lease.map(|lease| {
+                lease.map(|(lease, guard)| {
                     let extra = with(store, &lease);
-                    (lease, extra)
+                    (lease, extra, guard)
                 })
             });
             let _ = answer.send(result);
@@ -128,7 +160,7 @@ fn stopped() -> StoreError {
 
 /// Takes whatever is queued (up to [`MAX_BATCH`]) and serves it, until every handle
 /// is gone.
-fn run(store: &dyn Store, queue: &mpsc::Receiver<Call>) {
+fn run(store: &dyn Store, policy: &dyn LeasePolicy, queue: &mpsc::Receiver<Call>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -140,7 +172,7 @@ fn run(store: &dyn Store, queue: &mpsc::Receiver<Call>) {
         // A panic must not take every later write down with it: the calls of this
         // batch lose their answers (their callers see the writer as stopped) and the
         // thread goes on with the next batch.
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(store, batch))).is_err() {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(store, policy, batch))).is_err() {
             tracing::error!("a store write panicked; its batch was not answered");
         }
     }
@@ -183,7 +215,7 @@ impl Pending {
 }
 
 /// Writes, syncs and answers the batch's writes, then hands out its leases.
-fn serve(store: &dyn Store, batch: Vec<Call>) {
+fn serve(store: &dyn Store, policy: &dyn LeasePolicy, batch: Vec<Call>) {
     let mut pending = Vec::new();
     let mut leases = Vec::new();
     for call in batch {
@@ -213,7 +245,7 @@ fn serve(store: &dyn Store, batch: Vec<Call>) {
         return;
     }
     if durable {
-        hand_out(store, leases);
+        hand_out(store, policy, leases);
     } else {
         // What this batch wrote may not be on disk: lease nothing that could rest on it.
         for answer in leases {
@@ -255,12 +287,25 @@ fn write_and_sync(store: &dyn Store, pending: Vec<Pending>) -> bool {
     synced.is_ok()
 }
 
-fn hand_out(store: &dyn Store, waiting: Vec<LeaseAnswer>) {
-    match store.lease_due(Utc::now(), waiting.len()) {
+fn hand_out(store: &dyn Store, policy: &dyn LeasePolicy, waiting: Vec<LeaseAnswer>) {
+    let mut admitted: HashMap<String, u32> = HashMap::new();
+    let mut admit = |tenant: &str| {
+        let count = admitted.get(tenant).copied().unwrap_or(0);
+        let admits = policy.admits(tenant, count);
+        if admits {
+            admitted.insert(tenant.to_owned(), count + 1);
+        }
+        admits
+    };
+    match store.lease_due(Utc::now(), waiting.len(), &mut admit) {
         Ok(leases) => {
             let mut leases = leases.into_iter();
             for answer in waiting {
-                answer(store, Ok(leases.next()));
+                let leased = leases.next().map(|lease| {
+                    let guard = policy.lease_taken(lease.message.tenant.as_str());
+                    (lease, guard)
+                });
+                answer(store, Ok(leased));
             }
         }
         Err(err) => {
@@ -288,7 +333,7 @@ mod tests {
     async fn concurrent_accepts_are_stored_and_each_due_message_is_leased_once() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let writer = StoreWriter::start(Arc::clone(&store)).unwrap();
+        let writer = StoreWriter::start(Arc::clone(&store), Arc::new(AdmitAll)).unwrap();
         let accepts: Vec<_> = (0..40)
             .map(|_| {
                 let writer = writer.clone();
@@ -308,18 +353,59 @@ mod tests {
             .collect();
         let mut leased = HashSet::new();
         for lease in leases {
-            if let Some((lease, _)) = lease.await.unwrap().unwrap() {
+            if let Some((lease, _, _)) = lease.await.unwrap().unwrap() {
                 assert!(leased.insert(lease.message.id), "a message was leased twice");
             }
         }
         assert_eq!(leased, accepted);
     }
 
+    /// Admits tenant `other` only.
+    struct OnlyOther;
+
+    impl LeasePolicy for OnlyOther {
+        fn admits(&self, tenant: &str, _admitted: u32) -> bool {
+            tenant == "other"
+        }
+
+        fn lease_taken(&self, _tenant: &str) -> LeaseGuard {
+            Box::new(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lease_passes_over_tenants_the_policy_does_not_admit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let writer = StoreWriter::start(Arc::clone(&store), Arc::new(OnlyOther)).unwrap();
+        let mut first = message();
+        first.next_attempt_at = Some(Utc::now() - chrono::Duration::seconds(2));
+        let mut second = message();
+        second.tenant = crate::domain::auth::TenantId::parse("other").unwrap();
+        second.next_attempt_at = Some(Utc::now() - chrono::Duration::seconds(1));
+        writer.accept(first, b"m".to_vec(), None, nothing()).await.unwrap();
+        writer
+            .accept(second.clone(), b"m".to_vec(), None, nothing())
+            .await
+            .unwrap();
+        let (lease, _, _) = writer.lease(Box::new(|_, _| Ok(()))).await.unwrap().unwrap();
+        assert_eq!(
+            lease.message.id, second.id,
+            "the earlier message's tenant is not admitted"
+        );
+        assert!(writer.lease(Box::new(|_, _| Ok(()))).await.unwrap().is_none());
+        assert_eq!(
+            store.queue_depth().unwrap().queued,
+            1,
+            "the passed-over message stays queued"
+        );
+    }
+
     #[tokio::test]
     async fn a_held_key_fails_only_its_own_accept_and_prepare_sees_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let writer = StoreWriter::start(Arc::clone(&store)).unwrap();
+        let writer = StoreWriter::start(Arc::clone(&store), Arc::new(AdmitAll)).unwrap();
         let key = IdempotencyKey {
             key: "k".into(),
             request_hash: "h".into(),
