@@ -113,8 +113,8 @@ impl Application {
         {
             revocations.revoke(&jti, until);
         }
-        let policy: Arc<dyn LeasePolicy> = Arc::clone(&upstreams) as Arc<dyn LeasePolicy>;
-        let writer = StoreWriter::start(Arc::clone(&store), policy).context("Failed to start the store writer")?;
+        let writer = StoreWriter::start(Arc::clone(&store), Arc::clone(&upstreams) as Arc<dyn LeasePolicy>)
+            .context("Failed to start the store writer")?;
         let worker = Worker {
             store: Arc::clone(&store),
             writer: writer.clone(),

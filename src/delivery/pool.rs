@@ -232,6 +232,8 @@ pub struct Upstreams {
     cooldown: Duration,
     /// Each tenant's messages leased by workers right now (see the [`LeasePolicy`]).
     in_progress: Arc<Mutex<HashMap<String, u32>>>,
+    /// The relays' tenant caps added up, or `None` when some relay has none.
+    tenant_room: Option<u32>,
 }
 
 /// A leased message counted against its tenant; uncounted when dropped.
@@ -259,12 +261,7 @@ impl Drop for InProgress {
 /// that has none) everything is admitted.
 impl LeasePolicy for Upstreams {
     fn admits(&self, tenant: &str, admitted: u32) -> bool {
-        let room: Option<u32> = self
-            .members
-            .iter()
-            .map(|m| m.tenant_slots.as_ref().map(|s| s.cap))
-            .sum();
-        let Some(room) = room else {
+        let Some(room) = self.tenant_room else {
             return true;
         };
         let counts = self
@@ -275,6 +272,9 @@ impl LeasePolicy for Upstreams {
     }
 
     fn lease_taken(&self, tenant: &str) -> LeaseGuard {
+        if self.tenant_room.is_none() {
+            return Box::new(());
+        }
         let mut counts = self
             .in_progress
             .lock()
@@ -301,10 +301,12 @@ fn relay_failed(outcome: &DeliveryOutcome) -> bool {
 
 impl Upstreams {
     pub fn new(members: Vec<Member>, cooldown: Duration) -> Self {
+        let tenant_room = members.iter().map(|m| m.tenant_slots.as_ref().map(|s| s.cap)).sum();
         Self {
             members,
             cooldown,
             in_progress: Arc::default(),
+            tenant_room,
         }
     }
 

@@ -117,6 +117,15 @@ fn queued_as(value: &[u8]) -> (&[u8], &str) {
     (status, tenant)
 }
 
+/// One write's outcome from `SledStore::commit_all`: written, or why not
+/// ([`StoreError::Conflict`] when it lost a claim or a compare-and-swap).
+fn wrote(outcome: Result<bool, StoreError>) -> Result<(), StoreError> {
+    match outcome? {
+        true => Ok(()),
+        false => Err(StoreError::Conflict),
+    }
+}
+
 fn id_of_queue_key(key: &[u8]) -> Result<MessageId, StoreError> {
     let raw = key
         .get(8..)
@@ -357,11 +366,9 @@ impl SledStore {
 
     /// One write of [`Self::commit_all`]; [`StoreError::Conflict`] when it wrote nothing.
     fn commit(&self, message: &Message, change: Commit<'_>) -> Result<(), StoreError> {
-        match self.commit_all(&[(message, change)])?.pop() {
-            Some(Ok(true)) => Ok(()),
-            Some(Err(err)) => Err(err),
-            _ => Err(StoreError::Conflict),
-        }
+        self.commit_all(&[(message, change)])?
+            .pop()
+            .map_or(Err(StoreError::Conflict), wrote)
     }
 
     /// What writing `message` adds besides itself: its events not yet in the stream
@@ -535,15 +542,7 @@ impl Store for SledStore {
                 MessageWrite::Release(message) => (message, Commit::Release),
             })
             .collect();
-        Ok(self
-            .commit_all(&changes)?
-            .into_iter()
-            .map(|written| match written {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(StoreError::Conflict),
-                Err(err) => Err(err),
-            })
-            .collect())
+        Ok(self.commit_all(&changes)?.into_iter().map(wrote).collect())
     }
 
     fn idempotency(&self, tenant: &TenantId, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {

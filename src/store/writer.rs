@@ -45,19 +45,6 @@ pub trait LeasePolicy: Send + Sync {
 /// Held while a leased message counts against its tenant (see [`LeasePolicy`]).
 pub type LeaseGuard = Box<dyn std::any::Any + Send>;
 
-/// Admits everything: for a writer nobody delivers from (tests, tools).
-pub struct AdmitAll;
-
-impl LeasePolicy for AdmitAll {
-    fn admits(&self, _tenant: &str, _admitted: u32) -> bool {
-        true
-    }
-
-    fn lease_taken(&self, _tenant: &str) -> LeaseGuard {
-        Box::new(())
-    }
-}
-
 /// A lease with its guard, or `None` when nothing is due.
 type Leased = Option<(Lease, LeaseGuard)>;
 
@@ -325,6 +312,19 @@ mod tests {
     use crate::store::test_support::message;
     use crate::store::SledStore;
 
+    /// Admits the tenants its function accepts, counting nothing.
+    struct Admit(fn(&str) -> bool);
+
+    impl LeasePolicy for Admit {
+        fn admits(&self, tenant: &str, _admitted: u32) -> bool {
+            (self.0)(tenant)
+        }
+
+        fn lease_taken(&self, _tenant: &str) -> LeaseGuard {
+            Box::new(())
+        }
+    }
+
     fn nothing() -> Prepare {
         Box::new(|_, _| Ok(()))
     }
@@ -333,7 +333,7 @@ mod tests {
     async fn concurrent_accepts_are_stored_and_each_due_message_is_leased_once() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let writer = StoreWriter::start(Arc::clone(&store), Arc::new(AdmitAll)).unwrap();
+        let writer = StoreWriter::start(Arc::clone(&store), Arc::new(Admit(|_| true))).unwrap();
         let accepts: Vec<_> = (0..40)
             .map(|_| {
                 let writer = writer.clone();
@@ -360,24 +360,11 @@ mod tests {
         assert_eq!(leased, accepted);
     }
 
-    /// Admits tenant `other` only.
-    struct OnlyOther;
-
-    impl LeasePolicy for OnlyOther {
-        fn admits(&self, tenant: &str, _admitted: u32) -> bool {
-            tenant == "other"
-        }
-
-        fn lease_taken(&self, _tenant: &str) -> LeaseGuard {
-            Box::new(())
-        }
-    }
-
     #[tokio::test]
     async fn a_lease_passes_over_tenants_the_policy_does_not_admit() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let writer = StoreWriter::start(Arc::clone(&store), Arc::new(OnlyOther)).unwrap();
+        let writer = StoreWriter::start(Arc::clone(&store), Arc::new(Admit(|tenant| tenant == "other"))).unwrap();
         let mut first = message();
         first.next_attempt_at = Some(Utc::now() - chrono::Duration::seconds(2));
         let mut second = message();
@@ -405,7 +392,7 @@ mod tests {
     async fn a_held_key_fails_only_its_own_accept_and_prepare_sees_the_store() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
-        let writer = StoreWriter::start(Arc::clone(&store), Arc::new(AdmitAll)).unwrap();
+        let writer = StoreWriter::start(Arc::clone(&store), Arc::new(Admit(|_| true))).unwrap();
         let key = IdempotencyKey {
             key: "k".into(),
             request_hash: "h".into(),

@@ -174,15 +174,20 @@ pub fn mint(keys: &TokenKeys, tenant: &str, scopes: &str) -> String {
     .expect("token")
 }
 
+/// `POST /v1/messages` to the service at `address`.
+async fn post_message(client: &reqwest::Client, address: &str, token: &str, body: &Value) -> reqwest::Response {
+    client
+        .post(format!("{address}/v1/messages"))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .expect("POST /v1/messages")
+}
+
 impl TestApp {
     pub async fn send_as(&self, token: &str, body: &Value) -> reqwest::Response {
-        self.client
-            .post(format!("{}/v1/messages", self.address))
-            .bearer_auth(token)
-            .json(body)
-            .send()
-            .await
-            .expect("POST /v1/messages")
+        post_message(&self.client, &self.address, token, body).await
     }
 
     /// Sends and expects a 202; returns the message id.
@@ -310,13 +315,7 @@ impl Binary {
 
     /// `POST /v1/messages` to this process.
     pub async fn send(&self, token: &str, body: &Value) -> reqwest::Response {
-        http()
-            .post(format!("{}/v1/messages", self.address))
-            .bearer_auth(token)
-            .json(body)
-            .send()
-            .await
-            .expect("POST /v1/messages")
+        post_message(&http(), &self.address, token, body).await
     }
 
     /// SIGKILL: no shutdown hooks, no flush, exactly like a crash.

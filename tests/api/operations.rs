@@ -7,15 +7,7 @@ use crate::helpers::spawn_app;
 #[tokio::test]
 async fn committed_openapi_document_is_what_the_service_serves() {
     let app = spawn_app().await;
-    let served: Value = app
-        .client
-        .get(format!("{}/openapi.json", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let served: Value = app.get("/openapi.json", &app.token).await.json().await.unwrap();
     let committed: Value = serde_json::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json"))
             .expect("openapi/openapi.json"),

@@ -135,15 +135,7 @@ async fn mail_fails_over_to_the_secondary_and_returns_when_the_primary_recovers(
         list["data"][0]["state"], "open",
         "three refused connections open the circuit: {list}"
     );
-    let ready: Value = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = app.get("/readyz", &app.token).await.json().await.unwrap();
     assert_eq!(
         (
             &ready["checks"]["upstream:primary"],
