@@ -124,7 +124,12 @@ pub struct UpstreamSettings {
     pub username: Option<String>,
     pub password_env: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// PEM certificates to trust for this relay: the CA that signed its certificate, or
+    /// the relay's own (self-signed) certificate, which is then pinned as it is.
     pub ca_file: Option<PathBuf>,
+    /// Pins the relay's certificate by the SHA-256 of its DER form (hex, colons
+    /// optional), the way `openssl x509 -fingerprint -sha256` prints it.
+    pub tls_fingerprint_sha256: Option<String>,
     #[serde(default = "default_connections")]
     pub max_connections: u32,
     #[serde(default)]
@@ -334,6 +339,15 @@ impl Default for LogSettings {
     }
 }
 
+/// What `/metrics` exposes. It has no authentication, so tenant names stay out of it
+/// unless the operator asks for them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Label counters with the tenant id (`tenant="acme"`).
+    pub tenant_labels: bool,
+}
+
 /// The whole configuration, as documented in `spec/config.md` and the README.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -349,6 +363,7 @@ pub struct Settings {
     pub templates: TemplateSettings,
     pub bounces: BounceSettings,
     pub log: LogSettings,
+    pub metrics: MetricsSettings,
 }
 
 const ENV_PREFIX: &str = "MAILGATE_";
@@ -365,12 +380,20 @@ impl Settings {
             None => toml::Table::new(),
         };
         let mut tree = toml::Value::Table(tree);
-        for (name, raw) in env {
-            if let Some(path) = name.strip_prefix(ENV_PREFIX).filter(|p| p.contains("__")) {
-                let keys: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
-                overlay(&mut tree, &keys, env_value(&raw))
-                    .with_context(|| format!("Invalid environment variable {name}"))?;
-            }
+        let mut variables: Vec<(Vec<String>, String, String)> = env
+            .into_iter()
+            .filter_map(|(name, raw)| {
+                let path = name.strip_prefix(ENV_PREFIX).filter(|p| p.contains("__"))?;
+                let keys = path.split("__").map(str::to_ascii_lowercase).collect();
+                Some((keys, name, raw))
+            })
+            .collect();
+        // Array items are created in index order, so `__1__` may come before `__0__` in
+        // the environment and `__10__` still follows `__9__`.
+        variables.sort_by(|(a, ..), (b, ..)| env_path_order(a, b));
+        for (keys, name, raw) in variables {
+            overlay(&mut tree, &keys, env_value(&raw))
+                .with_context(|| format!("Invalid environment variable {name}"))?;
         }
         let settings: Settings = serde_path_to_error::deserialize(tree).map_err(|err| {
             let key = err.path().to_string();
@@ -392,8 +415,18 @@ impl Settings {
                 bail!("upstreams[{i}] ({}): max_connections must be at least 1", up.name);
             }
         }
-        if self.upstreams.len() > 1 {
-            bail!("several [[upstreams]] are not supported yet: configure exactly one");
+        let mut names = std::collections::BTreeSet::new();
+        for (i, up) in self.upstreams.iter().enumerate() {
+            if !names.insert(up.name.as_str()) {
+                bail!(
+                    "upstreams[{i}]: the name `{}` is used twice; every relay needs its own",
+                    up.name
+                );
+            }
+            if let Some(pin) = &up.tls_fingerprint_sha256 {
+                crate::delivery::tls::Fingerprint::parse(pin)
+                    .map_err(|e| anyhow::anyhow!("upstreams[{i}] ({}): tls_fingerprint_sha256: {e}", up.name))?;
+            }
         }
         let delivery = &self.delivery;
         for (key, domain) in [
@@ -443,23 +476,40 @@ fn env_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
-/// Sets `keys` (`["http", "listen"]`, `["upstreams", "0", "host"]`) under `node`.
+/// Orders variable paths segment by segment, numbers by value (`2` before `10`).
+fn env_path_order(a: &[String], b: &[String]) -> std::cmp::Ordering {
+    let segment = |s: &String| (s.parse::<usize>().ok(), s.clone());
+    a.iter().map(segment).cmp(b.iter().map(segment))
+}
+
+/// Sets `keys` (`["http", "listen"]`, `["upstreams", "0", "host"]`) under `node`. A
+/// missing section followed by a number is an array (`UPSTREAMS__0__HOST` alone makes
+/// the first upstream), and the next index past the end appends an item.
 fn overlay(node: &mut toml::Value, keys: &[String], value: toml::Value) -> anyhow::Result<()> {
     let Some((key, rest)) = keys.split_first() else {
         *node = value;
         return Ok(());
     };
+    let next_is_index = rest.first().is_some_and(|k| k.parse::<usize>().is_ok());
     let child = match node {
-        toml::Value::Table(table) => table
-            .entry(key.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new())),
+        toml::Value::Table(table) => table.entry(key.clone()).or_insert_with(|| {
+            if next_is_index {
+                toml::Value::Array(Vec::new())
+            } else {
+                toml::Value::Table(toml::Table::new())
+            }
+        }),
         toml::Value::Array(items) => {
             let index: usize = key
                 .parse()
                 .context("an array needs a numeric index, e.g. UPSTREAMS__0__HOST")?;
-            items
-                .get_mut(index)
-                .with_context(|| format!("there is no item {index}"))?
+            if index == items.len() {
+                items.push(toml::Value::Table(toml::Table::new()));
+            }
+            let len = items.len();
+            items.get_mut(index).with_context(|| {
+                format!("there is no item {index}: items are numbered from 0 without gaps (next is {len})")
+            })?
         }
         _ => bail!("`{key}` is below a key that is not a section"),
     };
@@ -540,6 +590,55 @@ mod tests {
             let field = key.trim_start_matches("MAILGATE_").replace("__", ".").to_lowercase();
             assert!(format!("{err:#}").contains(&field), "{err:#}");
         }
+    }
+
+    #[test]
+    fn upstreams_can_be_configured_by_environment_alone() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("MAILGATE_UPSTREAMS__1__NAME", "b"),
+                ("MAILGATE_UPSTREAMS__0__NAME", "a"),
+                ("MAILGATE_UPSTREAMS__0__HOST", "127.0.0.1"),
+                ("MAILGATE_UPSTREAMS__1__HOST", "relay.test"),
+                ("MAILGATE_UPSTREAMS__1__WEIGHT", "0"),
+            ]),
+        )
+        .unwrap();
+        let names: Vec<_> = s
+            .upstreams
+            .iter()
+            .map(|u| (u.name.as_str(), u.host.as_str(), u.weight))
+            .collect();
+        assert_eq!(names, [("a", "127.0.0.1", 1), ("b", "relay.test", 0)]);
+        let gap = Settings::load(
+            None,
+            env(&[
+                ("MAILGATE_UPSTREAMS__0__NAME", "a"),
+                ("MAILGATE_UPSTREAMS__2__NAME", "c"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(format!("{gap:#}").contains("MAILGATE_UPSTREAMS__2__NAME"), "{gap:#}");
+    }
+
+    #[test]
+    fn env_indices_order_by_number() {
+        let path = |p: &str| p.split('.').map(String::from).collect::<Vec<_>>();
+        assert!(env_path_order(&path("upstreams.2.name"), &path("upstreams.10.name")).is_lt());
+        assert!(env_path_order(&path("upstreams.0.port"), &path("upstreams.1.host")).is_lt());
+    }
+
+    #[test]
+    fn several_upstreams_load_and_their_names_are_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        let relay = |name: &str| format!("[[upstreams]]\nname = \"{name}\"\nhost = \"{name}.test\"\n");
+        std::fs::write(&file, format!("{}{}", relay("a"), relay("b"))).unwrap();
+        assert_eq!(Settings::load(Some(&file), []).unwrap().upstreams.len(), 2);
+        std::fs::write(&file, format!("{}{}", relay("a"), relay("a"))).unwrap();
+        let err = Settings::load(Some(&file), []).unwrap_err();
+        assert!(format!("{err:#}").contains("used twice"), "{err:#}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 pub mod pool;
 pub mod retry;
 pub mod smtp_client;
+mod starttls;
 pub mod tls;
 pub mod transport;
 pub mod worker;

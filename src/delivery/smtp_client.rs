@@ -6,7 +6,8 @@
 //! writes a message body and the final `<CRLF>.<CRLF>` as two writes, so the terminator
 //! waits for the relay's delayed ACK — about 40 ms per message, which capped delivery at
 //! ~25 messages/s per connection. Every connection is opened by us with `TCP_NODELAY`
-//! (implicit TLS handshaken over it by `tls`); lettre still speaks SMTP on them.
+//! (TLS handshaken over it by `tls`, after `starttls` for STARTTLS); lettre still speaks
+//! SMTP on them.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 use tokio::sync::Semaphore;
 
+use super::starttls;
 use super::tls::{Encryption, TlsSocket};
 
 /// Why a transaction did not happen.
@@ -134,22 +136,21 @@ impl SmtpClient {
         tcp.set_nodelay(true)
             .map_err(|err| SmtpFailure::Connect(format!("TCP_NODELAY: {err}")))?;
         let stream: Box<dyn lettre::transport::smtp::client::AsyncTokioStream> = match &self.encryption {
-            Encryption::Implicit { connector, server_name } => Box::new(
-                TlsSocket::connect(connector, server_name, tcp)
+            Encryption::Implicit(setup) => Box::new(
+                TlsSocket::connect(setup, tcp)
                     .await
                     .map_err(|err| SmtpFailure::Connect(format!("TLS with {}:{}: {err}", self.host, self.port)))?,
             ),
-            Encryption::None | Encryption::Starttls(_) => Box::new(tcp),
+            Encryption::Starttls(setup) => Box::new(
+                starttls::upgrade(tcp, &self.hello.to_string(), setup)
+                    .await
+                    .map_err(|err| SmtpFailure::Connect(format!("STARTTLS with {}:{}: {err}", self.host, self.port)))?,
+            ),
+            Encryption::None => Box::new(tcp),
         };
-        let mut connection = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
+        let connection = AsyncSmtpConnection::connect_with_transport(stream, &self.hello)
             .await
             .map_err(SmtpFailure::Smtp)?;
-        if let Encryption::Starttls(parameters) = &self.encryption {
-            connection
-                .starttls(parameters.clone(), &self.hello)
-                .await
-                .map_err(SmtpFailure::Smtp)?;
-        }
         Ok(connection)
     }
 }

@@ -11,7 +11,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::Address;
 
 use super::smtp_client::{SmtpClient, SmtpFailure, SmtpTarget};
-use super::tls::Encryption;
+use super::tls::{Encryption, Fingerprint, Trust};
 
 use crate::config::{read_secret, UpstreamSettings};
 use crate::domain::message::{DeliveryOutcome, SmtpReply};
@@ -52,7 +52,17 @@ impl Transport {
             ),
             None => None,
         };
-        let encryption = Encryption::new(upstream.tls, &upstream.host, ca_pem.as_deref())
+        let fingerprint = upstream
+            .tls_fingerprint_sha256
+            .as_deref()
+            .map(Fingerprint::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("upstream {}: tls_fingerprint_sha256: {e}", upstream.name))?;
+        let trust = Trust {
+            ca_pem: ca_pem.as_deref(),
+            fingerprint,
+        };
+        let encryption = Encryption::new(upstream.tls, &upstream.host, trust)
             .with_context(|| format!("upstream {}: TLS", upstream.name))?;
         let credentials = match &upstream.username {
             Some(username) => {

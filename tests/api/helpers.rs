@@ -68,6 +68,7 @@ impl Postfix {
             password_env: None,
             password_file: Some(password_file.to_path_buf()),
             ca_file: Some(self.dir.join("tls/ca.pem")),
+            tls_fingerprint_sha256: None,
             max_connections: 4,
             rate_per_second: 0,
             tenant_max_connections: 0,
