@@ -452,10 +452,39 @@ impl Settings {
                 bail!("{key} must be more than 0 and at most 10 years");
             }
         }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            anyhow::anyhow!(
+                "log.level: `{}` is not a filter like `info` or `mailgate=debug`: {e}",
+                self.log.level
+            )
+        })?;
         if self.auth.hs256_secret_env.is_some() && self.auth.hs256_secret_file.is_some() {
             bail!("auth: set hs256_secret_file or hs256_secret_env, not both");
         }
         Ok(())
+    }
+
+    /// What is allowed but probably a mistake: `serve` logs these at start-up and
+    /// `check-config` prints them.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.upstreams.is_empty() && self.delivery.uses_placeholder_domains() {
+            warnings.push(format!(
+                "delivery.return_path_domain (`{}`) or delivery.message_id_domain (`{}`) is still the \
+                 placeholder: real mail would carry a Return-Path and Message-ID nobody can answer; \
+                 set both to domains you own",
+                self.delivery.return_path_domain, self.delivery.message_id_domain
+            ));
+        }
+        for up in &self.upstreams {
+            if up.tls == TlsMode::None && up.username.is_some() {
+                warnings.push(format!(
+                    "upstream {} sends its password without TLS (tls = \"none\")",
+                    up.name
+                ));
+            }
+        }
+        warnings
     }
 
     /// Limits for `tenant`: its own overrides on top of `[limits]`.

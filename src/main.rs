@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mailgate::auth::{KeySource, TokenKeys};
-use mailgate::config::{read_secret, Settings, TlsMode};
+use mailgate::config::Settings;
 use mailgate::domain::auth::{Scopes, TenantId};
-use mailgate::startup::Application;
+use mailgate::startup::{Application, Prepared};
 
 #[derive(Parser)]
 #[command(
@@ -94,29 +94,9 @@ fn issue(tenant: &str, scope: &str, ttl: &str, sub: &str, config: Option<&PathBu
 
 fn check_config(config: Option<&PathBuf>) -> anyhow::Result<()> {
     let settings = load(config)?;
-    let auth = &settings.auth;
-    read_secret(auth.hs256_secret_file.as_deref(), auth.hs256_secret_env.as_deref()).context("auth")?;
-    if !auth.public_keys.is_empty() || auth.signing_key.is_some() {
-        TokenKeys::load(&settings).context("auth keys")?;
+    for warning in Prepared::check(&settings)? {
+        eprintln!("warning: {warning}");
     }
-    for up in &settings.upstreams {
-        if up.username.is_some() {
-            read_secret(up.password_file.as_deref(), up.password_env.as_deref())
-                .with_context(|| format!("upstream {}: password", up.name))?;
-        }
-        if let Some(ca) = &up.ca_file {
-            std::fs::metadata(ca).with_context(|| format!("upstream {}: ca_file {}", up.name, ca.display()))?;
-        }
-        if up.tls == TlsMode::None && up.username.is_some() {
-            eprintln!("warning: upstream {} sends its password without TLS", up.name);
-        }
-    }
-    settings.http.listen.parse::<std::net::SocketAddr>().with_context(|| {
-        format!(
-            "http.listen `{}` is not an address like 127.0.0.1:8080",
-            settings.http.listen
-        )
-    })?;
     println!("configuration is valid");
     Ok(())
 }

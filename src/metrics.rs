@@ -1,8 +1,8 @@
 //! Prometheus metrics without a global recorder: counters and histograms owned by the
 //! application (so every test app has its own), rendered in the text exposition
-//! format at `/metrics`. Counters carry the tenant id (an operator-chosen slug, never a
-//! secret) so an operator can see who sends what; `/metrics` is for the operator's
-//! network, not for tenants.
+//! format at `/metrics`. `/metrics` has no authentication, so counters carry no tenant
+//! id unless `[metrics] tenant_labels = true` (then an operator sees who sends what, and
+//! must keep `/metrics` on their own network).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -69,6 +69,8 @@ const DELIVERY_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30
 const HTTP_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
 
 pub struct Metrics {
+    /// Whether counters are split by tenant; otherwise the tenant key is empty.
+    tenant_labels: bool,
     /// tenant → messages accepted.
     accepted: Mutex<BTreeMap<String, u64>>,
     /// (upstream, tenant, outcome) → recipients.
@@ -79,9 +81,11 @@ pub struct Metrics {
     request_duration: Histogram,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
+impl Metrics {
+    /// Counters split by tenant only when `tenant_labels` is on.
+    pub fn new(tenant_labels: bool) -> Self {
         Self {
+            tenant_labels,
             accepted: Mutex::new(BTreeMap::new()),
             outcomes: Mutex::new(BTreeMap::new()),
             delivery_latency: Histogram::new(DELIVERY_BUCKETS),
@@ -91,20 +95,38 @@ impl Default for Metrics {
     }
 }
 
+/// `tenant="…"` after `separator`, or nothing for the shared key.
+fn tenant_label(tenant: &str, separator: &str) -> String {
+    if tenant.is_empty() {
+        String::new()
+    } else {
+        format!("{separator}tenant=\"{tenant}\"")
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Metrics {
+    /// The key a tenant's counts go under: its id, or one shared empty key.
+    fn tenant_key(&self, tenant: &str) -> String {
+        if self.tenant_labels {
+            tenant.to_owned()
+        } else {
+            String::new()
+        }
+    }
+
     pub fn message_accepted(&self, tenant: &str) {
-        *lock(&self.accepted).entry(tenant.to_owned()).or_default() += 1;
+        *lock(&self.accepted).entry(self.tenant_key(tenant)).or_default() += 1;
     }
 
     /// One recipient's outcome (`sent`, `deferred`, `bounced`, `failed`) at `upstream`
     /// for `tenant`; `latency` (acceptance → 2xx) for sends.
     pub fn recipient_outcome(&self, upstream: &str, tenant: &str, outcome: &'static str, latency: Option<Duration>) {
         *lock(&self.outcomes)
-            .entry((upstream.to_owned(), tenant.to_owned(), outcome))
+            .entry((upstream.to_owned(), self.tenant_key(tenant), outcome))
             .or_default() += 1;
         if let Some(latency) = latency {
             self.delivery_latency.observe(latency);
@@ -124,21 +146,28 @@ impl Metrics {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "# HELP mailgate_messages_accepted_total Messages accepted (202), by tenant."
+            "# HELP mailgate_messages_accepted_total Messages accepted (202) (by tenant with [metrics] tenant_labels)."
         );
         let _ = writeln!(out, "# TYPE mailgate_messages_accepted_total counter");
         for (tenant, count) in lock(&self.accepted).iter() {
-            let _ = writeln!(out, "mailgate_messages_accepted_total{{tenant=\"{tenant}\"}} {count}");
+            let labels = tenant_label(tenant, "");
+            let braces = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{labels}}}")
+            };
+            let _ = writeln!(out, "mailgate_messages_accepted_total{braces} {count}");
         }
         let _ = writeln!(
             out,
-            "# HELP mailgate_recipients_total Recipient outcomes by upstream and tenant."
+            "# HELP mailgate_recipients_total Recipient outcomes by upstream (and tenant with [metrics] tenant_labels)."
         );
         let _ = writeln!(out, "# TYPE mailgate_recipients_total counter");
         for ((upstream, tenant, outcome), count) in lock(&self.outcomes).iter() {
+            let tenant = tenant_label(tenant, ",");
             let _ = writeln!(
                 out,
-                "mailgate_recipients_total{{upstream=\"{upstream}\",tenant=\"{tenant}\",outcome=\"{outcome}\"}} {count}"
+                "mailgate_recipients_total{{upstream=\"{upstream}\"{tenant},outcome=\"{outcome}\"}} {count}"
             );
         }
         render_pool(&mut out, upstreams);
@@ -218,8 +247,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn counters_carry_no_tenant_unless_asked() {
+        let quiet = Metrics::new(false);
+        quiet.message_accepted("acme");
+        quiet.message_accepted("globex");
+        quiet.recipient_outcome("primary", "acme", "sent", None);
+        let text = quiet.render(QueueDepth::default(), &[]);
+        assert!(!text.contains("acme") && !text.contains("globex"), "{text}");
+        assert!(text.contains("mailgate_messages_accepted_total 2"), "{text}");
+        assert!(text.contains("mailgate_recipients_total{upstream=\"primary\",outcome=\"sent\"} 1"));
+    }
+
+    #[test]
     fn renders_counters_and_cumulative_buckets() {
-        let m = Metrics::default();
+        let m = Metrics::new(true);
         m.message_accepted("acme");
         m.recipient_outcome("primary", "acme", "sent", Some(Duration::from_millis(300)));
         m.http_request("POST", "/v1/messages", 202, Duration::from_millis(3));

@@ -37,6 +37,9 @@ pub struct Application {
     dispatcher: Dispatcher,
 }
 
+/// How long requests in progress may take to finish after SIGTERM or SIGINT.
+const SHUTDOWN_GRACE_SECS: u64 = 30;
+
 /// Concurrent webhook deliveries.
 const DISPATCHERS: usize = 4;
 
@@ -52,16 +55,86 @@ pub const WORKERS_PER_CONNECTION: usize = 4;
 /// Delivery workers when the sandbox is the transport (no connection limit applies).
 const SANDBOX_WORKERS: usize = 2;
 
-impl Application {
-    /// Opens the store, recovers abandoned leases, builds the transport and binds the
-    /// listener from `settings.http.listen` (port 0 picks a free port).
-    pub fn build(settings: Settings) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(&settings.http.listen)
-            .with_context(|| format!("Failed to listen on {}", settings.http.listen))?;
-        Self::build_with_listener(settings, listener)
+/// What `serve` reads and checks from the configuration before it binds a port or opens
+/// the store: keys, relay passwords and certificates, provider secrets, the listen
+/// address. `check-config` runs exactly this, so it refuses what `serve` would refuse.
+pub struct Prepared {
+    tokens: TokenKeys,
+    /// One transport per `[[upstreams]]` entry, in order; empty means the sandbox.
+    relays: Vec<Member>,
+    providers: std::collections::HashMap<String, crate::bounces::providers::ProviderKeys>,
+    sns_pinned: Option<Vec<u8>>,
+}
+
+impl Prepared {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        Self::with_tokens(settings, TokenKeys::load)
     }
 
-    pub fn build_with_listener(settings: Settings, listener: TcpListener) -> anyhow::Result<Self> {
+    /// Every check of `new`, changing nothing on disk (no dev key is created); returns
+    /// what an operator should hear about even though it is allowed.
+    pub fn check(settings: &Settings) -> anyhow::Result<Vec<String>> {
+        Self::with_tokens(settings, TokenKeys::check)?;
+        Ok(settings.warnings())
+    }
+
+    fn with_tokens(
+        settings: &Settings,
+        tokens: impl FnOnce(&Settings) -> anyhow::Result<TokenKeys>,
+    ) -> anyhow::Result<Self> {
+        use std::net::ToSocketAddrs as _;
+        let listen = &settings.http.listen;
+        let resolved = listen.to_socket_addrs().ok().and_then(|mut a| a.next());
+        anyhow::ensure!(
+            resolved.is_some(),
+            "http.listen `{listen}` is not an address like 127.0.0.1:8080"
+        );
+        let tokens = tokens(settings)?;
+        let smtp_timeout = settings.delivery.smtp_timeout.0;
+        let relays = settings
+            .upstreams
+            .iter()
+            .map(|up| {
+                let transport = Transport::smtp(up, smtp_timeout)?;
+                Ok(
+                    Member::new(transport, up.weight, up.max_connections, up.rate_per_second)
+                        .with_tenant_cap(up.tenant_max_connections),
+                )
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let providers =
+            crate::bounces::providers::load_keys(settings).context("Failed to read provider webhook keys")?;
+        let sns_pinned = match &settings.bounces.sns_certificate_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("bounces.sns_certificate_file: Failed to read {}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            tokens,
+            relays,
+            providers,
+            sns_pinned,
+        })
+    }
+}
+
+impl Application {
+    /// Checks the configuration (`Prepared`), binds the listener from
+    /// `settings.http.listen` (port 0 picks a free port), opens the store and recovers
+    /// abandoned leases, and builds the transport.
+    pub fn build(settings: Settings) -> anyhow::Result<Self> {
+        let prepared = Prepared::new(&settings)?;
+        for warning in settings.warnings() {
+            tracing::warn!("{warning}");
+        }
+        let listener = TcpListener::bind(&settings.http.listen)
+            .with_context(|| format!("Failed to listen on {}", settings.http.listen))?;
+        Self::build_with(settings, prepared, listener)
+    }
+
+    fn build_with(settings: Settings, prepared: Prepared, listener: TcpListener) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
         std::fs::create_dir_all(&settings.storage.path).with_context(|| {
             format!(
@@ -83,29 +156,25 @@ impl Application {
             );
         }
         let store: Arc<dyn Store> = Arc::new(store);
-        let tokens = Arc::new(TokenKeys::load(&settings)?);
+        let Prepared {
+            tokens,
+            relays,
+            providers,
+            sns_pinned,
+        } = prepared;
+        let tokens = Arc::new(tokens);
         let delivery = &settings.delivery;
-        let members = if settings.upstreams.is_empty() {
+        let members = if relays.is_empty() {
             let sandbox = Transport::sandbox(settings.storage.path.join("sandbox"))?;
             vec![Member::new(sandbox, 1, SANDBOX_WORKERS as u32, 0)]
         } else {
-            settings
-                .upstreams
-                .iter()
-                .map(|up| {
-                    let transport = Transport::smtp(up, delivery.smtp_timeout.0)?;
-                    Ok(
-                        Member::new(transport, up.weight, up.max_connections, up.rate_per_second)
-                            .with_tenant_cap(up.tenant_max_connections),
-                    )
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?
+            relays
         };
         let upstreams = Arc::new(Upstreams::new(members, delivery.circuit_cooldown.0));
         let queue = Arc::new(QueueGauge::default());
         let worker_count = upstreams.connections() * WORKERS_PER_CONNECTION;
         let wake = Arc::new(Notify::new());
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(settings.metrics.tenant_labels));
         let revocations = Arc::new(crate::auth::Revocations::default());
         for (jti, until) in store
             .revoked_tokens(jsonwebtoken::get_current_timestamp())
@@ -136,12 +205,6 @@ impl Application {
             },
         )
         .context("Failed to load the shipped templates")?;
-        let providers =
-            crate::bounces::providers::load_keys(&settings).context("Failed to read provider webhook keys")?;
-        let sns_pinned = match &settings.bounces.sns_certificate_file {
-            Some(path) => Some(std::fs::read(path).with_context(|| format!("Failed to read {}", path.display()))?),
-            None => None,
-        };
         let hooks = &settings.webhooks;
         let dispatcher = Dispatcher {
             store: Arc::clone(&store),
@@ -211,6 +274,8 @@ impl Application {
         .client_request_timeout(http.header_timeout.0)
         .client_disconnect_timeout(std::time::Duration::from_secs(1))
         .keep_alive(http.keep_alive.0)
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        .disable_signals()
         .listen(listener)?
         .run();
         tracing::info!(
@@ -271,11 +336,33 @@ impl Application {
             Arc::clone(&self.tokens),
             stopped.clone(),
         )));
+        let signals = tokio::spawn(stop_gracefully_on_signal(self.server.handle()));
         let served = self.server.await;
+        signals.abort();
         let _ = stop.send(true);
         for worker in workers {
             let _ = worker.await;
         }
         served.context("The HTTP server failed")
     }
+}
+
+/// SIGTERM and SIGINT both stop the server gracefully: no new connections, requests in
+/// progress finish (up to `SHUTDOWN_GRACE_SECS`). actix's own handling treats SIGINT
+/// (Ctrl-C) as a forced stop that drops requests mid-body, so its signals are off.
+async fn stop_gracefully_on_signal(server: actix_web::dev::ServerHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT: stop the process with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(
+        signal = name,
+        "shutting down: finishing requests in progress, then the transactions in flight"
+    );
+    server.stop(true).await;
 }

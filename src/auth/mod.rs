@@ -155,8 +155,22 @@ impl TokenKeys {
     /// Loads the configured HS256 secret and public keys; with neither, creates or
     /// reuses the dev key in the data dir (and only then).
     pub fn load(settings: &Settings) -> anyhow::Result<Self> {
+        Self::load_with(settings, dev_key)
+    }
+
+    /// `load` without creating the dev key (a placeholder stands in when there is none
+    /// yet): for `check-config`, which must refuse what `serve` refuses and change nothing.
+    pub fn check(settings: &Settings) -> anyhow::Result<Self> {
+        Self::load_with(settings, |path| match path.exists() {
+            true => dev_key(path),
+            false => Ok(vec![0; 32]),
+        })
+    }
+
+    fn load_with(settings: &Settings, dev_key: impl FnOnce(&Path) -> anyhow::Result<Vec<u8>>) -> anyhow::Result<Self> {
         let auth = &settings.auth;
-        let configured = read_secret(auth.hs256_secret_file.as_deref(), auth.hs256_secret_env.as_deref())?;
+        let configured = read_secret(auth.hs256_secret_file.as_deref(), auth.hs256_secret_env.as_deref())
+            .context("auth: the HS256 secret")?;
         let (secret, source) = match configured {
             Some(secret) => (Some(secret.into_bytes()), KeySource::Configured),
             None if !auth.public_keys.is_empty() || auth.jwks_file.is_some() => (None, KeySource::Configured),
@@ -169,7 +183,7 @@ impl TokenKeys {
         let mut signing = None;
         if let Some(secret) = &secret {
             if secret.len() < 32 {
-                anyhow::bail!("the HS256 secret must be at least 32 bytes");
+                anyhow::bail!("auth: the HS256 secret must be at least 32 bytes");
             }
             verifying.push(VerifyingKey {
                 kid: None,

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 
-use crate::helpers::{mint, simple_message, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{mint, simple_message, spawn_app, spawn_binary, TestApp};
 
 async fn read_problem(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
@@ -79,7 +79,7 @@ async fn missing_malformed_wrongly_signed_or_expired_tokens_are_401() {
         "the forging helper itself is sound"
     );
     assert_eq!(
-        app.stored_messages(),
+        app.stored_messages().await,
         1,
         "only the request with a valid token stored a message"
     );
@@ -101,7 +101,7 @@ async fn a_token_without_the_scope_is_403() {
     let send_only = mint(&app.keys, "acme", "messages:send");
     let (status, _) = read_problem(app.get(&format!("/v1/messages/{id}"), &send_only).await).await;
     assert_eq!(status, 403);
-    assert_eq!(app.stored_messages(), 1);
+    assert_eq!(app.stored_messages().await, 1);
 }
 
 #[tokio::test]
@@ -194,12 +194,12 @@ async fn invalid_fields_are_422_with_a_pointer_and_store_nothing() {
         assert_eq!(problem["errors"][0]["field"], field, "{problem}");
         assert_eq!(problem["errors"][0]["code"], code, "{problem}");
     }
-    assert_eq!(app.stored_messages(), 0);
+    assert_eq!(app.stored_messages().await, 0);
 }
 
 #[tokio::test]
 async fn malformed_json_is_400_and_an_oversized_body_is_413() {
-    let app = spawn_app_with(|s| s.http.max_body_bytes = 2048).await;
+    let app = spawn_binary("[http]\nmax_body_bytes = 2048\n").await;
     let response = app
         .client
         .post(format!("{}/v1/messages", app.address))
@@ -250,7 +250,7 @@ async fn malformed_json_is_400_and_an_oversized_body_is_413() {
         (status, problem_json["code"].as_str()),
         (413, Some("payload_too_large"))
     );
-    assert_eq!(app.stored_messages(), 0);
+    assert_eq!(app.stored_messages().await, 0);
 }
 
 #[tokio::test]
@@ -303,18 +303,10 @@ async fn a_revoked_token_is_refused_and_only_admins_revoke() {
 
 #[tokio::test]
 async fn sends_over_the_tenant_rate_get_429_with_headers_and_recover() {
-    let app = spawn_app_with(|s| {
-        s.limits.messages_per_second = 2;
-        s.limits.burst = 2;
-        s.tenants.insert(
-            "globex".into(),
-            mailgate::config::TenantSettings {
-                daily_quota: Some(1),
-                messages_per_second: Some(0),
-                ..Default::default()
-            },
-        );
-    })
+    let app = spawn_binary(
+        "[limits]\nmessages_per_second = 2\nburst = 2\n\
+         [tenants.globex]\ndaily_quota = 1\nmessages_per_second = 0\n",
+    )
     .await;
     let body = simple_message("limited@example.test");
     let first = app.send_as(&app.token, &body).await;
@@ -442,21 +434,12 @@ async fn hostile_shapes_are_refused_with_clear_problems() {
         (422, Some("/template/data"))
     );
 
-    assert_eq!(app.stored_messages(), 0, "10,000-level nesting: see hostile.rs");
+    assert_eq!(app.stored_messages().await, 0, "10,000-level nesting: see hostile.rs");
 }
 
 #[tokio::test]
 async fn a_tenant_sends_only_from_its_allowed_sender_domains() {
-    let app = spawn_app_with(|s| {
-        s.tenants.insert(
-            "acme".into(),
-            mailgate::config::TenantSettings {
-                allowed_sender_domains: Some(vec!["sender.mailgate.test".into()]),
-                ..Default::default()
-            },
-        );
-    })
-    .await;
+    let app = spawn_binary("[tenants.acme]\nallowed_sender_domains = [\"sender.mailgate.test\"]\n").await;
     let mut foreign = simple_message("a@example.test");
     foreign["from"] = json!("Spoof <ceo@bank.example>");
     let (status, problem) = read_problem(app.send_as(&app.token, &foreign).await).await;
@@ -470,5 +453,5 @@ async fn a_tenant_sends_only_from_its_allowed_sender_domains() {
             .status(),
         202
     );
-    assert_eq!(app.stored_messages(), 1);
+    assert_eq!(app.stored_messages().await, 1);
 }

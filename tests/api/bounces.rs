@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{mint, simple_message, spawn_app_with, TestApp};
+use crate::helpers::{mint, simple_message, spawn_app_with, spawn_binary, spawn_binary_with_env, TestApp};
 use crate::webhooks::Receiver;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -233,20 +233,20 @@ async fn provider_webhooks_check_their_signatures_and_record_reports() {
     let b64 = base64::engine::general_purpose::STANDARD;
     let signing = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
     let sendgrid_key = b64.encode(signing.verifying_key().to_public_key_der().unwrap().as_bytes());
-    let app = spawn_app_with(|s| {
-        let dir = s.storage.path.clone();
-        std::fs::write(dir.join("mailgun.key"), "mg-signing-key").unwrap();
-        std::fs::write(dir.join("postmark.auth"), "pm:hunter2").unwrap();
-        s.tenants.insert(
-            "acme".into(),
-            mailgate::config::TenantSettings {
-                mailgun_signing_key_file: Some(dir.join("mailgun.key")),
-                postmark_webhook_auth_file: Some(dir.join("postmark.auth")),
-                sendgrid_verification_key: Some(sendgrid_key.clone()),
-                ..Default::default()
-            },
-        );
-    })
+    // As the README shows: the Mailgun key from an environment variable, Postmark's
+    // credentials from a file.
+    let secrets = tempfile::tempdir().unwrap();
+    let postmark = secrets.path().join("postmark.auth");
+    std::fs::write(&postmark, "pm:hunter2").unwrap();
+    let app = spawn_binary_with_env(
+        &format!(
+            "[tenants.acme]\nmailgun_signing_key_env = \"ACME_MAILGUN_SIGNING_KEY\"\n\
+             postmark_webhook_auth_file = \"{}\"\nsendgrid_verification_key = \"{sendgrid_key}\"\n\
+             [bounces]\nmax_signature_age = \"10m\"\n",
+            postmark.display()
+        ),
+        &[("ACME_MAILGUN_SIGNING_KEY", "mg-signing-key")],
+    )
     .await;
     let mut ids = Vec::new();
     for to in ["mg@example.test", "pm@example.test", "sg@example.test"] {
@@ -405,16 +405,10 @@ async fn ses_notifications_through_sns_are_verified_bound_to_the_tenants_topic_a
     assert!(status.success());
     let topic = "arn:aws:sns:us-east-1:123456789012:ses-bounces";
     let pem = keys.path().join("sns.pem");
-    let app = spawn_app_with(|s| {
-        s.bounces.sns_certificate_file = Some(pem.clone());
-        s.tenants.insert(
-            "acme".into(),
-            mailgate::config::TenantSettings {
-                ses_topic_arns: Some(vec![topic.into()]),
-                ..Default::default()
-            },
-        );
-    })
+    let app = spawn_binary(&format!(
+        "[bounces]\nsns_certificate_file = \"{}\"\n[tenants.acme]\nses_topic_arns = [\"{topic}\"]\n",
+        pem.display()
+    ))
     .await;
     let id = app.send_ok(&simple_message("ses@example.test")).await;
     app.wait_for(&id, WAIT, |m| m["status"] == "sent").await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::crash::write_config;
+use crate::helpers::write_config;
 use crate::helpers::{free_port, Binary, Postfix, SMTP_PASSWORD};
 
 fn mailgate(args: &[&str], dir: &std::path::Path) -> std::process::Output {
@@ -111,13 +111,16 @@ fn ed25519_keypair(dir: &std::path::Path) -> (std::path::PathBuf, std::path::Pat
 async fn a_full_run_logs_ids_and_never_a_secret() {
     let postfix = Postfix::shared();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &postfix);
+    let config = write_config(
+        dir.path(),
+        &postfix,
+        "[log]\nformat = \"json\"\nlevel = \"debug\"\n[webhooks]\nallow_private_targets = true\n",
+    );
     let (private, public) = ed25519_keypair(dir.path());
     let mut toml = std::fs::read_to_string(&config).unwrap();
     toml.push_str(&format!(
         "\n[auth]\npublic_keys = [{{ kid = \"k1\", alg = \"EdDSA\", pem_file = \"{}\" }}]\n\
-         signing_key = {{ kid = \"k1\", alg = \"EdDSA\", pem_file = \"{}\" }}\n\
-         \n[webhooks]\nallow_private_targets = true\n",
+         signing_key = {{ kid = \"k1\", alg = \"EdDSA\", pem_file = \"{}\" }}\n",
         public.display(),
         private.display()
     ));
@@ -141,7 +144,7 @@ async fn a_full_run_logs_ids_and_never_a_secret() {
         &["serve", "--config", config.to_str().unwrap()],
         dir.path(),
         free_port(),
-        &[("MAILGATE_LOG__FORMAT", "json"), ("MAILGATE_LOG__LEVEL", "debug")],
+        &[],
     );
     binary.wait_healthy().await;
     let client = crate::helpers::http();

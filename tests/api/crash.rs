@@ -5,46 +5,12 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use serde_json::Value;
 
-use crate::helpers::{
-    free_port, mint, simple_message, Binary, Postfix, MESSAGE_ID_DOMAIN, RETURN_PATH_DOMAIN, SMTP_PASSWORD, SMTP_USER,
-};
+use crate::helpers::{free_port, mint, simple_message, write_config, Binary, Postfix};
 
 const MAX_CONNECTIONS: usize = 4;
 /// Delivery workers: each may have one transaction whose outcome is not yet on disk.
 const WORKERS: usize = MAX_CONNECTIONS * mailgate::startup::WORKERS_PER_CONNECTION;
 const BURST: usize = 60;
-
-pub fn write_config(data: &std::path::Path, postfix: &Postfix) -> std::path::PathBuf {
-    std::fs::write(data.join("smtp-password"), SMTP_PASSWORD).unwrap();
-    let config = format!(
-        r#"
-[storage]
-path = "{data}"
-
-[[upstreams]]
-name = "postfix"
-host = "127.0.0.1"
-port = {port}
-tls = "starttls"
-username = "{SMTP_USER}"
-password_file = "{data}/smtp-password"
-ca_file = "{ca}"
-max_connections = {MAX_CONNECTIONS}
-
-[delivery]
-return_path_domain = "{RETURN_PATH_DOMAIN}"
-message_id_domain = "{MESSAGE_ID_DOMAIN}"
-retry_base = "300ms"
-retry_max = "1s"
-"#,
-        data = data.display(),
-        port = postfix.port,
-        ca = postfix.dir.join("tls/ca.pem").display(),
-    );
-    let path = data.join("mailgate.toml");
-    std::fs::write(&path, config).unwrap();
-    path
-}
 
 /// Sends one message per index concurrently; every one must be answered 202.
 async fn send_burst(
@@ -69,9 +35,9 @@ async fn send_burst(
 }
 
 /// A data dir with a config delivering to `postfix`, and a token its dev key accepts.
-fn prepare(postfix: &Postfix) -> (tempfile::TempDir, String, String) {
+fn prepare(postfix: &Postfix, extra: &str) -> (tempfile::TempDir, String, String) {
     let data = tempfile::tempdir().unwrap();
-    let config = write_config(data.path(), postfix);
+    let config = write_config(data.path(), postfix, extra);
     let mut settings = mailgate::config::Settings::default();
     settings.storage.path = data.path().to_path_buf();
     let token = mint(
@@ -85,7 +51,7 @@ fn prepare(postfix: &Postfix) -> (tempfile::TempDir, String, String) {
 #[tokio::test]
 async fn sigkill_after_a_burst_of_202s_loses_no_accepted_message() {
     let postfix = Postfix::shared();
-    let (data, config_arg, token) = prepare(&postfix);
+    let (data, config_arg, token) = prepare(&postfix, "");
 
     let mut first = Binary::spawn(&["serve", "--config", &config_arg], data.path(), free_port(), &[]);
     first.wait_healthy().await;
@@ -154,13 +120,16 @@ async fn sigkill_after_a_burst_of_202s_loses_no_accepted_message() {
 #[tokio::test]
 async fn sigterm_drains_in_flight_transactions_and_leaves_the_rest_queued() {
     let postfix = Postfix::shared();
-    let (data, config_arg, token) = prepare(&postfix);
     // Paced to 20 transactions a second, the burst takes 3 s: SIGTERM lands mid-way.
-    let paced = std::fs::read_to_string(&config_arg).unwrap().replace(
-        &format!("max_connections = {MAX_CONNECTIONS}"),
+    let scratch = tempfile::tempdir().unwrap();
+    let paced = postfix.relay(
+        scratch.path(),
+        "postfix",
+        postfix.port,
+        "starttls",
         &format!("max_connections = {MAX_CONNECTIONS}\nrate_per_second = 20"),
     );
-    std::fs::write(&config_arg, paced).unwrap();
+    let (data, config_arg, token) = prepare(&postfix, &paced);
     let mut first = Binary::spawn(&["serve", "--config", &config_arg], data.path(), free_port(), &[]);
     first.wait_healthy().await;
     let client = crate::helpers::http();

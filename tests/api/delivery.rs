@@ -7,7 +7,9 @@ use mail_parser::{MessageParser, MimeHeaders as _};
 use mailgate::config::TlsMode;
 use serde_json::json;
 
-use crate::helpers::{lf, simple_message, spawn_app, spawn_app_with, Postfix, MESSAGE_ID_DOMAIN, RETURN_PATH_DOMAIN};
+use crate::helpers::{
+    lf, simple_message, spawn_app, spawn_app_with, spawn_binary, Postfix, MESSAGE_ID_DOMAIN, RETURN_PATH_DOMAIN,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -148,10 +150,7 @@ async fn rejected_rcpt_marks_recipient_bounced_with_code_and_diagnostic() {
 
 #[tokio::test]
 async fn deferred_recipient_is_retried_then_failed_after_max_age() {
-    let app = spawn_app_with(|s| {
-        s.delivery.max_age = mailgate::config::ConfigDuration(Duration::from_secs(3));
-    })
-    .await;
+    let app = spawn_binary("[delivery]\nmax_age = \"3s\"\n").await;
     let id = app.send_ok(&simple_message("defer@example.test")).await;
     let deferred = app.wait_for(&id, WAIT, |m| status(m) == "deferred").await;
     assert!(deferred["next_attempt_at"].is_string(), "{deferred:#}");
@@ -312,7 +311,7 @@ async fn an_idempotency_key_replays_the_first_answer_refuses_another_body_and_ra
         ids
     };
     assert_eq!(ids.len(), 1, "concurrent duplicates create one message");
-    assert_eq!(app.stored_messages(), 2);
+    assert_eq!(app.stored_messages().await, 2);
     let bad = app
         .client
         .post(format!("{}/v1/messages", app.address))
@@ -359,7 +358,7 @@ async fn a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_i
     let retried: serde_json::Value = post().await.unwrap().json().await.unwrap();
     assert_eq!(retried["data"][2]["id"], keyed_id.as_str());
     assert_ne!(retried["data"][0]["id"], data[0]["id"]);
-    assert_eq!(app.stored_messages(), 3);
+    assert_eq!(app.stored_messages().await, 3);
     let empty = app
         .client
         .post(format!("{}/v1/messages/batch", app.address))
@@ -392,12 +391,12 @@ async fn a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_i
         .map(|e| e["field"].clone())
         .collect();
     assert_eq!(fields, [json!("/messages/1/template"), json!("/messages/2/sendat")]);
-    assert_eq!(app.stored_messages(), 3);
+    assert_eq!(app.stored_messages().await, 3);
 }
 
 #[tokio::test]
 async fn a_queue_over_its_bound_gets_503_and_keeps_what_it_accepted() {
-    let app = spawn_app_with(|s| s.delivery.max_queue_depth = 3).await;
+    let app = spawn_binary("[delivery]\nmax_queue_depth = 3\n").await;
     let mut ids = Vec::new();
     for n in 0..3 {
         ids.push(app.send_ok(&simple_message(&format!("defer@d{n}.example.test"))).await);
@@ -422,5 +421,5 @@ async fn a_queue_over_its_bound_gets_503_and_keeps_what_it_accepted() {
     assert_eq!(refused.headers()["retry-after"], "5");
     let problem: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(problem["code"], "queue_full");
-    assert_eq!(app.stored_messages(), ids.len(), "everything accepted is kept");
+    assert_eq!(app.stored_messages().await, ids.len(), "everything accepted is kept");
 }

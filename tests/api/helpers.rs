@@ -58,6 +58,30 @@ impl Postfix {
         assert!(status.success(), "postfix.sh {command} failed");
     }
 
+    /// A `[[upstreams]]` entry for this Postfix's `port` (or a forwarder to it), with
+    /// AUTH (the password file is `data/smtp-password`) and its CA; `extra` (TOML keys)
+    /// is merged into it and wins.
+    pub fn relay(&self, data: &Path, name: &str, port: u16, tls: &str, extra: &str) -> String {
+        let password = data.join("smtp-password");
+        std::fs::write(&password, SMTP_PASSWORD).expect("write password file");
+        let mut relay = toml::Table::new();
+        for (key, value) in [
+            ("name", name.to_owned()),
+            ("host", "127.0.0.1".into()),
+            ("tls", tls.into()),
+            ("username", SMTP_USER.into()),
+            ("password_file", password.display().to_string()),
+            ("ca_file", self.dir.join("tls/ca.pem").display().to_string()),
+        ] {
+            relay.insert(key.into(), toml::Value::String(value));
+        }
+        relay.insert("port".into(), toml::Value::Integer(port.into()));
+        merge(&mut relay, extra.parse().expect("relay keys are TOML"));
+        let mut entry = toml::Table::new();
+        entry.insert("upstreams".into(), toml::Value::Array(vec![toml::Value::Table(relay)]));
+        toml::to_string(&entry).expect("relay TOML")
+    }
+
     pub fn upstream(&self, tls: TlsMode, password_file: &Path) -> UpstreamSettings {
         UpstreamSettings {
             name: "postfix".into(),
@@ -112,9 +136,17 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub token: String,
     pub keys: TokenKeys,
-    pub store: Arc<dyn Store>,
+    process: Process,
     pub data: TempDir,
     pub postfix: Postfix,
+}
+
+/// Where the app under test runs.
+enum Process {
+    /// In this test process, with its store at hand.
+    InProcess(Arc<dyn Store>),
+    /// The real binary started with a config file, as a user starts it.
+    Binary(Binary),
 }
 
 /// Settings for a test app: temp data dir, random port, the shared Postfix over
@@ -159,7 +191,78 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
         client: http(),
         token,
         keys,
-        store,
+        process: Process::InProcess(store),
+        data,
+        postfix,
+    }
+}
+
+/// A config file for the real binary: data in `data`, delivering to `postfix` over
+/// STARTTLS with AUTH and fast retries, with `extra` (TOML) merged on top: its keys win,
+/// and an array such as `[[upstreams]]` replaces the base one.
+pub fn write_config(data: &Path, postfix: &Postfix, extra: &str) -> PathBuf {
+    let base = format!(
+        r#"
+[storage]
+path = "{data}"
+
+{relay}
+
+[delivery]
+return_path_domain = "{RETURN_PATH_DOMAIN}"
+message_id_domain = "{MESSAGE_ID_DOMAIN}"
+retry_base = "300ms"
+retry_max = "1s"
+"#,
+        data = data.display(),
+        relay = postfix.relay(data, "postfix", postfix.port, "starttls", "max_connections = 4"),
+    );
+    let mut config: toml::Table = base.parse().expect("base config");
+    merge(&mut config, extra.parse().expect("extra config is TOML"));
+    let path = data.join("mailgate.toml");
+    std::fs::write(&path, toml::to_string(&config).expect("config TOML")).expect("write config");
+    path
+}
+
+fn merge(base: &mut toml::Table, extra: toml::Table) {
+    for (key, value) in extra {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(inner)), toml::Value::Table(more)) => merge(inner, more),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Starts the real binary with `write_config(…, extra)`; the app's token (tenant
+/// `acme`) is signed with the keys that file configures.
+pub async fn spawn_binary(extra: &str) -> TestApp {
+    spawn_binary_with_env(extra, &[]).await
+}
+
+/// `spawn_binary` with environment variables for the binary (and for reading its keys).
+pub async fn spawn_binary_with_env(extra: &str, envs: &[(&str, &str)]) -> TestApp {
+    let postfix = Postfix::shared();
+    let data = tempfile::tempdir().expect("temp dir");
+    let config = write_config(data.path(), &postfix, extra);
+    let env: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let settings = Settings::load(Some(&config), env).expect("the test config loads");
+    let keys = TokenKeys::load(&settings).expect("token keys");
+    let mut binary = Binary::spawn(
+        &["serve", "--config", &config.to_string_lossy()],
+        data.path(),
+        free_port(),
+        envs,
+    );
+    binary.wait_healthy().await;
+    let token = mint(&keys, "acme", "messages:send messages:read");
+    TestApp {
+        address: binary.address.clone(),
+        client: http(),
+        token,
+        keys,
+        process: Process::Binary(binary),
         data,
         postfix,
     }
@@ -231,9 +334,48 @@ impl TestApp {
         }
     }
 
-    pub fn stored_messages(&self) -> usize {
-        self.store.count_messages().expect("count")
+    /// Messages stored: counted in the store in process, or listed by the binary's API
+    /// (tenant `acme`, up to 100).
+    pub async fn stored_messages(&self) -> usize {
+        match &self.process {
+            Process::InProcess(store) => store.count_messages().expect("count"),
+            Process::Binary(_) => {
+                let list: Value = self
+                    .get("/v1/messages?limit=100", &self.token)
+                    .await
+                    .json()
+                    .await
+                    .expect("list");
+                list["data"].as_array().expect("data").len()
+            }
+        }
     }
+
+    /// The binary's process, for tests that signal or kill it.
+    pub fn binary(&mut self) -> &mut Binary {
+        match &mut self.process {
+            Process::Binary(binary) => binary,
+            Process::InProcess(_) => panic!("this app runs in the test process"),
+        }
+    }
+
+    /// What the binary wrote to stderr so far (its log).
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("stderr.log")).unwrap_or_default()
+    }
+}
+
+/// `GET address + path` with `token`, as JSON.
+pub async fn get_json(address: &str, path: &str, token: &str) -> Value {
+    http()
+        .get(format!("{address}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("a JSON body")
 }
 
 /// An HTTP client; installs the process-wide rustls provider first, as `main` does.
@@ -274,7 +416,16 @@ pub struct Binary {
 }
 
 impl Binary {
+    /// Listening on `port` (set by `MAILGATE_HTTP__LISTEN`, over any config file).
     pub fn spawn(args: &[&str], dir: &Path, port: u16, envs: &[(&str, &str)]) -> Self {
+        let listen = format!("127.0.0.1:{port}");
+        let mut all = vec![("MAILGATE_HTTP__LISTEN", listen.as_str())];
+        all.extend_from_slice(envs);
+        Self::spawn_listening_as_configured(args, dir, port, &all)
+    }
+
+    /// Listening where its config already says (`http.listen`, which must be `port`).
+    pub fn spawn_listening_as_configured(args: &[&str], dir: &Path, port: u16, envs: &[(&str, &str)]) -> Self {
         let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr.log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_mailgate"));
         command
@@ -285,7 +436,6 @@ impl Binary {
         for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("MAILGATE_") || n == "RUST_LOG") {
             command.env_remove(name);
         }
-        command.env("MAILGATE_HTTP__LISTEN", format!("127.0.0.1:{port}"));
         for (name, value) in envs {
             command.env(name, value);
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{free_port, mint, spawn_app_with, Binary};
+use crate::helpers::{free_port, mint, spawn_binary, Binary};
 
 /// Reads what the server answers until it closes, or `within` passes.
 async fn answer(stream: &mut TcpStream, within: Duration) -> String {
@@ -22,11 +22,7 @@ fn host_port(address: &str) -> String {
 
 #[tokio::test]
 async fn slow_headers_and_slow_bodies_are_cut_off() {
-    let app = spawn_app_with(|s| {
-        s.http.header_timeout = mailgate::config::ConfigDuration(Duration::from_secs(1));
-        s.http.body_timeout = mailgate::config::ConfigDuration(Duration::from_secs(1));
-    })
-    .await;
+    let app = spawn_binary("[http]\nheader_timeout = \"1s\"\nbody_timeout = \"1s\"\n").await;
     let address = host_port(&app.address);
 
     // Headers that never finish: the connection is answered 408 or closed.
@@ -73,7 +69,7 @@ async fn slow_headers_and_slow_bodies_are_cut_off() {
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(reply.contains("request_timeout"), "{reply}");
     assert!(started.elapsed() < Duration::from_secs(6));
-    assert_eq!(app.stored_messages(), 0);
+    assert_eq!(app.stored_messages().await, 0);
 }
 
 /// Peak resident memory of `pid` (VmHWM), in KiB.

@@ -5,12 +5,14 @@
 mod auth_and_input;
 mod bounces;
 mod cli;
+mod config_file;
 mod crash;
 mod delivery;
 mod events;
 mod helpers;
 mod hostile;
 mod operations;
+mod relay_tls;
 mod sandbox;
 mod templates;
 mod upstreams;

@@ -10,13 +10,13 @@ use crate::helpers::{mint, spawn_app, TestApp};
 
 const ALL: &str = "messages:send messages:read templates:read templates:write";
 
-struct Api<'a> {
+pub struct Api<'a> {
     app: &'a TestApp,
     token: String,
 }
 
 impl<'a> Api<'a> {
-    fn new(app: &'a TestApp, tenant: &str) -> Self {
+    pub fn new(app: &'a TestApp, tenant: &str) -> Self {
         Self {
             app,
             token: mint(&app.keys, tenant, ALL),
@@ -38,7 +38,7 @@ impl<'a> Api<'a> {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         self.call(reqwest::Method::POST, path, Some(body)).await
     }
 
@@ -50,7 +50,7 @@ impl<'a> Api<'a> {
         self.call(reqwest::Method::GET, path, None).await
     }
 
-    async fn create(&self, body: Value) -> Value {
+    pub async fn create(&self, body: Value) -> Value {
         let (status, created) = self.post("/v1/templates", body).await;
         assert_eq!(status, 201, "{created}");
         created
@@ -120,7 +120,7 @@ async fn a_missing_variable_is_422_naming_it_and_nothing_is_sent_or_stored() {
         first_error(&problem),
         ("/template/data/order/total", "missing_variable")
     );
-    assert_eq!(app.stored_messages(), 0);
+    assert_eq!(app.stored_messages().await, 0);
 
     let (status, problem) = api.post("/v1/templates/total/render", json!({"data": {}})).await;
     assert_eq!(status, 422);
@@ -168,7 +168,7 @@ async fn html_is_escaped_text_and_subject_are_not_and_a_subject_line_break_is_re
         )
         .await;
     assert_eq!((status, first_error(&problem).1), (422, "invalid_subject"));
-    assert_eq!(app.stored_messages(), 0);
+    assert_eq!(app.stored_messages().await, 0);
 }
 
 #[tokio::test]
@@ -458,7 +458,7 @@ async fn render_can_return_the_exact_mime_and_lists_paginate() {
     assert_eq!(mail.subject(), Some("Hello Ana"));
     assert_eq!(mail.body_text(0).unwrap().trim(), "Hi Ana");
     assert_eq!(mail.to().unwrap().first().unwrap().address(), Some("ana@example.test"));
-    assert_eq!(app.stored_messages(), 0, "a preview creates no message");
+    assert_eq!(app.stored_messages().await, 0, "a preview creates no message");
 
     let (_, page) = api.get("/v1/templates?limit=2").await;
     let names: Vec<&str> = page["data"]

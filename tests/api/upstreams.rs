@@ -1,7 +1,9 @@
-//! The upstream pool against the real Postfix: failover and recovery, pacing, and
-//! connection reuse. The primary relay is Postfix's STARTTLS port reached through a TCP
-//! forwarder that the test can stop and start (an outage without disturbing the Postfix
-//! other tests share); the secondary is the same Postfix's implicit-TLS port.
+//! The upstream pool against the real Postfix, each test starting the real binary with
+//! a config file of two `[[upstreams]]`, as a user would: failover, the circuit and
+//! recovery, pacing and connection reuse, the per-tenant cap. A relay is Postfix's
+//! STARTTLS port reached through a TCP forwarder that the test can stop, start or slow
+//! down (an outage without disturbing the Postfix other tests share), or the same
+//! Postfix's implicit-TLS port.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,8 +13,9 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::helpers::{mint, simple_message, spawn_app_with, Postfix, TestApp};
-use mailgate::config::{ConfigDuration, TlsMode};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::helpers::{mint, simple_message, spawn_binary, Postfix, TestApp};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -22,16 +25,23 @@ struct Forwarder {
     port: u16,
     target: String,
     connections: Arc<AtomicUsize>,
+    /// Added before each chunk the client sends, so every SMTP command is slow.
+    delay: Duration,
     task: Option<JoinHandle<()>>,
 }
 
 impl Forwarder {
     async fn new(target: String) -> Self {
+        Self::slowed(target, Duration::ZERO).await
+    }
+
+    async fn slowed(target: String, delay: Duration) -> Self {
         let port = crate::helpers::free_port();
         let mut forwarder = Self {
             port,
             target,
             connections: Arc::default(),
+            delay,
             task: None,
         };
         forwarder.start().await;
@@ -40,16 +50,33 @@ impl Forwarder {
 
     async fn start(&mut self) {
         let listener = TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
-        let (target, connections) = (self.target.clone(), Arc::clone(&self.connections));
+        let (target, connections, delay) = (self.target.clone(), Arc::clone(&self.connections), self.delay);
         self.task = Some(tokio::spawn(async move {
             let mut pipes = tokio::task::JoinSet::new();
             while let Ok((mut client, _)) = listener.accept().await {
                 connections.fetch_add(1, Ordering::SeqCst);
                 let target = target.clone();
                 pipes.spawn(async move {
-                    if let Ok(mut upstream) = TcpStream::connect(&target).await {
+                    let Ok(mut upstream) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    if delay.is_zero() {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        return;
                     }
+                    let (mut client_in, mut client_out) = client.into_split();
+                    let (mut upstream_in, mut upstream_out) = upstream.into_split();
+                    let answers = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut upstream_in, &mut client_out).await;
+                    });
+                    let mut chunk = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = client_in.read(&mut chunk).await {
+                        tokio::time::sleep(delay).await;
+                        if upstream_out.write_all(&chunk[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    answers.abort();
                 });
             }
         }));
@@ -101,18 +128,12 @@ async fn send_and_deliver(app: &TestApp, count: usize, tag: &str) {
 async fn mail_fails_over_to_the_secondary_and_returns_when_the_primary_recovers() {
     let postfix = Postfix::shared();
     let mut forwarder = Forwarder::new(format!("127.0.0.1:{}", postfix.port)).await;
-    let port = forwarder.port;
-    let app = spawn_app_with(|s| {
-        let password = s.upstreams[0].password_file.clone().unwrap();
-        let mut primary = s.upstreams[0].clone();
-        primary.name = "primary".into();
-        primary.port = port;
-        let mut secondary = postfix.upstream(TlsMode::Tls, &password);
-        secondary.name = "secondary".into();
-        secondary.weight = 0;
-        s.upstreams = vec![primary, secondary];
-        s.delivery.circuit_cooldown = ConfigDuration(Duration::from_secs(1));
-    })
+    let scratch = tempfile::tempdir().unwrap();
+    let app = spawn_binary(&format!(
+        "{}{}[delivery]\ncircuit_cooldown = \"1s\"\n",
+        postfix.relay(scratch.path(), "primary", forwarder.port, "starttls", ""),
+        postfix.relay(scratch.path(), "secondary", postfix.port + 1, "tls", "weight = 0"),
+    ))
     .await;
 
     send_and_deliver(&app, 3, "before").await;
@@ -179,15 +200,17 @@ fn delivery_seconds(postfix: &Postfix, ids: &[String]) -> Vec<u64> {
 }
 
 #[tokio::test]
-async fn an_upstream_is_paced_to_its_rate_and_reuses_its_connections() {
+async fn upstreams_are_paced_to_their_rates_and_reuse_their_connections() {
     let postfix = Postfix::shared();
-    let forwarder = Forwarder::new(format!("127.0.0.1:{}", postfix.port)).await;
-    let port = forwarder.port;
-    let app = spawn_app_with(|s| {
-        s.upstreams[0].port = port;
-        s.upstreams[0].rate_per_second = 4;
-        s.upstreams[0].max_connections = 2;
-    })
+    let target = format!("127.0.0.1:{}", postfix.port);
+    let (first, second) = (Forwarder::new(target.clone()).await, Forwarder::new(target).await);
+    let scratch = tempfile::tempdir().unwrap();
+    let paced = "rate_per_second = 2\nmax_connections = 2";
+    let app = spawn_binary(&format!(
+        "{}{}",
+        postfix.relay(scratch.path(), "first", first.port, "starttls", paced),
+        postfix.relay(scratch.path(), "second", second.port, "starttls", paced),
+    ))
     .await;
     let started = Instant::now();
     let mut ids = Vec::new();
@@ -198,21 +221,67 @@ async fn an_upstream_is_paced_to_its_rate_and_reuses_its_connections() {
         postfix.wait_delivered(id, 1, WAIT).await;
     }
     let took = started.elapsed();
+    // Two relays at 2/s each: 12 transactions need at least 2.5 s (each relay's first
+    // goes at once), however the weights share them out.
     assert!(
-        took >= Duration::from_millis(2700),
-        "12 messages at 4/s went out in {took:?}"
+        took >= Duration::from_millis(2400),
+        "12 messages at 2 × 2/s went out in {took:?}"
     );
     let mut per_second = std::collections::BTreeMap::new();
     for second in delivery_seconds(&postfix, &ids) {
         *per_second.entry(second).or_insert(0) += 1;
     }
     assert!(
-        per_second.values().all(|&n| n <= 5),
+        per_second.values().all(|&n| n <= 6),
         "deliveries per second: {per_second:?}"
     );
-    let connections = forwarder.connections.load(Ordering::SeqCst);
+    for (name, forwarder) in [("first", &first), ("second", &second)] {
+        let connections = forwarder.connections.load(Ordering::SeqCst);
+        assert!(connections <= 2, "{name}: {connections} connections for a pool of 2");
+    }
+    let list = upstreams(&app).await;
+    assert_eq!(sent_by(&list, "first") + sent_by(&list, "second"), 12, "{list}");
+    assert_eq!(list["data"][0]["rate_per_second"], 2, "{list}");
+}
+
+#[tokio::test]
+async fn a_tenant_at_its_cap_on_one_relay_overflows_to_the_next() {
+    let postfix = Postfix::shared();
+    // Every command through the primary takes 50 ms more, so a burst's transactions
+    // overlap there and the cap of one has something to hold back.
+    let slow = Forwarder::slowed(format!("127.0.0.1:{}", postfix.port), Duration::from_millis(50)).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let app = spawn_binary(&format!(
+        "{}{}",
+        postfix.relay(
+            scratch.path(),
+            "primary",
+            slow.port,
+            "starttls",
+            "tenant_max_connections = 1"
+        ),
+        postfix.relay(scratch.path(), "secondary", postfix.port + 1, "tls", "weight = 0"),
+    ))
+    .await;
+    let bodies: Vec<Value> = (0..8)
+        .map(|n| simple_message(&format!("capped-{n}@example.test")))
+        .collect();
+    let ids = futures_util::future::join_all(bodies.iter().map(|body| app.send_ok(body))).await;
+    for id in &ids {
+        app.wait_for(id, WAIT, |m| m["status"] == "sent").await;
+    }
+    let list = upstreams(&app).await;
+    let (primary, secondary) = (sent_by(&list, "primary"), sent_by(&list, "secondary"));
+    assert_eq!(primary + secondary, 8, "{list}");
     assert!(
-        connections <= 2,
-        "12 messages took {connections} connections (pool of 2)"
+        primary >= 1 && secondary >= 1,
+        "with one transaction of the tenant at a time on the primary (which has 4 connections), \
+         the rest of the burst goes to the weight-0 secondary: {list}"
     );
+    assert_eq!(
+        slow.connections.load(Ordering::SeqCst),
+        1,
+        "one transaction at a time needs one connection"
+    );
+    assert_eq!(list["data"][0]["tenant_max_connections"], 1, "{list}");
 }

@@ -11,7 +11,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::helpers::{free_port, mint, simple_message, spawn_app_with, Binary, Postfix, TestApp};
+use crate::helpers::{free_port, mint, simple_message, spawn_app_with, spawn_binary, Binary, Postfix, TestApp};
 
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -107,12 +107,10 @@ fn verifies(r: &Received, secret: &str) -> bool {
 }
 
 async fn app_with_fast_retries() -> TestApp {
-    spawn_app_with(|s| {
-        s.webhooks.allow_private_targets = true;
-        s.webhooks.retry_base = mailgate::config::ConfigDuration(Duration::from_millis(200));
-        s.webhooks.retry_max = mailgate::config::ConfigDuration(Duration::from_millis(400));
-        s.webhooks.request_timeout = mailgate::config::ConfigDuration(Duration::from_secs(2));
-    })
+    spawn_binary(
+        "[webhooks]\nallow_private_targets = true\nretry_base = \"200ms\"\nretry_max = \"400ms\"\n\
+         request_timeout = \"2s\"\n",
+    )
     .await
 }
 
@@ -280,7 +278,7 @@ async fn a_restart_in_the_middle_of_retries_loses_no_event() {
     let postfix = Postfix::shared();
     let receiver = Receiver::start(503).await;
     let data = tempfile::tempdir().unwrap();
-    let config = crate::crash::write_config(data.path(), &postfix);
+    let config = crate::helpers::write_config(data.path(), &postfix, "");
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str("\n[webhooks]\nallow_private_targets = true\nretry_base = \"200ms\"\nretry_max = \"400ms\"\nrequest_timeout = \"2s\"\n");
     std::fs::write(&config, text).unwrap();

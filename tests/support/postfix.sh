@@ -8,6 +8,8 @@
 # BASE_PORT + 2  a "remote MX" that answers 550 5.1.1 to every RCPT: mail to
 #                `@remote-bounce.test` is relayed there, so Postfix writes the DSN form
 #                real providers send (`Diagnostic-Code: smtp; 550 …`, `Remote-MTA`)
+# BASE_PORT + 5  like BASE_PORT, but presenting a self-signed certificate made the most
+#                common way (`openssl req -x509`, which marks it CA:TRUE): DIR/tls/selfsigned.pem
 # BASE_PORT + 3  plain SMTP for loopback clients, no TLS or AUTH: the benchmark's
 #                reference path (smtp-source → Postfix → smtp-sink); mail to `@sink.bench`
 #                is relayed to BASE_PORT + 4, where scripts/bench-delivery.sh runs smtp-sink
@@ -54,7 +56,10 @@ write_tls() {
   printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature\n' > "$t/ext.cnf"
   openssl x509 -req -in "$t/server.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
     -days 30 -out "$t/server.pem" -extfile "$t/ext.cnf" 2>/dev/null
-  chmod 600 "$t/server.key" "$t/ca.key"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -keyout "$t/selfsigned.key" -out "$t/selfsigned.pem" -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 2>/dev/null
+  chmod 600 "$t/server.key" "$t/ca.key" "$t/selfsigned.key"
 }
 
 write_config() {
@@ -115,6 +120,9 @@ CF
 $base      inet  n       -       n       -       -       smtpd
 $((base + 1)) inet  n       -       n       -       -       smtpd
   -o smtpd_tls_wrappermode=yes
+$((base + 5)) inet  n       -       n       -       -       smtpd
+  -o smtpd_tls_cert_file=$dir/tls/selfsigned.pem
+  -o smtpd_tls_key_file=$dir/tls/selfsigned.key
 cleanup    unix  n       -       n       -       0       cleanup
 qmgr       unix  n       -       n       300     1       qmgr
 tlsmgr     unix  -       -       n       1000?   1       tlsmgr
