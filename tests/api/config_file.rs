@@ -401,3 +401,53 @@ async fn template_bounds_come_from_the_file() {
         "{problem}"
     );
 }
+
+/// A render that writes a lot is stopped at `render_timeout`.
+#[tokio::test]
+async fn a_render_past_render_timeout_is_stopped() {
+    let app = spawn_binary("[templates]\nrender_timeout = \"1ms\"\n").await;
+    let api = Api::new(&app, "acme");
+    api.create(json!({"name": "long", "subject": "s", "text": "{{#each items}}{{this}} {{/each}}"}))
+        .await;
+    let items: Vec<String> = (0..200_000).map(|n| format!("item-{n}")).collect();
+    let (status, problem) = api
+        .post("/v1/templates/long/render", json!({"data": {"items": items}}))
+        .await;
+    assert_eq!(
+        (status, problem["errors"][0]["code"].as_str()),
+        (422, Some("template_render_timeout")),
+        "{problem}"
+    );
+}
+
+/// An HS256 secret from an environment variable the file names.
+#[tokio::test]
+async fn an_hs256_secret_from_the_environment_signs_and_checks_tokens() {
+    let secret = "an-environment-secret-of-32-bytes-or-more";
+    let app = crate::helpers::spawn_binary_with_env(
+        "[auth]\nhs256_secret_env = \"CONFIG_TEST_HS256\"\n",
+        &[("CONFIG_TEST_HS256", secret)],
+    )
+    .await;
+    assert_eq!(app.get("/v1/messages", &app.token).await.status(), 200);
+    let forged = crate::helpers::mint(
+        &mailgate::auth::TokenKeys::load(&mailgate::config::Settings {
+            storage: mailgate::config::StorageSettings {
+                path: app.data.path().join("elsewhere"),
+            },
+            ..Default::default()
+        })
+        .unwrap(),
+        "acme",
+        "messages:read",
+    );
+    assert_eq!(
+        app.get("/v1/messages", &forged).await.status(),
+        401,
+        "another key's token"
+    );
+    assert!(
+        !app.data.path().join("dev-hs256.key").exists(),
+        "no dev key with a secret configured"
+    );
+}

@@ -77,6 +77,9 @@ impl Postfix {
         }
         relay.insert("port".into(), toml::Value::Integer(port.into()));
         merge(&mut relay, extra.parse().expect("relay keys are TOML"));
+        if relay.contains_key("password_env") {
+            relay.remove("password_file");
+        }
         let mut entry = toml::Table::new();
         entry.insert("upstreams".into(), toml::Value::Array(vec![toml::Value::Table(relay)]));
         toml::to_string(&entry).expect("relay TOML")
@@ -247,7 +250,18 @@ pub async fn spawn_binary_with_env(extra: &str, envs: &[(&str, &str)]) -> TestAp
     let data = tempfile::tempdir().expect("temp dir");
     let config = write_config(data.path(), &postfix, extra);
     let env: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let settings = Settings::load(Some(&config), env).expect("the test config loads");
+    let mut settings = Settings::load(Some(&config), env).expect("the test config loads");
+    // The binary reads `hs256_secret_env` from its own environment; the test mints with
+    // the same secret from a file.
+    if let Some((_, secret)) = envs
+        .iter()
+        .find(|(name, _)| settings.auth.hs256_secret_env.as_deref() == Some(*name))
+    {
+        let file = data.path().join("test-hs256");
+        std::fs::write(&file, secret).expect("write the secret");
+        settings.auth.hs256_secret_env = None;
+        settings.auth.hs256_secret_file = Some(file);
+    }
     let keys = TokenKeys::load(&settings).expect("token keys");
     let mut binary = Binary::spawn(
         &["serve", "--config", &config.to_string_lossy()],

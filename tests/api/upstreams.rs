@@ -285,3 +285,32 @@ async fn a_tenant_at_its_cap_on_one_relay_overflows_to_the_next() {
     );
     assert_eq!(list["data"][0]["tenant_max_connections"], 1, "{list}");
 }
+
+#[tokio::test]
+async fn a_pooled_connection_idle_past_idle_timeout_is_closed_and_the_next_send_opens_one() {
+    let postfix = Postfix::shared();
+    let forwarder = Forwarder::new(format!("127.0.0.1:{}", postfix.port)).await;
+    let scratch = tempfile::tempdir().unwrap();
+    // The password from an environment variable named in the file, as the README shows.
+    let app = crate::helpers::spawn_binary_with_env(
+        &postfix.relay(
+            scratch.path(),
+            "idle",
+            forwarder.port,
+            "starttls",
+            "idle_timeout = \"300ms\"\npassword_env = \"IDLE_RELAY_PASSWORD\"",
+        ),
+        &[("IDLE_RELAY_PASSWORD", crate::helpers::SMTP_PASSWORD)],
+    )
+    .await;
+    send_and_deliver(&app, 1, "warm").await;
+    send_and_deliver(&app, 1, "reused").await;
+    assert_eq!(forwarder.connections.load(Ordering::SeqCst), 1, "reused while fresh");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    send_and_deliver(&app, 1, "after-idle").await;
+    assert_eq!(
+        forwarder.connections.load(Ordering::SeqCst),
+        2,
+        "a connection idle for longer than idle_timeout is not reused"
+    );
+}

@@ -114,7 +114,7 @@ async fn app_with_fast_retries() -> TestApp {
     .await
 }
 
-async fn create_hook(app: &TestApp, url: &str, events: Value) -> (u16, Value) {
+pub async fn create_hook(app: &TestApp, url: &str, events: Value) -> (u16, Value) {
     let token = mint(&app.keys, "acme", "webhooks:manage");
     let response = app
         .client
@@ -318,4 +318,41 @@ async fn a_restart_in_the_middle_of_retries_loses_no_event() {
         })
         .await;
     assert!(failed.iter().any(|r| json_of(r)["data"]["message_id"] == id.as_str()));
+}
+
+#[tokio::test]
+async fn an_endpoint_that_keeps_failing_is_given_up_on_after_max_age() {
+    let app = spawn_binary(
+        "[webhooks]\nallow_private_targets = true\nretry_base = \"100ms\"\nretry_max = \"200ms\"\nmax_age = \"1s\"\n",
+    )
+    .await;
+    let receiver = Receiver::start(503).await;
+    let (status, hook) = create_hook(&app, &receiver.url, json!(["message.sent"])).await;
+    assert_eq!(status, 201, "{hook}");
+    app.send_ok(&simple_message("gives-up@example.test")).await;
+    let path = format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap());
+    let token = mint(&app.keys, "acme", "webhooks:manage");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let deliveries: Value = app.get(&path, &token).await.json().await.unwrap();
+        let outcomes: Vec<&str> = deliveries["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|d| d["outcome"].as_str())
+            .collect();
+        if outcomes.contains(&"failed") {
+            assert!(outcomes.contains(&"retrying"), "retried before giving up: {outcomes:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never gave up: {outcomes:?}\n{}",
+            app.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let attempts = receiver.all().len();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(receiver.all().len(), attempts, "no attempt after giving up");
 }
