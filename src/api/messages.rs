@@ -29,8 +29,10 @@ use crate::sending::Accepted;
 use crate::store::{CancelOutcome, Store, StoreError};
 
 /// One address or a list of addresses.
+// `expecting` replaces serde's "data did not match any variant of untagged enum", which
+// tells a caller nothing, with what the field takes.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected an address string or an array of address strings")]
 pub enum AddressList {
     One(String),
     Many(Vec<String>),

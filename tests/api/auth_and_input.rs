@@ -472,3 +472,23 @@ async fn a_tenant_sends_only_from_its_allowed_sender_domains() {
     );
     assert_eq!(app.stored_messages(), 1);
 }
+
+#[tokio::test]
+async fn an_address_field_of_the_wrong_type_says_what_it_expects() {
+    let app = spawn_app().await;
+    for field in ["to", "cc", "bcc", "reply_to"] {
+        let mut body = simple_message("a@example.test");
+        body[field] = json!(5);
+        let (status, problem) = read_problem(app.send_as(&app.token, &body).await).await;
+        assert_eq!(
+            (status, problem["code"].as_str(), problem["errors"][0]["field"].as_str()),
+            (422, Some("invalid_type"), Some(format!("/{field}").as_str())),
+            "{problem}"
+        );
+        assert_eq!(
+            problem["errors"][0]["message"], "expected an address string or an array of address strings",
+            "{problem}"
+        );
+    }
+    assert_eq!(app.stored_messages(), 0);
+}
