@@ -165,7 +165,17 @@ pub fn coded_error<E: serde::de::Error>(code: &str, message: &str) -> E {
 const CODED: char = '\u{1}';
 
 /// Deserializes `body`, mapping serde's errors to problem responses with pointers.
+///
+/// A body that holds nothing but JSON whitespace is `400 empty_body`, not serde's
+/// "EOF while parsing": the caller forgot the body, it is not malformed.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+        return Err(ApiError::new(
+            Kind::BadRequest,
+            "empty_body",
+            "the request body is empty; send a JSON document",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let malformed = |err: &serde_json::Error| {
         ApiError::new(

@@ -492,3 +492,39 @@ async fn an_address_field_of_the_wrong_type_says_what_it_expects() {
     }
     assert_eq!(app.stored_messages(), 0);
 }
+
+#[tokio::test]
+async fn an_empty_or_blank_json_body_is_400_empty_body() {
+    let app = spawn_app().await;
+    let admin = mint(
+        &app.keys,
+        "acme",
+        "messages:send templates:write webhooks:manage bounces:write",
+    );
+    for path in [
+        "/v1/messages",
+        "/v1/messages/batch",
+        "/v1/templates",
+        "/v1/webhooks",
+        "/v1/bounces/events",
+    ] {
+        for body in ["", " \r\n\t "] {
+            let response = app
+                .client
+                .post(format!("{}{path}", app.address))
+                .bearer_auth(&admin)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let (status, problem) = read_problem(response).await;
+            assert_eq!(
+                (status, problem["code"].as_str()),
+                (400, Some("empty_body")),
+                "{path} {body:?}: {problem}"
+            );
+        }
+    }
+    assert_eq!(app.stored_messages(), 0);
+}
