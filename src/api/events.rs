@@ -8,6 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Authenticated, MessagesRead};
 use super::pagination::{invalid_cursor, page_size};
 use super::problem::{ApiError, FieldError, Problem, PROBLEM_JSON};
+use super::query::Query;
 use super::AppState;
 use crate::domain::event::PublishedEvent;
 use crate::domain::status::EventType;
@@ -56,7 +57,7 @@ fn invalid(field: &str, code: &str, message: &str) -> ApiError {
 #[get("/v1/events")]
 pub async fn list_events(
     auth: Authenticated<MessagesRead>,
-    query: web::Query<EventsQuery>,
+    query: Query<EventsQuery>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<EventList>, ApiError> {
     let limit = page_size(query.limit)?;

@@ -12,6 +12,7 @@ use super::auth::{Authenticated, MessagesRead, MessagesSend};
 use super::body::{escape_token, JsonBody};
 use super::pagination::{invalid_cursor, page_size};
 use super::problem::{ApiError, FieldError, Kind, Problem, PROBLEM_JSON};
+use super::query::Query;
 use super::AppState;
 use crate::domain::address::Mailbox;
 use crate::domain::auth::TenantId;
@@ -915,7 +916,7 @@ const LIST_BUDGET: usize = 1_000;
 #[get("/v1/messages")]
 pub async fn list_messages(
     auth: Authenticated<MessagesRead>,
-    query: web::Query<MessageQuery>,
+    query: Query<MessageQuery>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<MessageList>, ApiError> {
     let size = page_size(query.limit)?;

@@ -10,6 +10,7 @@ use super::auth::{Authenticated, TemplatesRead, TemplatesWrite};
 use super::body::JsonBody;
 use super::pagination::{invalid_cursor, page_size, split_page};
 use super::problem::{ApiError, FieldError, Problem, TemplateContext, PROBLEM_JSON};
+use super::query::Query;
 use super::AppState;
 use crate::domain::ids::TemplateId;
 use crate::domain::template::{Template, TemplateKey, TemplateName, TemplateSources, TemplateVersion};
@@ -183,7 +184,18 @@ pub struct RenderTemplateRequest {
 #[into_params(parameter_in = Query)]
 pub struct RenderQuery {
     /// `json` (default) or `mime` for the exact `message/rfc822` that would be sent.
-    pub format: Option<String>,
+    #[param(inline)]
+    pub format: Option<RenderFormat>,
+}
+
+/// What a render answers with: the rendered parts as JSON, or the MIME message.
+// An enum, so that any other value is refused by the query extractor (`invalid_query`,
+// listing these) like every other bad parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RenderFormat {
+    Json,
+    Mime,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -279,7 +291,7 @@ pub async fn create_template(
 #[get("/v1/templates")]
 pub async fn list_templates(
     auth: Authenticated<TemplatesRead>,
-    query: web::Query<ListQuery>,
+    query: Query<ListQuery>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<TemplateList>, ApiError> {
     let size = page_size(query.limit)?;
@@ -476,22 +488,12 @@ pub async fn get_template_version(
 pub async fn render_template(
     auth: Authenticated<TemplatesRead>,
     path: web::Path<String>,
-    query: web::Query<RenderQuery>,
+    query: Query<RenderQuery>,
     body: JsonBody<RenderTemplateRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let req = body.0;
-    let as_mime = match query.format.as_deref() {
-        None | Some("json") => false,
-        Some("mime") => true,
-        Some(_) => {
-            return Err(ApiError::unprocessable(vec![FieldError::coded(
-                "format",
-                "invalid_format",
-                "`format` is `json` or `mime`",
-            )]))
-        }
-    };
+    let as_mime = query.format == Some(RenderFormat::Mime);
     let data = serde_json::Value::Object(req.data);
     if super::messages::data_too_deep(&data) {
         return Err(ApiError::unprocessable(vec![FieldError::coded(

@@ -494,6 +494,66 @@ async fn an_address_field_of_the_wrong_type_says_what_it_expects() {
 }
 
 #[tokio::test]
+async fn a_bad_query_parameter_is_422_invalid_query_naming_the_parameter() {
+    let app = spawn_app().await;
+    let token = mint(
+        &app.keys,
+        "acme",
+        "messages:read templates:read suppressions:manage webhooks:manage",
+    );
+    let (status, problem) = read_problem(app.get("/v1/messages?status=delivered", &token).await).await;
+    assert_eq!(
+        (status, problem["code"].as_str(), problem["errors"][0]["field"].as_str()),
+        (422, Some("invalid_query"), Some("status")),
+        "{problem}"
+    );
+    let message = problem["errors"][0]["message"].as_str().unwrap();
+    for valid in [
+        "scheduled",
+        "queued",
+        "sending",
+        "deferred",
+        "sent",
+        "failed",
+        "cancelled",
+    ] {
+        assert!(message.contains(&format!("`{valid}`")), "{message}");
+    }
+    for path in [
+        "/v1/messages?limit=many",
+        "/v1/events?limit=many",
+        "/v1/templates?limit=many",
+        "/v1/suppressions?limit=many",
+    ] {
+        let (status, problem) = read_problem(app.get(path, &token).await).await;
+        assert_eq!(
+            (status, problem["code"].as_str(), problem["errors"][0]["field"].as_str()),
+            (422, Some("invalid_query"), Some("limit")),
+            "{path}: {problem}"
+        );
+    }
+    for (path, parameter) in [
+        ("/v1/templates/welcome/render?format=xml", "format"),
+        ("/v1/bounces/mailgun", "tenant"),
+    ] {
+        let response = app
+            .client
+            .post(format!("{}{path}", app.address))
+            .bearer_auth(&token)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        let (status, problem) = read_problem(response).await;
+        assert_eq!(
+            (status, problem["code"].as_str(), problem["errors"][0]["field"].as_str()),
+            (422, Some("invalid_query"), Some(parameter)),
+            "{path}: {problem}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_empty_or_blank_json_body_is_400_empty_body() {
     let app = spawn_app().await;
     let admin = mint(
