@@ -133,7 +133,7 @@ fn rfc3339<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<DateTime<Ut
 
 /// A stored template to render: by `name` or by `id` (one of them), at a pinned
 /// `version` or the latest. Rendering is strict: every variable the template uses
-/// must be in `data` (a 422 names the missing one, e.g. `/template/data/order/total`).
+/// must be in `data` (a 422 lists each missing one, e.g. `/template/data/order/total`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "welcome", "data": {

@@ -464,8 +464,9 @@ pub async fn get_template_version(
 /// Render a template with data, without sending anything.
 ///
 /// Partials are always rendered at their latest version (a pinned `version` pins
-/// the template itself). Strict like a send: a variable the template uses and `data` lacks is a 422
-/// `missing_variable` whose `field` names it (`/data/order/total`). With
+/// the template itself). Strict like a send: the variables the template uses and `data`
+/// lacks are a 422 with one `missing_variable` error per variable, each `field` naming
+/// one (`/data/order/total`), so all can be fixed at once. With
 /// `?format=mime` the answer is the exact `message/rfc822` a send would produce
 /// (Message-ID and Date differ per send).
 #[utoipa::path(
@@ -477,7 +478,7 @@ pub async fn get_template_version(
         (status = 200, description = "The rendered parts, or with `format=mime` the message",
             content((RenderTemplateResponse = "application/json"), (String = "message/rfc822"))),
         (status = 404, description = "No such template or version", body = Problem, content_type = PROBLEM_JSON),
-        (status = 422, description = "A variable is missing, or the output is too large or too slow", body = Problem, content_type = PROBLEM_JSON,
+        (status = 422, description = "Variables are missing (each one listed), or the output is too large or too slow", body = Problem, content_type = PROBLEM_JSON,
             example = json!({"type": "urn:mailgate:problem:missing_variable", "title": "Unprocessable request", "status": 422,
                 "detail": "/data/order/total: the html part uses `order.total`, which the data does not have",
                 "code": "missing_variable",

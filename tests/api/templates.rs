@@ -138,6 +138,56 @@ async fn a_missing_variable_is_422_naming_it_and_nothing_is_sent_or_stored() {
 }
 
 #[tokio::test]
+async fn every_missing_variable_is_reported_at_once_and_nothing_is_sent_or_stored() {
+    let app = spawn_app().await;
+    let api = Api::new(&app, "acme");
+    api.create(json!({"name": "order", "subject": "Order {{order.id}}",
+                      "html": "<p>{{name}}: {{order.total}}</p>", "text": "{{name}}"}))
+        .await;
+    let fields = |problem: &Value| -> Vec<(String, String)> {
+        problem["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["field"].as_str().unwrap().to_owned(),
+                    e["code"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let expected = |base: &str| -> Vec<(String, String)> {
+        ["order/id", "name", "order/total"]
+            .iter()
+            .map(|path| (format!("{base}/{path}"), "missing_variable".to_owned()))
+            .collect()
+    };
+    let (status, problem) = api
+        .post(
+            "/v1/messages",
+            json!({"from": "a@sender.mailgate.test", "to": "x@example.test",
+                   "template": {"name": "order", "data": {"order": {}}}}),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (422, Some("missing_variable")),
+        "{problem}"
+    );
+    assert_eq!(fields(&problem), expected("/template/data"), "{problem}");
+    assert_eq!(
+        problem["errors"][2]["message"],
+        "the html part uses `order.total`, which the data does not have"
+    );
+    assert_eq!(app.stored_messages(), 0);
+
+    let (status, problem) = api.post("/v1/templates/order/render", json!({"data": {}})).await;
+    assert_eq!(status, 422);
+    assert_eq!(fields(&problem), expected("/data"), "{problem}");
+}
+
+#[tokio::test]
 async fn html_is_escaped_text_and_subject_are_not_and_a_subject_line_break_is_refused() {
     let app = spawn_app().await;
     let api = Api::new(&app, "acme");
