@@ -84,6 +84,8 @@ pub struct TemplateView {
     pub partials: Vec<String>,
     /// Shipped with mailgate: usable by every tenant, read-only.
     pub builtin: bool,
+    /// For a shipped template, when this mailgate process started: shipped templates
+    /// are part of the binary.
     pub created_at: DateTime<Utc>,
     /// When this version was created.
     pub version_created_at: DateTime<Utc>,
@@ -114,6 +116,11 @@ pub struct TemplateSummary {
     pub id: String,
     pub name: String,
     pub latest_version: u32,
+    /// Shipped with mailgate: usable by every tenant, read-only (`PUT` and `DELETE`
+    /// answer 409 `template_read_only`). Create a template of the same name to replace it.
+    pub builtin: bool,
+    /// For a shipped template, when this mailgate process started: shipped templates
+    /// are part of the binary.
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -121,7 +128,9 @@ pub struct TemplateSummary {
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({
     "data": [{"id": "tpl_01a2239b6f4576c6abf5dbfeff8e03ca", "name": "order-shipped", "latest_version": 2,
-              "created_at": "2026-11-28T10:00:00Z", "updated_at": "2026-11-28T12:30:00Z"}],
+              "builtin": false, "created_at": "2026-11-28T10:00:00Z", "updated_at": "2026-11-28T12:30:00Z"},
+             {"id": "tpl_00000000000000000000000000000001", "name": "welcome", "latest_version": 1,
+              "builtin": true, "created_at": "2026-12-01T08:00:00Z", "updated_at": "2026-12-01T08:00:00Z"}],
     "next_cursor": null
 }))]
 pub struct TemplateList {
@@ -278,7 +287,11 @@ pub async fn create_template(
         .json(TemplateView::new(&template, version)))
 }
 
-/// List your templates, newest first (the shipped ones are not listed; see the README).
+/// List the templates you can use: yours, newest first, then the shipped ones.
+///
+/// Shipped templates are marked `builtin: true` and are read-only. One you replaced
+/// with your own template of the same name is not listed; yours is. Pages continue
+/// from yours into the shipped ones with the same `cursor`.
 #[utoipa::path(
     tag = "templates",
     params(ListQuery),
@@ -313,6 +326,7 @@ pub async fn list_templates(
                 id: t.id.to_string(),
                 name: t.name.as_str().to_owned(),
                 latest_version: t.latest_version,
+                builtin: t.builtin,
                 created_at: t.created_at,
                 updated_at: t.updated_at,
             })
