@@ -258,11 +258,16 @@ impl Application {
                 .wrap_fn(move |req, srv| {
                     let started = std::time::Instant::now();
                     let method = req.method().to_string();
-                    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
                     let metrics = Arc::clone(&metrics);
                     let call = srv.call(req);
                     async move {
                         let response = call.await?;
+                        // Read after routing: before it, the pattern is the first one
+                        // registered that fits the path, not the resource that served it.
+                        let route = response
+                            .request()
+                            .match_pattern()
+                            .unwrap_or_else(|| "unmatched".to_owned());
                         metrics.http_request(&method, &route, response.status().as_u16(), started.elapsed());
                         Ok(response)
                     }

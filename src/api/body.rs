@@ -13,7 +13,6 @@ use serde::de::DeserializeOwned;
 
 use super::problem::{ApiError, FieldError, Kind};
 use super::AppState;
-use crate::domain::ValidationError;
 
 /// A parsed JSON body, with the raw bytes it was parsed from (for request hashes).
 pub struct JsonBody<T>(pub T, pub web::Bytes);
@@ -165,7 +164,17 @@ pub fn coded_error<E: serde::de::Error>(code: &str, message: &str) -> E {
 const CODED: char = '\u{1}';
 
 /// Deserializes `body`, mapping serde's errors to problem responses with pointers.
+///
+/// A body that holds nothing but JSON whitespace is `400 empty_body`, not serde's
+/// "EOF while parsing": the caller forgot the body, it is not malformed.
 pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r')) {
+        return Err(ApiError::new(
+            Kind::BadRequest,
+            "empty_body",
+            "the request body is empty; send a JSON document",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let malformed = |err: &serde_json::Error| {
         ApiError::new(
@@ -175,28 +184,36 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         )
     };
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let pointer = pointer_of(err.path());
-        let inner = err.into_inner();
-        if !inner.is_data() {
-            return malformed(&inner);
+        if !err.inner().is_data() {
+            return malformed(err.inner());
         }
-        let full = inner.to_string();
-        if let Some((code, message)) = full.strip_prefix(CODED).and_then(|rest| rest.split_once(CODED)) {
-            let message = message.split(" at line ").next().unwrap_or(message);
-            return ApiError::unprocessable(vec![FieldError::coded(pointer, code, message)]);
-        }
-        let text = without_values(&full);
-        let (code, field) = if let Some(name) = quoted_after(&text, "unknown field `") {
-            ("unknown_field", child(&pointer, &name))
-        } else if let Some(name) = quoted_after(&text, "missing field `") {
-            ("missing_field", child(&pointer, &name))
-        } else {
-            ("invalid_type", pointer)
-        };
-        ApiError::unprocessable(vec![FieldError::new(field, &ValidationError::new(code, text))])
+        ApiError::unprocessable(vec![shape_error(err.path(), &err.inner().to_string())])
     })?;
     de.end().map_err(|err| malformed(&err))?;
     Ok(value)
+}
+
+/// A serde data error at `path` as a field error: the JSON Pointer of the field it is
+/// about, our code for it, and serde's message without the offending value. Shared by
+/// the body and the query string, so both read the same way.
+pub(super) fn shape_error(path: &serde_path_to_error::Path, serde_message: &str) -> FieldError {
+    let pointer = pointer_of(path);
+    if let Some((code, message)) = serde_message
+        .strip_prefix(CODED)
+        .and_then(|rest| rest.split_once(CODED))
+    {
+        let message = message.split(" at line ").next().unwrap_or(message);
+        return FieldError::coded(pointer, code, message);
+    }
+    let text = without_values(serde_message);
+    let (code, field) = if let Some(name) = quoted_after(&text, "unknown field `") {
+        ("unknown_field", child(&pointer, &name))
+    } else if let Some(name) = quoted_after(&text, "missing field `") {
+        ("missing_field", child(&pointer, &name))
+    } else {
+        ("invalid_type", pointer)
+    };
+    FieldError::coded(field, code, text)
 }
 
 /// serde's data errors quote the offending value (`invalid type: string "…"`), which

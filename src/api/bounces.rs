@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 use super::auth::{Authenticated, BouncesWrite};
 use super::body::RawBody;
 use super::problem::{ApiError, FieldError, Kind, Problem, PROBLEM_JSON};
+use super::query::Query;
 use super::AppState;
 use crate::bounces::ingest::{IngestError, Ingested, Statement};
 use crate::bounces::providers::{mailgun, postmark, sendgrid, ses, ProviderError};
@@ -231,7 +232,7 @@ fn unauthorized() -> ApiError {
 )]
 #[post("/v1/bounces/mailgun")]
 pub async fn ingest_mailgun(
-    query: web::Query<ProviderQuery>,
+    query: Query<ProviderQuery>,
     body: RawBody,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -266,7 +267,7 @@ pub async fn ingest_mailgun(
 #[post("/v1/bounces/postmark")]
 pub async fn ingest_postmark(
     req: actix_web::HttpRequest,
-    query: web::Query<ProviderQuery>,
+    query: Query<ProviderQuery>,
     body: RawBody,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -298,7 +299,7 @@ pub async fn ingest_postmark(
 #[post("/v1/bounces/sendgrid")]
 pub async fn ingest_sendgrid(
     req: actix_web::HttpRequest,
-    query: web::Query<ProviderQuery>,
+    query: Query<ProviderQuery>,
     body: RawBody,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -337,7 +338,7 @@ pub async fn ingest_sendgrid(
 )]
 #[post("/v1/bounces/ses")]
 pub async fn ingest_ses(
-    query: web::Query<ProviderQuery>,
+    query: Query<ProviderQuery>,
     body: RawBody,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {

@@ -8,6 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Authenticated, MessagesRead};
 use super::pagination::{invalid_cursor, page_size};
 use super::problem::{ApiError, FieldError, Problem, PROBLEM_JSON};
+use super::query::Query;
 use super::AppState;
 use crate::domain::event::PublishedEvent;
 use crate::domain::status::EventType;
@@ -36,10 +37,6 @@ pub struct EventList {
     pub next_cursor: Option<String>,
 }
 
-fn invalid(field: &str, code: &str, message: &str) -> ApiError {
-    ApiError::unprocessable(vec![FieldError::coded(field, code, message)])
-}
-
 /// List events in stream order.
 ///
 /// Each event is written in the same transaction as the status change it records.
@@ -56,7 +53,7 @@ fn invalid(field: &str, code: &str, message: &str) -> ApiError {
 #[get("/v1/events")]
 pub async fn list_events(
     auth: Authenticated<MessagesRead>,
-    query: web::Query<EventsQuery>,
+    query: Query<EventsQuery>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<EventList>, ApiError> {
     let limit = page_size(query.limit)?;
@@ -67,9 +64,9 @@ pub async fn list_events(
     let types = match &query.event_type {
         Some(raw) => raw
             .split(',')
-            .map(|t| EventType::parse(t.trim()).ok_or(()))
+            .map(|t| EventType::parse(t.trim()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| invalid("type", "invalid_event_type", "unknown event type"))?,
+            .map_err(|err| ApiError::unprocessable(vec![FieldError::new("type", &err)]))?,
         None => Vec::new(),
     };
     let (data, last) = state

@@ -12,6 +12,7 @@ use super::auth::{Authenticated, MessagesRead, MessagesSend};
 use super::body::{escape_token, JsonBody};
 use super::pagination::{invalid_cursor, page_size};
 use super::problem::{ApiError, FieldError, Kind, Problem, PROBLEM_JSON};
+use super::query::Query;
 use super::AppState;
 use crate::domain::address::Mailbox;
 use crate::domain::auth::TenantId;
@@ -29,8 +30,10 @@ use crate::sending::Accepted;
 use crate::store::{CancelOutcome, Store, StoreError};
 
 /// One address or a list of addresses.
+// `expecting` replaces serde's "data did not match any variant of untagged enum", which
+// tells a caller nothing, with what the field takes.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected an address string or an array of address strings")]
 pub enum AddressList {
     One(String),
     Many(Vec<String>),
@@ -130,7 +133,7 @@ fn rfc3339<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<DateTime<Ut
 
 /// A stored template to render: by `name` or by `id` (one of them), at a pinned
 /// `version` or the latest. Rendering is strict: every variable the template uses
-/// must be in `data` (a 422 names the missing one, e.g. `/template/data/order/total`).
+/// must be in `data` (a 422 lists each missing one, e.g. `/template/data/order/total`).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "welcome", "data": {
@@ -913,7 +916,7 @@ const LIST_BUDGET: usize = 1_000;
 #[get("/v1/messages")]
 pub async fn list_messages(
     auth: Authenticated<MessagesRead>,
-    query: web::Query<MessageQuery>,
+    query: Query<MessageQuery>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<MessageList>, ApiError> {
     let size = page_size(query.limit)?;

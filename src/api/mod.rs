@@ -11,6 +11,7 @@ pub mod limits;
 pub mod messages;
 pub mod pagination;
 pub mod problem;
+pub mod query;
 mod shared_responses;
 pub mod suppressions;
 pub mod templates;
@@ -243,14 +244,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .insert_header((actix_web::http::header::LOCATION, "/docs/"))
             .finish()
     })));
-    cfg.app_data(web::QueryConfig::default().error_handler(|err, _| {
-        problem::ApiError::unprocessable(vec![problem::FieldError::coded(
-            "query",
-            "invalid_query",
-            err.to_string(),
-        )])
-        .into()
-    }));
     routes(&mut ServiceConfig::new(cfg));
     cfg.default_service(web::to(move |req: HttpRequest| {
         let known = Arc::clone(&known);

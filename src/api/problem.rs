@@ -325,9 +325,12 @@ impl ApiError {
             }]),
             TemplatesError::UnknownPartial { part, .. } => field(format!("/{}", part.as_str()), "partial_not_found"),
             TemplatesError::Cycle(_) => field(base.to_owned(), "template_cycle"),
-            TemplatesError::Render(TemplateError::MissingVariable { path, .. }) => {
-                field(format!("{data}{path}"), "missing_variable")
-            }
+            TemplatesError::Render(TemplateError::MissingVariables(missing)) => ApiError::unprocessable(
+                missing
+                    .iter()
+                    .map(|m| FieldError::coded(format!("{data}{}", m.path), "missing_variable", m.to_string()))
+                    .collect(),
+            ),
             TemplatesError::Render(TemplateError::MissingPartial { .. }) => field(base.to_owned(), "partial_not_found"),
             TemplatesError::Render(TemplateError::OutputTooLarge { .. }) => {
                 field(base.to_owned(), "template_output_too_large")

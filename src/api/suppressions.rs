@@ -9,6 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::{Authenticated, SuppressionsManage};
 use super::pagination::{page_size, split_page};
 use super::problem::{ApiError, FieldError, Kind, Problem, PROBLEM_JSON};
+use super::query::Query;
 use super::AppState;
 use crate::domain::address::EmailAddress;
 use crate::domain::suppression::{Suppression, SuppressionReason};
@@ -58,7 +59,7 @@ fn not_found() -> ApiError {
 #[get("/v1/suppressions")]
 pub async fn list_suppressions(
     auth: Authenticated<SuppressionsManage>,
-    query: web::Query<SuppressionQuery>,
+    query: Query<SuppressionQuery>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<SuppressionList>, ApiError> {
     let size = page_size(query.limit)?;

@@ -10,6 +10,7 @@ use super::auth::{Authenticated, TemplatesRead, TemplatesWrite};
 use super::body::JsonBody;
 use super::pagination::{invalid_cursor, page_size, split_page};
 use super::problem::{ApiError, FieldError, Problem, TemplateContext, PROBLEM_JSON};
+use super::query::Query;
 use super::AppState;
 use crate::domain::ids::TemplateId;
 use crate::domain::template::{Template, TemplateKey, TemplateName, TemplateSources, TemplateVersion};
@@ -83,6 +84,8 @@ pub struct TemplateView {
     pub partials: Vec<String>,
     /// Shipped with mailgate: usable by every tenant, read-only.
     pub builtin: bool,
+    /// For a shipped template, when this mailgate process started: shipped templates
+    /// are part of the binary.
     pub created_at: DateTime<Utc>,
     /// When this version was created.
     pub version_created_at: DateTime<Utc>,
@@ -113,6 +116,11 @@ pub struct TemplateSummary {
     pub id: String,
     pub name: String,
     pub latest_version: u32,
+    /// Shipped with mailgate: usable by every tenant, read-only (`PUT` and `DELETE`
+    /// answer 409 `template_read_only`). Create a template of the same name to replace it.
+    pub builtin: bool,
+    /// For a shipped template, when this mailgate process started: shipped templates
+    /// are part of the binary.
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -120,7 +128,9 @@ pub struct TemplateSummary {
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({
     "data": [{"id": "tpl_01a2239b6f4576c6abf5dbfeff8e03ca", "name": "order-shipped", "latest_version": 2,
-              "created_at": "2026-11-28T10:00:00Z", "updated_at": "2026-11-28T12:30:00Z"}],
+              "builtin": false, "created_at": "2026-11-28T10:00:00Z", "updated_at": "2026-11-28T12:30:00Z"},
+             {"id": "tpl_00000000000000000000000000000001", "name": "welcome", "latest_version": 1,
+              "builtin": true, "created_at": "2026-12-01T08:00:00Z", "updated_at": "2026-12-01T08:00:00Z"}],
     "next_cursor": null
 }))]
 pub struct TemplateList {
@@ -183,7 +193,18 @@ pub struct RenderTemplateRequest {
 #[into_params(parameter_in = Query)]
 pub struct RenderQuery {
     /// `json` (default) or `mime` for the exact `message/rfc822` that would be sent.
-    pub format: Option<String>,
+    #[param(inline)]
+    pub format: Option<RenderFormat>,
+}
+
+/// What a render answers with: the rendered parts as JSON, or the MIME message.
+// An enum, so that any other value is refused by the query extractor (`invalid_query`,
+// listing these) like every other bad parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RenderFormat {
+    Json,
+    Mime,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -266,7 +287,11 @@ pub async fn create_template(
         .json(TemplateView::new(&template, version)))
 }
 
-/// List your templates, newest first (the shipped ones are not listed; see the README).
+/// List the templates you can use: yours, newest first, then the shipped ones.
+///
+/// Shipped templates are marked `builtin: true` and are read-only. One you replaced
+/// with your own template of the same name is not listed; yours is. Pages continue
+/// from yours into the shipped ones with the same `cursor`.
 #[utoipa::path(
     tag = "templates",
     params(ListQuery),
@@ -279,7 +304,7 @@ pub async fn create_template(
 #[get("/v1/templates")]
 pub async fn list_templates(
     auth: Authenticated<TemplatesRead>,
-    query: web::Query<ListQuery>,
+    query: Query<ListQuery>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<TemplateList>, ApiError> {
     let size = page_size(query.limit)?;
@@ -301,6 +326,7 @@ pub async fn list_templates(
                 id: t.id.to_string(),
                 name: t.name.as_str().to_owned(),
                 latest_version: t.latest_version,
+                builtin: t.builtin,
                 created_at: t.created_at,
                 updated_at: t.updated_at,
             })
@@ -452,8 +478,9 @@ pub async fn get_template_version(
 /// Render a template with data, without sending anything.
 ///
 /// Partials are always rendered at their latest version (a pinned `version` pins
-/// the template itself). Strict like a send: a variable the template uses and `data` lacks is a 422
-/// `missing_variable` whose `field` names it (`/data/order/total`). With
+/// the template itself). Strict like a send: the variables the template uses and `data`
+/// lacks are a 422 with one `missing_variable` error per variable, each `field` naming
+/// one (`/data/order/total`), so all can be fixed at once. With
 /// `?format=mime` the answer is the exact `message/rfc822` a send would produce
 /// (Message-ID and Date differ per send).
 #[utoipa::path(
@@ -465,7 +492,7 @@ pub async fn get_template_version(
         (status = 200, description = "The rendered parts, or with `format=mime` the message",
             content((RenderTemplateResponse = "application/json"), (String = "message/rfc822"))),
         (status = 404, description = "No such template or version", body = Problem, content_type = PROBLEM_JSON),
-        (status = 422, description = "A variable is missing, or the output is too large or too slow", body = Problem, content_type = PROBLEM_JSON,
+        (status = 422, description = "Variables are missing (each one listed), or the output is too large or too slow", body = Problem, content_type = PROBLEM_JSON,
             example = json!({"type": "urn:mailgate:problem:missing_variable", "title": "Unprocessable request", "status": 422,
                 "detail": "/data/order/total: the html part uses `order.total`, which the data does not have",
                 "code": "missing_variable",
@@ -476,22 +503,12 @@ pub async fn get_template_version(
 pub async fn render_template(
     auth: Authenticated<TemplatesRead>,
     path: web::Path<String>,
-    query: web::Query<RenderQuery>,
+    query: Query<RenderQuery>,
     body: JsonBody<RenderTemplateRequest>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let req = body.0;
-    let as_mime = match query.format.as_deref() {
-        None | Some("json") => false,
-        Some("mime") => true,
-        Some(_) => {
-            return Err(ApiError::unprocessable(vec![FieldError::coded(
-                "format",
-                "invalid_format",
-                "`format` is `json` or `mime`",
-            )]))
-        }
-    };
+    let as_mime = query.format == Some(RenderFormat::Mime);
     let data = serde_json::Value::Object(req.data);
     if super::messages::data_too_deep(&data) {
         return Err(ApiError::unprocessable(vec![FieldError::coded(

@@ -144,11 +144,9 @@ fn event_types(raw: &[String], field: &str) -> Result<Vec<EventType>, ApiError> 
     raw.iter()
         .enumerate()
         .map(|(i, t)| {
-            EventType::parse(t).ok_or_else(|| {
-                field_error(
-                    &format!("{field}/{i}"),
-                    &ValidationError::new("invalid_event_type", format!("unknown event type `{t}`")),
-                )
+            EventType::parse(t).map_err(|err| {
+                let message = format!("{}, or `*` for all", err.message);
+                field_error(&format!("{field}/{i}"), &ValidationError::new(err.code, message))
             })
         })
         .collect()

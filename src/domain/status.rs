@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::ValidationError;
+
 /// Where a message is in its life. `sent` means every recipient reached a final state
 /// and at least one was accepted upstream; `failed` means none was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -86,9 +88,21 @@ impl EventType {
         EventType::Cancelled,
     ];
 
-    /// Reads a wire name such as `message.bounced`.
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    /// Reads a wire name such as `message.bounced`. An unknown name is refused with
+    /// every known one, so a caller who guessed (`email.sent`) can fix it from the
+    /// answer alone; the name is echoed at most 64 characters long.
+    pub fn parse(name: &str) -> Result<Self, ValidationError> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name).ok_or_else(|| {
+            let known: Vec<String> = Self::ALL.iter().map(|t| format!("`{}`", t.as_str())).collect();
+            ValidationError::new(
+                "invalid_event_type",
+                format!(
+                    "unknown event type `{}`; the event types are {}",
+                    name.chars().take(64).collect::<String>(),
+                    known.join(", ")
+                ),
+            )
+        })
     }
 
     /// The wire name, e.g. `message.bounced`.
@@ -102,6 +116,22 @@ impl EventType {
             EventType::Failed => "message.failed",
             EventType::Suppressed => "message.suppressed",
             EventType::Cancelled => "message.cancelled",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_event_type_is_refused_with_every_known_one() {
+        assert_eq!(EventType::parse("message.bounced"), Ok(EventType::Bounced));
+        let err = EventType::parse("email.sent").unwrap_err();
+        assert_eq!(err.code, "invalid_event_type");
+        assert!(err.message.contains("`email.sent`"), "{err}");
+        for known in EventType::ALL {
+            assert!(err.message.contains(&format!("`{}`", known.as_str())), "{err}");
         }
     }
 }

@@ -27,12 +27,22 @@ pub struct CompileError {
     pub message: String,
 }
 
+/// A variable a part uses that the data lacks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the {} part uses `{}`, which the data does not have", part.as_str(), path.trim_start_matches('/').replace('/', "."))]
+pub struct MissingVariable {
+    pub part: Part,
+    /// A JSON Pointer into the data, e.g. `/order/total`.
+    pub path: String,
+}
+
 /// Why rendering stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
-    /// `path` is a JSON Pointer into the data, e.g. `/order/total`.
-    #[error("the {} part uses `{}`, which the data does not have", part.as_str(), path.trim_start_matches('/').replace('/', "."))]
-    MissingVariable { part: Part, path: String },
+    /// Every variable the template uses that the data lacks (at least one, at most
+    /// [`MAX_MISSING`]), each once, in the order rendering meets them.
+    #[error("{}", missing_summary(.0))]
+    MissingVariables(Vec<MissingVariable>),
     #[error("the {} part includes the partial `{name}`, which does not exist", part.as_str())]
     MissingPartial { part: Part, name: String },
     #[error("the rendered output is larger than {limit} bytes")]
@@ -44,6 +54,23 @@ pub enum TemplateError {
     TooComplex { limit: u64 },
     #[error("the {} part failed to render: {message}", part.as_str())]
     Failed { part: Part, message: String },
+}
+
+fn missing_summary(missing: &[MissingVariable]) -> String {
+    match missing {
+        [one] => one.to_string(),
+        many => {
+            let names: Vec<String> = many
+                .iter()
+                .map(|m| format!("`{}`", m.path.trim_start_matches('/').replace('/', ".")))
+                .collect();
+            format!(
+                "the data lacks {} variables the template uses: {}",
+                many.len(),
+                names.join(", ")
+            )
+        }
+    }
 }
 
 /// The three parts, each compiled once and cached by the caller per template version.
@@ -256,6 +283,8 @@ impl Write for BoundedWriter {
 }
 
 /// Renders `main` with `data`; `partials` are the templates it may include by name.
+/// When variables are missing, the error names every one of them, so a caller fixes
+/// the data in one round trip.
 pub fn render(
     main: &CompiledParts,
     partials: &[(String, &CompiledParts)],
@@ -273,6 +302,84 @@ pub fn render(
             }
         }
     }
+    match render_parts(main, partials, data, limits, deadline) {
+        Err(TemplateError::MissingVariables(first)) => Err(TemplateError::MissingVariables(every_missing(
+            main, partials, data, limits, deadline, first,
+        ))),
+        rendered => rendered,
+    }
+}
+
+/// The most missing variables one error lists.
+pub const MAX_MISSING: usize = 50;
+
+/// Strict rendering stops at the first missing variable. To find the others, render
+/// again with a stand-in at each one found, until no new one appears. The search
+/// shares the render's deadline and is capped at [`MAX_MISSING`]; it ends early when a
+/// stand-in cannot be placed or itself breaks the render (a helper refusing it), and
+/// every variable found until then is still genuinely missing.
+fn every_missing(
+    main: &CompiledParts,
+    partials: &[(String, &CompiledParts)],
+    data: &Value,
+    limits: RenderLimits,
+    deadline: Instant,
+    mut found: Vec<MissingVariable>,
+) -> Vec<MissingVariable> {
+    let mut probe = data.clone();
+    while found.len() < MAX_MISSING {
+        let placed = found.last().is_some_and(|last| place_stand_in(&mut probe, &last.path));
+        if !placed {
+            break;
+        }
+        let Err(TemplateError::MissingVariables(more)) = render_parts(main, partials, &probe, limits, deadline) else {
+            break;
+        };
+        match more.into_iter().next() {
+            Some(next) if !found.iter().any(|f| f.path == next.path) => found.push(next),
+            _ => break,
+        }
+    }
+    found
+}
+
+/// Puts a stand-in value at `pointer` in `data`, creating objects on the way; false
+/// when the path runs through a value that is not an object or when something is
+/// there already (the variable was missing for another reason, e.g. it is relative to
+/// an `#each` item). `0` because every helper takes it: it is a number, a date and text.
+fn place_stand_in(data: &mut Value, pointer: &str) -> bool {
+    let mut segments: Vec<String> = pointer.split('/').skip(1).map(|s| s.replace("~0", "~")).collect();
+    let Some(last) = segments.pop() else {
+        return false;
+    };
+    let mut at = data;
+    for segment in segments {
+        at = match at {
+            Value::Object(map) => map.entry(segment).or_insert_with(|| Value::Object(Default::default())),
+            Value::Array(items) => match segment.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
+                Some(item) => item,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match at {
+        Value::Object(map) if !map.contains_key(&last) => {
+            map.insert(last, Value::from(0));
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Renders every part of `main`, stopping at the first error.
+fn render_parts(
+    main: &CompiledParts,
+    partials: &[(String, &CompiledParts)],
+    data: &Value,
+    limits: RenderLimits,
+    deadline: Instant,
+) -> Result<RenderedParts, TemplateError> {
     let mut used = 0;
     let mut rendered = RenderedParts::default();
     for part in Part::ALL {
@@ -382,10 +489,10 @@ fn loop_cost(
 
 fn classify(part: Part, err: &RenderError) -> TemplateError {
     match err.reason() {
-        RenderErrorReason::MissingVariable(path) => TemplateError::MissingVariable {
+        RenderErrorReason::MissingVariable(path) => TemplateError::MissingVariables(vec![MissingVariable {
             part,
             path: pointer_of(path.as_deref().unwrap_or("?")),
-        },
+        }]),
         RenderErrorReason::PartialNotFound(name) => TemplateError::MissingPartial {
             part,
             name: name.clone(),
@@ -454,14 +561,41 @@ mod tests {
         let err = render_one(&s, json!({"order": {"id": 1}})).unwrap_err();
         assert_eq!(
             err,
-            TemplateError::MissingVariable {
+            TemplateError::MissingVariables(vec![MissingVariable {
                 part: Part::Html,
                 path: "/order/total".into()
-            }
+            }])
         );
         let each = sources("x", "{{#each items}}{{price}}{{/each}}", "x");
         let err = render_one(&each, json!({"items": [{"price": 1}, {"name": "b"}]})).unwrap_err();
-        assert!(matches!(err, TemplateError::MissingVariable { .. }), "{err:?}");
+        assert!(matches!(err, TemplateError::MissingVariables(_)), "{err:?}");
+    }
+
+    #[test]
+    fn every_missing_variable_is_named_once_with_the_part_that_first_uses_it() {
+        let s = sources(
+            "{{uppercase who.name}}",
+            "<p>{{format_number total}} {{format_date due}} {{who.name}}</p>",
+            "{{#each items}}{{price}}{{/each}} {{note}}",
+        );
+        let err = render_one(&s, json!({"items": [{"name": "a"}]})).unwrap_err();
+        let TemplateError::MissingVariables(missing) = err else {
+            panic!("{err:?}");
+        };
+        let found: Vec<(Part, &str)> = missing.iter().map(|m| (m.part, m.path.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                (Part::Subject, "/who/name"),
+                (Part::Html, "/total"),
+                (Part::Html, "/due"),
+                (Part::Text, "/price"),
+            ],
+            "stops at a variable it cannot stand in for (inside `#each`)"
+        );
+        let wide: String = (0..MAX_MISSING + 10).map(|i| format!("{{{{v{i}}}}}")).collect();
+        let err = render_one(&sources("s", &wide, "t"), json!({})).unwrap_err();
+        assert!(matches!(err, TemplateError::MissingVariables(m) if m.len() == MAX_MISSING));
     }
 
     #[test]

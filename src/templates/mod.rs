@@ -160,7 +160,10 @@ impl Templates {
         .await
     }
 
-    /// The tenant's own templates, newest first (built-ins are not listed).
+    /// Up to `limit` templates the tenant can use, before the id `before` when given:
+    /// its own, newest first, then the shipped ones it has not replaced with its own of
+    /// the same name. Shipped ids sort below every generated one, so this is a single
+    /// order by descending id and `before` pages through both kinds alike.
     pub async fn list(
         &self,
         tenant: &TenantId,
@@ -168,8 +171,25 @@ impl Templates {
         limit: usize,
     ) -> Result<Vec<Template>, TemplatesError> {
         let tenant = tenant.clone();
-        self.blocking(move |t| Ok(t.store.list_templates(&tenant, before.as_ref(), limit)?))
-            .await
+        self.blocking(move |t| {
+            let mut page = t.store.list_templates(&tenant, before.as_ref(), limit)?;
+            // `load` numbers the shipped templates in ascending id order.
+            for builtin in t.builtins.iter().rev() {
+                if page.len() >= limit {
+                    break;
+                }
+                let shipped = &builtin.template;
+                if before.as_ref().is_some_and(|before| shipped.id >= *before) {
+                    continue;
+                }
+                let replaced = t.store.template(&tenant, &TemplateKey::Name(shipped.name.clone()))?;
+                if replaced.is_none() {
+                    page.push(shipped.clone());
+                }
+            }
+            Ok(page)
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %tenant))]

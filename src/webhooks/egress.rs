@@ -14,8 +14,13 @@ pub enum EgressError {
     #[error("the host does not resolve")]
     Unresolvable,
     /// The address is kept for logs; the message shown to callers omits it, so the
-    /// guard cannot be used to map internal DNS.
-    #[error("the host resolves to a private, loopback, link-local or otherwise reserved address")]
+    /// guard cannot be used to map internal DNS. It names the setting that lifts the
+    /// guard, because a refused target is often a deliberate one (a receiver on the
+    /// same host or network) and the caller then needs to know what to ask for.
+    #[error(
+        "the host resolves to a private, loopback, link-local or otherwise reserved address; \
+         such targets are allowed only when the operator sets `webhooks.allow_private_targets` to `true`"
+    )]
     Forbidden(IpAddr),
 }
 

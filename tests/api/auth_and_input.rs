@@ -455,3 +455,119 @@ async fn a_tenant_sends_only_from_its_allowed_sender_domains() {
     );
     assert_eq!(app.stored_messages().await, 1);
 }
+
+#[tokio::test]
+async fn an_address_field_of_the_wrong_type_says_what_it_expects() {
+    let app = spawn_app().await;
+    for field in ["to", "cc", "bcc", "reply_to"] {
+        let mut body = simple_message("a@example.test");
+        body[field] = json!(5);
+        let (status, problem) = read_problem(app.send_as(&app.token, &body).await).await;
+        assert_eq!(
+            (status, problem["code"].as_str(), problem["errors"][0]["field"].as_str()),
+            (422, Some("invalid_type"), Some(format!("/{field}").as_str())),
+            "{problem}"
+        );
+        assert_eq!(
+            problem["errors"][0]["message"], "expected an address string or an array of address strings",
+            "{problem}"
+        );
+    }
+    assert_eq!(app.stored_messages(), 0);
+}
+
+#[tokio::test]
+async fn a_bad_query_parameter_is_422_invalid_query_naming_the_parameter() {
+    let app = spawn_app().await;
+    let token = mint(
+        &app.keys,
+        "acme",
+        "messages:read templates:read suppressions:manage webhooks:manage",
+    );
+    let (status, problem) = read_problem(app.get("/v1/messages?status=delivered", &token).await).await;
+    assert_eq!(
+        (status, problem["code"].as_str(), problem["errors"][0]["field"].as_str()),
+        (422, Some("invalid_query"), Some("status")),
+        "{problem}"
+    );
+    let message = problem["errors"][0]["message"].as_str().unwrap();
+    for valid in [
+        "scheduled",
+        "queued",
+        "sending",
+        "deferred",
+        "sent",
+        "failed",
+        "cancelled",
+    ] {
+        assert!(message.contains(&format!("`{valid}`")), "{message}");
+    }
+    for path in [
+        "/v1/messages?limit=many",
+        "/v1/events?limit=many",
+        "/v1/templates?limit=many",
+        "/v1/suppressions?limit=many",
+    ] {
+        let (status, problem) = read_problem(app.get(path, &token).await).await;
+        assert_eq!(
+            (status, problem["code"].as_str(), problem["errors"][0]["field"].as_str()),
+            (422, Some("invalid_query"), Some("limit")),
+            "{path}: {problem}"
+        );
+    }
+    for (path, parameter) in [
+        ("/v1/templates/welcome/render?format=xml", "format"),
+        ("/v1/bounces/mailgun", "tenant"),
+    ] {
+        let response = app
+            .client
+            .post(format!("{}{path}", app.address))
+            .bearer_auth(&token)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        let (status, problem) = read_problem(response).await;
+        assert_eq!(
+            (status, problem["code"].as_str(), problem["errors"][0]["field"].as_str()),
+            (422, Some("invalid_query"), Some(parameter)),
+            "{path}: {problem}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_empty_or_blank_json_body_is_400_empty_body() {
+    let app = spawn_app().await;
+    let admin = mint(
+        &app.keys,
+        "acme",
+        "messages:send templates:write webhooks:manage bounces:write",
+    );
+    for path in [
+        "/v1/messages",
+        "/v1/messages/batch",
+        "/v1/templates",
+        "/v1/webhooks",
+        "/v1/bounces/events",
+    ] {
+        for body in ["", " \r\n\t "] {
+            let response = app
+                .client
+                .post(format!("{}{path}", app.address))
+                .bearer_auth(&admin)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let (status, problem) = read_problem(response).await;
+            assert_eq!(
+                (status, problem["code"].as_str()),
+                (400, Some("empty_body")),
+                "{path} {body:?}: {problem}"
+            );
+        }
+    }
+    assert_eq!(app.stored_messages(), 0);
+}

@@ -122,6 +122,33 @@ async fn metrics_count_acceptances_outcomes_and_requests() {
     assert!(text.contains("mailgate_queue_depth{state=\"queued\"} 0"), "{text}");
 }
 
+#[tokio::test]
+async fn request_metrics_label_each_request_with_the_route_that_served_it() {
+    let app = spawn_app().await;
+    let batch = serde_json::json!({"messages": [crate::helpers::simple_message("batch@example.test")]});
+    let post = |path: &str, body: &Value| {
+        app.client
+            .post(format!("{}{path}", app.address))
+            .bearer_auth(&app.token)
+            .json(body)
+            .send()
+    };
+    assert_eq!(post("/v1/messages/batch", &batch).await.unwrap().status(), 200);
+    let wrong_method = post("/v1/messages/msg_00000000000000000000000000000000", &batch)
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    let text = app.get("/metrics", &app.token).await.text().await.unwrap();
+    assert!(
+        text.contains("mailgate_http_requests_total{method=\"POST\",route=\"/v1/messages/batch\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mailgate_http_requests_total{method=\"POST\",route=\"/v1/messages/{id}\",status=\"405\"} 1"),
+        "{text}"
+    );
+}
+
 /// The request examples in the document work as written against a real server (the
 /// contract script checks that every example matches its schema; this checks they mean
 /// something), and the render example produces the response example.

@@ -266,11 +266,37 @@ async fn private_and_metadata_targets_are_refused_by_default() {
         assert_eq!(status, 422, "{url}: {problem}");
         assert_eq!(problem["errors"][0]["code"], "webhook_target_not_allowed", "{url}");
     }
-    let (status, problem) = create_hook(&app, "https://hooks.example.test/x", json!(["message.nope"])).await;
-    assert_eq!(
-        (status, problem["errors"][0]["field"].as_str()),
-        (422, Some("/events/0"))
+    let (_, problem) = create_hook(&app, "http://127.0.0.1:9/hook", json!(["*"])).await;
+    let message = problem["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`webhooks.allow_private_targets`"),
+        "names the setting that permits it: {message}"
     );
+}
+
+#[tokio::test]
+async fn an_unknown_event_type_is_refused_with_the_list_of_valid_ones() {
+    let app = spawn_app_with(|_| {}).await;
+    let (status, problem) = create_hook(
+        &app,
+        "https://hooks.example.test/x",
+        json!(["message.sent", "email.sent"]),
+    )
+    .await;
+    assert_eq!(
+        (
+            status,
+            problem["errors"][0]["field"].as_str(),
+            problem["errors"][0]["code"].as_str()
+        ),
+        (422, Some("/events/1"), Some("invalid_event_type")),
+        "{problem}"
+    );
+    let message = problem["errors"][0]["message"].as_str().unwrap();
+    for valid in mailgate::domain::status::EventType::ALL {
+        assert!(message.contains(&format!("`{}`", valid.as_str())), "{message}");
+    }
+    assert!(message.contains("`email.sent`") && message.contains("`*`"), "{message}");
 }
 
 #[tokio::test]
