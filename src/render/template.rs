@@ -348,7 +348,11 @@ fn every_missing(
 /// there already (the variable was missing for another reason, e.g. it is relative to
 /// an `#each` item). `0` because every helper takes it: it is a number, a date and text.
 fn place_stand_in(data: &mut Value, pointer: &str) -> bool {
-    let mut segments: Vec<String> = pointer.split('/').skip(1).map(|s| s.replace("~0", "~")).collect();
+    let mut segments: Vec<String> = pointer
+        .split('/')
+        .skip(1)
+        .map(|s| s.replace("~1", "/").replace("~0", "~"))
+        .collect();
     let Some(last) = segments.pop() else {
         return false;
     };

@@ -473,7 +473,7 @@ async fn an_address_field_of_the_wrong_type_says_what_it_expects() {
             "{problem}"
         );
     }
-    assert_eq!(app.stored_messages(), 0);
+    assert_eq!(app.stored_messages().await, 0);
 }
 
 #[tokio::test]
@@ -569,5 +569,5 @@ async fn an_empty_or_blank_json_body_is_400_empty_body() {
             );
         }
     }
-    assert_eq!(app.stored_messages(), 0);
+    assert_eq!(app.stored_messages().await, 0);
 }

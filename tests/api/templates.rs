@@ -180,7 +180,7 @@ async fn every_missing_variable_is_reported_at_once_and_nothing_is_sent_or_store
         problem["errors"][2]["message"],
         "the html part uses `order.total`, which the data does not have"
     );
-    assert_eq!(app.stored_messages(), 0);
+    assert_eq!(app.stored_messages().await, 0);
 
     let (status, problem) = api.post("/v1/templates/order/render", json!({"data": {}})).await;
     assert_eq!(status, 422);
