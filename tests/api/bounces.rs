@@ -233,19 +233,17 @@ async fn provider_webhooks_check_their_signatures_and_record_reports() {
     let b64 = base64::engine::general_purpose::STANDARD;
     let signing = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
     let sendgrid_key = b64.encode(signing.verifying_key().to_public_key_der().unwrap().as_bytes());
-    // As the README shows: the Mailgun key from an environment variable, Postmark's
-    // credentials from a file.
-    let secrets = tempfile::tempdir().unwrap();
-    let postmark = secrets.path().join("postmark.auth");
-    std::fs::write(&postmark, "pm:hunter2").unwrap();
+    // As the README shows: both secrets from environment variables the file names.
     let app = spawn_binary_with_env(
         &format!(
             "[tenants.acme]\nmailgun_signing_key_env = \"ACME_MAILGUN_SIGNING_KEY\"\n\
-             postmark_webhook_auth_file = \"{}\"\nsendgrid_verification_key = \"{sendgrid_key}\"\n\
-             [bounces]\nmax_signature_age = \"10m\"\n",
-            postmark.display()
+             postmark_webhook_auth_env = \"ACME_POSTMARK_WEBHOOK_AUTH\"\n\
+             sendgrid_verification_key = \"{sendgrid_key}\"\n[bounces]\nmax_signature_age = \"10m\"\n"
         ),
-        &[("ACME_MAILGUN_SIGNING_KEY", "mg-signing-key")],
+        &[
+            ("ACME_MAILGUN_SIGNING_KEY", "mg-signing-key"),
+            ("ACME_POSTMARK_WEBHOOK_AUTH", "pm:hunter2"),
+        ],
     )
     .await;
     let mut ids = Vec::new();
