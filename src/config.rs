@@ -414,6 +414,14 @@ impl Settings {
             if up.max_connections == 0 {
                 bail!("upstreams[{i}] ({}): max_connections must be at least 1", up.name);
             }
+            let slug = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+            if up.name.is_empty() || up.name.len() > 64 || !up.name.chars().all(slug) {
+                bail!(
+                    "upstreams[{i}]: name `{}` must be 1 to 64 letters, digits, `-`, `_` or `.` \
+                     (it labels metrics and readiness checks)",
+                    up.name
+                );
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, up) in self.upstreams.iter().enumerate() {
@@ -483,6 +491,12 @@ impl Settings {
                     up.name
                 ));
             }
+            if up.tls == TlsMode::None && (up.ca_file.is_some() || up.tls_fingerprint_sha256.is_some()) {
+                warnings.push(format!(
+                    "upstream {}: ca_file and tls_fingerprint_sha256 do nothing with tls = \"none\"",
+                    up.name
+                ));
+            }
         }
         warnings
     }
@@ -511,38 +525,45 @@ fn env_path_order(a: &[String], b: &[String]) -> std::cmp::Ordering {
     a.iter().map(segment).cmp(b.iter().map(segment))
 }
 
-/// Sets `keys` (`["http", "listen"]`, `["upstreams", "0", "host"]`) under `node`. A
-/// missing section followed by a number is an array (`UPSTREAMS__0__HOST` alone makes
-/// the first upstream), and the next index past the end appends an item.
-fn overlay(node: &mut toml::Value, keys: &[String], value: toml::Value) -> anyhow::Result<()> {
-    let Some((key, rest)) = keys.split_first() else {
-        *node = value;
-        return Ok(());
-    };
-    let next_is_index = rest.first().is_some_and(|k| k.parse::<usize>().is_ok());
-    let child = match node {
-        toml::Value::Table(table) => table.entry(key.clone()).or_insert_with(|| {
-            if next_is_index {
-                toml::Value::Array(Vec::new())
-            } else {
-                toml::Value::Table(toml::Table::new())
+/// The settings that are lists of tables, which variables address by index
+/// (`UPSTREAMS__0__HOST`). Only these become arrays when a variable creates them: a
+/// tenant may well be called `42`.
+const ARRAY_SECTIONS: &[&[&str]] = &[&["upstreams"], &["auth", "public_keys"]];
+
+/// Sets `keys` (`["http", "listen"]`, `["upstreams", "0", "host"]`) under `root`. A
+/// missing array section (`ARRAY_SECTIONS`) is created empty, and the next index past
+/// its end appends an item, so `UPSTREAMS__0__HOST` alone makes the first upstream.
+fn overlay(root: &mut toml::Value, keys: &[String], value: toml::Value) -> anyhow::Result<()> {
+    let mut node = root;
+    for (depth, key) in keys.iter().enumerate() {
+        let is_array_section = ARRAY_SECTIONS
+            .iter()
+            .any(|section| section.len() == depth + 1 && section.iter().zip(keys).all(|(s, k)| s == k));
+        node = match node {
+            toml::Value::Table(table) => table.entry(key.clone()).or_insert_with(|| {
+                if is_array_section {
+                    toml::Value::Array(Vec::new())
+                } else {
+                    toml::Value::Table(toml::Table::new())
+                }
+            }),
+            toml::Value::Array(items) => {
+                let index: usize = key
+                    .parse()
+                    .context("an array needs a numeric index, e.g. UPSTREAMS__0__HOST")?;
+                if index == items.len() {
+                    items.push(toml::Value::Table(toml::Table::new()));
+                }
+                let len = items.len();
+                items.get_mut(index).with_context(|| {
+                    format!("there is no item {index}: items are numbered from 0 without gaps (next is {len})")
+                })?
             }
-        }),
-        toml::Value::Array(items) => {
-            let index: usize = key
-                .parse()
-                .context("an array needs a numeric index, e.g. UPSTREAMS__0__HOST")?;
-            if index == items.len() {
-                items.push(toml::Value::Table(toml::Table::new()));
-            }
-            let len = items.len();
-            items.get_mut(index).with_context(|| {
-                format!("there is no item {index}: items are numbered from 0 without gaps (next is {len})")
-            })?
-        }
-        _ => bail!("`{key}` is below a key that is not a section"),
-    };
-    overlay(child, rest, value)
+            _ => bail!("`{key}` is below a key that is not a section"),
+        };
+    }
+    *node = value;
+    Ok(())
 }
 
 /// Reads a secret from a file (trimmed) or an environment variable.
@@ -649,6 +670,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{gap:#}").contains("MAILGATE_UPSTREAMS__2__NAME"), "{gap:#}");
+    }
+
+    #[test]
+    fn a_tenant_named_by_a_number_is_a_section_not_an_array() {
+        let s = Settings::load(
+            None,
+            env(&[
+                ("MAILGATE_TENANTS__42__DAILY_QUOTA", "100"),
+                ("MAILGATE_TENANTS__0__MAX_RECIPIENTS", "5"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.tenants["42"].daily_quota, Some(100));
+        assert_eq!(s.tenants["0"].max_recipients, Some(5));
+    }
+
+    #[test]
+    fn an_upstream_name_is_a_slug_because_it_labels_metrics() {
+        for name in ["a\"b", "", "two words", &"x".repeat(65)] {
+            let err = Settings::load(
+                None,
+                env(&[
+                    ("MAILGATE_UPSTREAMS__0__NAME", name),
+                    ("MAILGATE_UPSTREAMS__0__HOST", "h.test"),
+                ]),
+            )
+            .unwrap_err();
+            assert!(format!("{err:#}").contains("must be 1 to 64"), "{name}: {err:#}");
+        }
     }
 
     #[test]

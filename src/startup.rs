@@ -56,8 +56,10 @@ pub const WORKERS_PER_CONNECTION: usize = 4;
 const SANDBOX_WORKERS: usize = 2;
 
 /// What `serve` reads and checks from the configuration before it binds a port or opens
-/// the store: keys, relay passwords and certificates, provider secrets, the listen
-/// address. `check-config` runs exactly this, so it refuses what `serve` would refuse.
+/// the store: the data directory, keys, relay passwords and certificates, provider
+/// secrets, the listen address. `check-config` runs exactly this, so it refuses every
+/// configuration `serve` would refuse; only what the running system decides (the port
+/// is taken, another mailgate holds the store) is left to `serve`.
 pub struct Prepared {
     tokens: TokenKeys,
     /// One transport per `[[upstreams]]` entry, in order; empty means the sandbox.
@@ -89,6 +91,7 @@ impl Prepared {
             resolved.is_some(),
             "http.listen `{listen}` is not an address like 127.0.0.1:8080"
         );
+        usable_data_directory(&settings.storage.path)?;
         let tokens = tokens(settings)?;
         let smtp_timeout = settings.delivery.smtp_timeout.0;
         let relays = settings
@@ -118,6 +121,32 @@ impl Prepared {
             sns_pinned,
         })
     }
+}
+
+/// `storage.path` is a directory, or can be made one: its nearest existing ancestor is
+/// a directory that is not read-only. Checked without creating anything; whether the
+/// store itself opens (another mailgate may hold its lock) only `serve` finds out.
+fn usable_data_directory(path: &std::path::Path) -> anyhow::Result<()> {
+    let absolute = std::path::absolute(path).with_context(|| format!("storage.path `{}`", path.display()))?;
+    let existing = absolute
+        .ancestors()
+        .find(|p| p.exists())
+        .with_context(|| format!("storage.path `{}`: no part of it exists", path.display()))?;
+    let metadata =
+        std::fs::metadata(existing).with_context(|| format!("storage.path: cannot read {}", existing.display()))?;
+    anyhow::ensure!(
+        metadata.is_dir(),
+        "storage.path `{}`: {} is not a directory",
+        path.display(),
+        existing.display()
+    );
+    anyhow::ensure!(
+        !metadata.permissions().readonly(),
+        "storage.path `{}`: {} is read-only",
+        path.display(),
+        existing.display()
+    );
+    Ok(())
 }
 
 impl Application {
@@ -343,31 +372,74 @@ impl Application {
         )));
         let signals = tokio::spawn(stop_gracefully_on_signal(self.server.handle()));
         let served = self.server.await;
-        signals.abort();
         let _ = stop.send(true);
         for worker in workers {
             let _ = worker.await;
         }
+        signals.abort();
         served.context("The HTTP server failed")
     }
 }
 
 /// SIGTERM and SIGINT both stop the server gracefully: no new connections, requests in
-/// progress finish (up to `SHUTDOWN_GRACE_SECS`). actix's own handling treats SIGINT
-/// (Ctrl-C) as a forced stop that drops requests mid-body, so its signals are off.
+/// progress finish (up to `SHUTDOWN_GRACE_SECS`), then workers finish their transactions.
+/// actix's own handling treats SIGINT (Ctrl-C) as a forced stop that drops requests
+/// mid-body, so its signals are off. A second signal exits at once: what was accepted is
+/// on disk, and a transaction cut short is retried at the next start.
 async fn stop_gracefully_on_signal(server: actix_web::dev::ServerHandle) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot listen for SIGTERM/SIGINT: stop the process with SIGKILL");
+    let mut signals = Signals::listen();
+    let Some(name) = signals.next().await else {
         return;
-    };
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
     };
     tracing::info!(
         signal = name,
-        "shutting down: finishing requests in progress, then the transactions in flight"
+        "shutting down: finishing requests in progress, then the transactions in flight (signal again to exit now)"
     );
-    server.stop(true).await;
+    let draining = tokio::spawn(async move { server.stop(true).await });
+    if let Some(again) = signals.next().await {
+        tracing::warn!(signal = again, "second signal: exiting without waiting");
+        std::process::exit(130);
+    }
+    let _ = draining.await;
+}
+
+/// SIGTERM and SIGINT as one stream; either may be missing if it cannot be listened for.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn listen() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let open = |kind: SignalKind, name: &str| match signal(kind) {
+            Ok(stream) => Some(stream),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for {name}: it will not stop mailgate gracefully");
+                None
+            }
+        };
+        Self {
+            term: open(SignalKind::terminate(), "SIGTERM"),
+            int: open(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    /// The next signal's name; `None` when neither can be listened for.
+    async fn next(&mut self) -> Option<&'static str> {
+        async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+            match signal {
+                Some(stream) => stream.recv().await,
+                None => std::future::pending().await,
+            }
+        }
+        if self.term.is_none() && self.int.is_none() {
+            return None;
+        }
+        tokio::select! {
+            Some(()) = recv(&mut self.term) => Some("SIGTERM"),
+            Some(()) = recv(&mut self.int) => Some("SIGINT"),
+            else => None,
+        }
+    }
 }

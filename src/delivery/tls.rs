@@ -89,10 +89,14 @@ impl Encryption {
 pub struct Fingerprint([u8; 32]);
 
 impl Fingerprint {
-    /// Hex, upper or lower case, with or without colons (as `openssl x509 -fingerprint
-    /// -sha256` prints it).
+    /// Hex, upper or lower case, with or without colons, or the whole line `openssl x509
+    /// -noout -fingerprint -sha256` prints (`sha256 Fingerprint=AB:CD:…`).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let hex: String = text.chars().filter(|c| *c != ':').collect();
+        let digits = text.rsplit('=').next().unwrap_or(text).trim();
+        let hex: String = digits.chars().filter(|c| *c != ':').collect();
+        if hex.len() != 64 {
+            return Err(format!("`{text}` is not 32 bytes (64 hex digits) long"));
+        }
         let bytes: Vec<u8> = (0..hex.len())
             .step_by(2)
             .map(|i| hex.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
@@ -372,6 +376,8 @@ mod tests {
         let colons = "AB:".repeat(31) + "AB";
         assert_eq!(Fingerprint::parse(&colons).unwrap(), Fingerprint([0xAB; 32]));
         assert_eq!(Fingerprint::parse(&"ab".repeat(32)).unwrap().to_string(), colons);
+        let printed = format!("sha256 Fingerprint={colons}\n");
+        assert_eq!(Fingerprint::parse(&printed).unwrap(), Fingerprint([0xAB; 32]));
         assert!(Fingerprint::parse("AB:CD").unwrap_err().contains("32 bytes"));
         assert!(Fingerprint::parse(&"zz".repeat(32))
             .unwrap_err()

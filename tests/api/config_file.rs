@@ -90,25 +90,93 @@ fn the_readme_configuration_block_is_valid_as_written() {
     );
 }
 
+/// `serve` with `envs`, expected to refuse its configuration: its exit code and stderr.
+async fn serve_refusing(config: &str, dir: &std::path::Path, envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut binary = Binary::spawn(&["serve", "--config", config], dir, free_port(), envs);
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = binary.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "serve accepted what it should refuse");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    (
+        status.code(),
+        std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default(),
+    )
+}
+
 #[tokio::test]
 async fn check_config_refuses_what_serve_refuses() {
+    let postfix = Postfix::shared();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("short.toml");
-    std::fs::write(&file, "[auth]\nhs256_secret_env = \"SHORT_SECRET\"\n").unwrap();
-    let config = file.to_string_lossy().into_owned();
+    let not_a_directory = dir.path().join("a-file");
+    std::fs::write(&not_a_directory, "").unwrap();
+    let cases = [
+        (
+            "a short HS256 secret",
+            "[auth]\nhs256_secret_env = \"SHORT_SECRET\"\n".to_owned(),
+            "at least 32 bytes",
+        ),
+        (
+            "a relay CA file that is not there",
+            postfix.relay(
+                dir.path(),
+                "postfix",
+                postfix.port,
+                "starttls",
+                "ca_file = \"/nonexistent/ca.pem\"",
+            ),
+            "/nonexistent/ca.pem",
+        ),
+        (
+            "a data directory that is a file",
+            format!("[storage]\npath = \"{}/data\"\n", not_a_directory.display()),
+            "not a directory",
+        ),
+        (
+            "a provider secret file that is not there",
+            "[tenants.acme]\nmailgun_signing_key_file = \"/nonexistent/mailgun\"\n".to_owned(),
+            "/nonexistent/mailgun",
+        ),
+    ];
     let envs = [("SHORT_SECRET", "abc")];
-    let checked = mailgate(&["check-config", "--config", &config], dir.path(), &envs);
-    let port = free_port().to_string();
-    let served = mailgate(
-        &["serve", "--config", &config],
-        dir.path(),
-        &[envs[0], ("MAILGATE_HTTP__LISTEN", &format!("127.0.0.1:{port}"))],
-    );
-    for (command, out) in [("check-config", &checked), ("serve", &served)] {
-        assert_eq!(out.status.code(), Some(1), "{command}: {}", stderr(out));
-        assert!(stderr(out).contains("at least 32 bytes"), "{command}: {}", stderr(out));
-        assert!(!stderr(out).contains("abc"), "{command} never prints the secret");
+    for (case, toml, reason) in cases {
+        let file = dir.path().join("refused.toml");
+        std::fs::write(&file, toml).unwrap();
+        let config = file.to_string_lossy().into_owned();
+        let checked = mailgate(&["check-config", "--config", &config], dir.path(), &envs);
+        assert_eq!(
+            checked.status.code(),
+            Some(1),
+            "check-config, {case}: {}",
+            stderr(&checked)
+        );
+        assert!(
+            stderr(&checked).contains(reason),
+            "check-config, {case}: {}",
+            stderr(&checked)
+        );
+        let (code, log) = serve_refusing(&config, dir.path(), &envs).await;
+        assert_eq!(code, Some(1), "serve, {case}: {log}");
+        assert!(log.contains(reason), "serve, {case}: {log}");
+        assert!(
+            !log.contains("abc\n") && !stderr(&checked).contains("abc\n"),
+            "never the secret"
+        );
     }
+}
+
+#[test]
+fn check_config_on_the_defaults_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mailgate(&["check-config"], dir.path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "no data directory, no dev key"
+    );
 }
 
 /// A relay of the harness Postfix as `MAILGATE_UPSTREAMS__<i>__…` variables.
@@ -216,7 +284,19 @@ async fn sigint_lets_a_request_still_sending_its_body_finish() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let pid = app.binary().child.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + WAIT;
+    while !app.stderr().contains("shutting down") {
+        assert!(Instant::now() < deadline, "SIGINT was not taken: {}", app.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = loop {
+        match TcpStream::connect(app.address.trim_start_matches("http://")).await {
+            Err(_) => break true,
+            Ok(_) if Instant::now() > deadline => break false,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    assert!(refused, "after SIGINT no new connection is taken");
     stream.write_all(rest.as_bytes()).await.unwrap();
     let mut reply = String::new();
     tokio::time::timeout(WAIT, stream.read_to_string(&mut reply))
@@ -322,14 +402,24 @@ async fn tokens_are_checked_against_the_configured_secret_issuer_audience_and_le
         401,
         "wrong audience"
     );
+    let mut foreign = claims("mailgate", 0);
+    foreign["iss"] = json!("https://another-issuer.test");
+    assert_eq!(
+        app.get("/v1/messages", &sign(foreign)).await.status(),
+        401,
+        "wrong issuer"
+    );
 }
 
-/// The envelope and Message-ID domains, recipient limits (global and per tenant).
+/// The envelope and Message-ID domains; recipient, burst and daily limits, global and
+/// per tenant; and `/metrics` without tenant names by default.
 #[tokio::test]
-async fn delivery_domains_and_recipient_limits_come_from_the_file() {
+async fn delivery_domains_and_tenant_limits_come_from_the_file() {
     let app = spawn_binary(
         "[delivery]\nreturn_path_domain = \"bounce.config.test\"\nmessage_id_domain = \"id.config.test\"\n\
-         [limits]\nmax_recipients = 3\n[tenants.acme]\nmax_recipients = 1\nburst = 5\n",
+         [limits]\nmax_recipients = 2\ndaily_quota = 2\n\
+         [tenants.acme]\nmax_recipients = 1\ndaily_quota = 100\n\
+         [tenants.globex]\nburst = 1\nmessages_per_second = 1\ndaily_quota = 100\n",
     )
     .await;
     let id = app.send_ok(&simple_message("domains@example.test")).await;
@@ -340,12 +430,47 @@ async fn delivery_domains_and_recipient_limits_come_from_the_file() {
         "{mime}"
     );
     assert!(mime.contains(&format!("Message-ID: <{id}@id.config.test>")), "{mime}");
-    let mut two = simple_message("one@example.test");
-    two["to"] = json!(["one@example.test", "two@example.test"]);
-    let refused = app.send_as(&app.token, &two).await;
-    assert_eq!(refused.status(), 422);
-    let problem: Value = refused.json().await.unwrap();
-    assert_eq!(problem["code"], "too_many_recipients", "{problem}");
+
+    let to = |n: usize| {
+        let mut message = simple_message("limits@example.test");
+        message["to"] = json!((0..n).map(|i| format!("r{i}@example.test")).collect::<Vec<_>>());
+        message
+    };
+    let code = |response: reqwest::Response| async move {
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or_default();
+        (status, body["code"].as_str().unwrap_or_default().to_owned())
+    };
+    let (acme, globex, initech) = (
+        app.token.clone(),
+        mint(&app.keys, "globex", "messages:send"),
+        mint(&app.keys, "initech", "messages:send"),
+    );
+    let too_many = (422, "too_many_recipients".to_owned());
+    assert_eq!(
+        code(app.send_as(&acme, &to(2)).await).await,
+        too_many,
+        "acme's own cap is 1"
+    );
+    assert_eq!(
+        code(app.send_as(&initech, &to(3)).await).await,
+        too_many,
+        "the global cap is 2"
+    );
+    assert_eq!(code(app.send_as(&initech, &to(2)).await).await.0, 202);
+    assert_eq!(
+        code(app.send_as(&initech, &to(1)).await).await,
+        (429, "daily_quota_exceeded".to_owned()),
+        "the global daily quota is 2, and every request counts (the refused one too)"
+    );
+    assert_eq!(code(app.send_as(&globex, &to(1)).await).await.0, 202);
+    assert_eq!(
+        code(app.send_as(&globex, &to(1)).await).await,
+        (429, "rate_limited".to_owned()),
+        "globex's bucket holds one"
+    );
+    let metrics = app.get("/metrics", &app.token).await.text().await.unwrap();
+    assert!(!metrics.contains("tenant="), "no tenant names by default: {metrics}");
 }
 
 /// A relay that accepts the connection and never says a word: `smtp_timeout` defers.
@@ -450,4 +575,92 @@ async fn an_hs256_secret_from_the_environment_signs_and_checks_tokens() {
         !app.data.path().join("dev-hs256.key").exists(),
         "no dev key with a secret configured"
     );
+}
+
+/// Provider webhook secrets from files (the `_file` forms of the README's `_env` keys).
+#[tokio::test]
+async fn provider_webhook_secrets_from_files_authenticate_reports() {
+    use base64::Engine as _;
+    use hmac::{Hmac, KeyInit as _, Mac as _};
+    let secrets = tempfile::tempdir().unwrap();
+    let (mailgun, postmark) = (secrets.path().join("mailgun"), secrets.path().join("postmark"));
+    std::fs::write(&mailgun, "mg-file-key\n").unwrap();
+    std::fs::write(&postmark, "pm:from-a-file\n").unwrap();
+    let app = spawn_binary(&format!(
+        "[tenants.acme]\nmailgun_signing_key_file = \"{}\"\npostmark_webhook_auth_file = \"{}\"\n",
+        mailgun.display(),
+        postmark.display()
+    ))
+    .await;
+    let post = |path: &str, auth: Option<String>, body: Value| {
+        let mut request = app.client.post(format!("{}{path}", app.address)).json(&body);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let mailgun_body = |key: &str| {
+        let timestamp = chrono::Utc::now().timestamp().to_string();
+        let token = format!("tok-{key}");
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+        mac.update(format!("{timestamp}{token}").as_bytes());
+        let signature: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        json!({"signature": {"timestamp": timestamp, "token": token, "signature": signature},
+               "event-data": {"event": "failed", "severity": "permanent", "recipient": "nobody@example.test",
+                              "message": {"headers": {"message-id": "unknown@elsewhere.test"}},
+                              "delivery-status": {"code": 550, "message": "5.1.1 no such user"}}})
+    };
+    let mailgun_path = "/v1/bounces/mailgun?tenant=acme";
+    assert_eq!(post(mailgun_path, None, mailgun_body("mg-file-key")).await, 202);
+    assert_eq!(post(mailgun_path, None, mailgun_body("another-key")).await, 401);
+    let complaint = json!({"RecordType": "SpamComplaint", "Email": "nobody@example.test", "Type": "SpamComplaint",
+                           "BouncedAt": "2026-11-28T10:00:00Z"});
+    let basic = |creds: &str| {
+        Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(creds)
+        ))
+    };
+    let postmark_path = "/v1/bounces/postmark?tenant=acme";
+    assert_eq!(
+        post(postmark_path, basic("pm:from-a-file"), complaint.clone()).await,
+        202
+    );
+    assert_eq!(post(postmark_path, basic("pm:guess"), complaint).await, 401);
+}
+
+#[tokio::test]
+async fn a_second_ctrl_c_exits_without_waiting_for_the_drain() {
+    let mut app = spawn_binary("").await;
+    // A request that never finishes its body keeps the graceful stop waiting.
+    let mut stream = TcpStream::connect(app.address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{",
+        app.token
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let pid = app.binary().child.id().to_string();
+    let interrupt = || assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    interrupt();
+    let deadline = Instant::now() + WAIT;
+    while !app.stderr().contains("shutting down") {
+        assert!(Instant::now() < deadline, "SIGINT was not taken: {}", app.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = Instant::now();
+    interrupt();
+    let status = loop {
+        if let Some(status) = app.binary().child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            again.elapsed() < Duration::from_secs(5),
+            "the second SIGINT did not end it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(130), "{status}");
 }

@@ -298,7 +298,7 @@ async fn a_pooled_connection_idle_past_idle_timeout_is_closed_and_the_next_send_
             "idle",
             forwarder.port,
             "starttls",
-            "idle_timeout = \"300ms\"\npassword_env = \"IDLE_RELAY_PASSWORD\"",
+            "idle_timeout = \"2s\"\npassword_env = \"IDLE_RELAY_PASSWORD\"",
         ),
         &[("IDLE_RELAY_PASSWORD", crate::helpers::SMTP_PASSWORD)],
     )
@@ -306,7 +306,7 @@ async fn a_pooled_connection_idle_past_idle_timeout_is_closed_and_the_next_send_
     send_and_deliver(&app, 1, "warm").await;
     send_and_deliver(&app, 1, "reused").await;
     assert_eq!(forwarder.connections.load(Ordering::SeqCst), 1, "reused while fresh");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     send_and_deliver(&app, 1, "after-idle").await;
     assert_eq!(
         forwarder.connections.load(Ordering::SeqCst),
