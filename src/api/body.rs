@@ -226,6 +226,13 @@ fn without_values(serde_message: &str) -> String {
         Some((head, expected)) if head.starts_with("unknown variant") => {
             format!("unknown variant, expected {expected}")
         }
+        // A query parameter that should be a number reaches us as Rust's parse error.
+        _ if ["invalid digit", "number too large", "cannot parse integer"]
+            .iter()
+            .any(|m| message.contains(m)) =>
+        {
+            "expected a whole number".to_owned()
+        }
         _ => message.to_owned(),
     };
     message.chars().take(300).collect()
