@@ -2,9 +2,9 @@
 //! stopped answering, new sends get 503 + `Retry-After` instead of growing the queue
 //! without bound. Accepted messages are never dropped; only new ones wait.
 //!
-//! Counting a sled tree is a full scan, so the depth is sampled once a second by a
-//! background task rather than on every request: the bound can be overshot by at most
-//! one second of accepts.
+//! The depth is sampled once a second by a background task (reading the store's depth
+//! counters, a few key lookups) rather than on every request: the bound can be
+//! overshot by at most one second of accepts.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

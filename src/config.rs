@@ -52,12 +52,22 @@ impl Default for HttpSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
     pub path: PathBuf,
+    /// sled's page cache: what bounds memory with a million messages queued.
+    pub cache_bytes: u64,
+    /// Finished messages, their events, webhook attempts and raw reports older than
+    /// this are purged. Queued, scheduled and deferred messages never are.
+    pub retention: ConfigDuration,
+    /// The stored MIME of finished messages goes after this (status and events stay).
+    pub mime_retention: ConfigDuration,
 }
 
 impl Default for StorageSettings {
     fn default() -> Self {
         Self {
             path: PathBuf::from("./data"),
+            cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
+            retention: ConfigDuration(Duration::from_secs(30 * 86_400)),
+            mime_retention: ConfigDuration(Duration::from_secs(7 * 86_400)),
         }
     }
 }
@@ -451,6 +461,8 @@ impl Settings {
             ("delivery.max_age", delivery.max_age.0),
             ("delivery.smtp_timeout", delivery.smtp_timeout.0),
             ("templates.render_timeout", self.templates.render_timeout.0),
+            ("storage.retention", self.storage.retention.0),
+            ("storage.mime_retention", self.storage.mime_retention.0),
             ("webhooks.retry_base", self.webhooks.retry_base.0),
             ("webhooks.retry_max", self.webhooks.retry_max.0),
             ("webhooks.max_age", self.webhooks.max_age.0),
@@ -459,6 +471,9 @@ impl Settings {
             if value.is_zero() || value > TEN_YEARS {
                 bail!("{key} must be more than 0 and at most 10 years");
             }
+        }
+        if self.storage.cache_bytes < 1024 * 1024 {
+            bail!("storage.cache_bytes must be at least 1048576 (1 MiB)");
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!(

@@ -15,6 +15,7 @@ pub mod domain;
 pub mod limits;
 pub mod metrics;
 pub mod render;
+pub mod retention;
 pub mod sending;
 pub mod startup;
 pub mod store;

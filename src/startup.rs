@@ -18,6 +18,7 @@ use crate::config::Settings;
 use crate::delivery::{run_worker_until_stopped, Member, RetryPolicy, Transport, Upstreams, Worker};
 use crate::metrics::Metrics;
 use crate::render::template::RenderLimits;
+use crate::retention::{run_purger_until_stopped, Retention};
 use crate::sending::Sender;
 use crate::store::writer::{LeasePolicy, StoreWriter};
 use crate::store::{SledStore, Store};
@@ -35,6 +36,7 @@ pub struct Application {
     wake: Arc<Notify>,
     tokens: Arc<TokenKeys>,
     dispatcher: Dispatcher,
+    retention: Retention,
 }
 
 /// How long requests in progress may take to finish after SIGTERM or SIGINT.
@@ -171,12 +173,13 @@ impl Application {
                 settings.storage.path.display()
             )
         })?;
-        let store = SledStore::open(&settings.storage.path.join("db")).with_context(|| {
-            format!(
-                "Failed to open the store in {} (is another mailgate using it?)",
-                settings.storage.path.display()
-            )
-        })?;
+        let store = SledStore::open_with_cache(&settings.storage.path.join("db"), settings.storage.cache_bytes)
+            .with_context(|| {
+                format!(
+                    "Failed to open the store in {} (is another mailgate using it?)",
+                    settings.storage.path.display()
+                )
+            })?;
         let recovered = store.recover_leases().context("Failed to recover leased messages")?;
         if recovered > 0 {
             tracing::warn!(
@@ -248,6 +251,10 @@ impl Application {
         let webhooks = Webhooks {
             store: Arc::clone(&store),
             allow_private_targets: hooks.allow_private_targets,
+        };
+        let retention = Retention {
+            history: settings.storage.retention.0,
+            mime: settings.storage.mime_retention.0,
         };
         let http = settings.http.clone();
         let state = web::Data::new(AppState {
@@ -327,6 +334,7 @@ impl Application {
             wake,
             tokens,
             dispatcher,
+            retention,
         })
     }
 
@@ -368,6 +376,11 @@ impl Application {
         )));
         workers.push(tokio::spawn(crate::auth::run_key_reloader_until_stopped(
             Arc::clone(&self.tokens),
+            stopped.clone(),
+        )));
+        workers.push(tokio::spawn(run_purger_until_stopped(
+            Arc::clone(&self.worker.store),
+            self.retention,
             stopped.clone(),
         )));
         let signals = tokio::spawn(stop_gracefully_on_signal(self.server.handle()));

@@ -27,7 +27,7 @@ use crate::domain::template::{TemplateKey, TemplateName};
 use crate::domain::text::{CustomHeader, Subject, Tag};
 use crate::domain::ValidationError;
 use crate::sending::Accepted;
-use crate::store::{CancelOutcome, Store, StoreError};
+use crate::store::{CancelOutcome, Store, StoreError, StoredMime};
 
 /// One address or a list of addresses.
 // `expecting` replaces serde's "data did not match any variant of untagged enum", which
@@ -848,6 +848,7 @@ pub async fn get_message(
     responses(
         (status = 200, description = "The rendered message", content_type = "message/rfc822", body = String),
         (status = 404, description = "No such message for this tenant (`not_found`)", body = Problem, content_type = PROBLEM_JSON),
+        (status = 410, description = "The message is finished and older than `storage.mime_retention` (default 7 days): its MIME is no longer kept, while its status and events are (`mime_expired`)", body = Problem, content_type = PROBLEM_JSON),
     )
 )]
 #[get("/v1/messages/{id}/mime")]
@@ -856,8 +857,14 @@ pub async fn get_message_mime(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let mime = read_message(&state, &auth, &path, |store, tenant, id| store.mime(tenant, id)).await?;
-    Ok(HttpResponse::Ok().content_type("message/rfc822").body(mime))
+    match read_message(&state, &auth, &path, |store, tenant, id| store.mime(tenant, id)).await? {
+        StoredMime::Bytes(mime) => Ok(HttpResponse::Ok().content_type("message/rfc822").body(mime)),
+        StoredMime::Expired => Err(ApiError::new(
+            Kind::Gone,
+            "mime_expired",
+            "the MIME of this message is past storage.mime_retention and no longer kept; its status and events are",
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -79,6 +79,8 @@ pub enum Kind {
     Unauthorized,
     Forbidden,
     NotFound,
+    /// It existed and was deliberately dropped (retention).
+    Gone,
     MethodNotAllowed,
     RequestTimeout,
     Conflict,
@@ -97,6 +99,7 @@ impl Kind {
             Kind::Unauthorized => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             Kind::Forbidden => (StatusCode::FORBIDDEN, "Forbidden"),
             Kind::NotFound => (StatusCode::NOT_FOUND, "Not found"),
+            Kind::Gone => (StatusCode::GONE, "Gone"),
             Kind::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "Method not allowed"),
             Kind::Conflict => (StatusCode::CONFLICT, "Conflict"),
             Kind::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"),

@@ -6,6 +6,7 @@
 //! hot path (accepting, leasing, recording attempts) goes through [`writer`] instead,
 //! which batches those calls on one thread.
 
+mod depth;
 mod group_flush;
 mod sled_store;
 pub mod writer;
@@ -52,7 +53,7 @@ pub(crate) mod test_support {
     }
 }
 
-pub use sled_store::SledStore;
+pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
 
 use chrono::{DateTime, Utc};
 
@@ -122,6 +123,27 @@ impl QueueDepth {
     }
 }
 
+/// A message's stored MIME, or the fact that retention dropped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredMime {
+    Bytes(Vec<u8>),
+    Expired,
+}
+
+/// What [`Store::purge`] deletes: history from before `history`, MIME from before `mime`.
+#[derive(Debug, Clone, Copy)]
+pub struct PurgeCutoffs {
+    pub history: DateTime<Utc>,
+    pub mime: DateTime<Utc>,
+}
+
+/// One purge round: rows looked at, rows deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub examined: usize,
+    pub deleted: usize,
+}
+
 /// One write of a message, for [`Store::write_messages`].
 #[derive(Debug, Clone, Copy)]
 pub enum MessageWrite<'a> {
@@ -182,8 +204,9 @@ pub trait Store: Send + Sync {
     /// tenant* (callers cannot tell the two apart, by design).
     fn message(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<Message>, StoreError>;
 
-    /// The stored MIME of the tenant's message, under the same rule as [`Store::message`].
-    fn mime(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The stored MIME of the tenant's message, under the same rule as [`Store::message`];
+    /// [`StoredMime::Expired`] once `storage.mime_retention` dropped it.
+    fn mime(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<StoredMime>, StoreError>;
 
     /// Takes up to `max` of the earliest messages due at `now` off the queue and marks
     /// them leased (status `sending`), passing over those whose tenant `admit` refuses
@@ -351,6 +374,15 @@ pub trait Store: Send + Sync {
 
     /// How many messages are stored, for every tenant (operations and tests).
     fn count_messages(&self) -> Result<usize, StoreError>;
+
+    /// Deletes what `cutoffs` has outlived, examining at most `budget` rows: finished
+    /// messages created before `cutoffs.history` (with their MIME and listing entry), the
+    /// events, webhook attempts and raw reports from before it, the MIME of finished
+    /// messages created before `cutoffs.mime`, and idempotency records past their
+    /// window. A queued, scheduled, deferred or leased message is never touched. Each
+    /// deletion is atomic; none is flushed (a purge lost in a crash is simply redone).
+    /// `examined < budget` means nothing more is due for now.
+    fn purge(&self, cutoffs: PurgeCutoffs, budget: usize) -> Result<PurgeReport, StoreError>;
 
     /// Proves the store accepts writes (for `/readyz`).
     fn check_writable(&self) -> Result<(), StoreError>;

@@ -189,14 +189,7 @@ async fn a_full_run_logs_ids_and_never_a_secret() {
     );
     postfix.wait_delivered(&id, 1, Duration::from_secs(20)).await;
     receiver.wait("the signed message.sent event", |r| !r.is_empty()).await;
-    let metrics = client
-        .get(format!("{}/metrics", binary.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::helpers::metrics_text(&binary.address).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     binary.kill();
 

@@ -559,6 +559,7 @@ async fn an_hs256_secret_from_the_environment_signs_and_checks_tokens() {
         &mailgate::auth::TokenKeys::load(&mailgate::config::Settings {
             storage: mailgate::config::StorageSettings {
                 path: app.data.path().join("elsewhere"),
+                ..Default::default()
             },
             ..Default::default()
         })

@@ -392,6 +392,18 @@ pub async fn get_json(address: &str, path: &str, token: &str) -> Value {
         .expect("a JSON body")
 }
 
+/// `GET address/metrics` as text.
+pub async fn metrics_text(address: &str) -> String {
+    http()
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("a text body")
+}
+
 /// An HTTP client; installs the process-wide rustls provider first, as `main` does.
 pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();

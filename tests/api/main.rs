@@ -13,6 +13,7 @@ mod helpers;
 mod hostile;
 mod operations;
 mod relay_tls;
+mod retention;
 mod sandbox;
 mod templates;
 mod upstreams;

@@ -14,7 +14,13 @@ use chrono::{DateTime, TimeZone, Utc};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional, TransactionalTree};
 use sled::{Db, Tree};
 
-use super::{CancelOutcome, Lease, MessageWrite, QueueDepth, ReportTarget, Store, StoreError};
+use super::depth::{self, DepthDelta};
+use super::{
+    CancelOutcome, Lease, MessageWrite, PurgeCutoffs, PurgeReport, QueueDepth, ReportTarget, Store, StoreError,
+    StoredMime,
+};
+
+mod retention;
 use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
 use crate::domain::ids::WebhookId;
@@ -43,12 +49,16 @@ pub struct SledStore {
     outbox: Tree,
     webhook_deliveries: Tree,
     reports: Tree,
+    /// Queue depth by state (see `depth`), changed with the entries it counts.
+    counters: Tree,
     /// `tenant \0 message id`: each tenant's messages, newest last.
     tenant_messages: Tree,
     /// `tenant \0 Idempotency-Key` → the request hash and the accepted message.
     idempotency: Tree,
     /// Revoked `jti` → expiry (Unix seconds, big-endian).
     revocations: Tree,
+    /// Where retention walks resume (see `retention`).
+    resume_points: std::sync::Mutex<retention::ResumePoints>,
     /// Held while stream positions are taken and committed (see `commit`).
     stream_order: std::sync::Mutex<()>,
     group_flush: super::group_flush::GroupFlush,
@@ -104,6 +114,11 @@ fn queue_value(message: &Message) -> Vec<u8> {
     value.push(0);
     value.extend_from_slice(message.tenant.as_str().as_bytes());
     value
+}
+
+/// The status a queue value was queued in (for the depth counters).
+pub(super) fn queued_status(value: &[u8]) -> &[u8] {
+    queued_as(value).0
 }
 
 /// The status and tenant of a queue value (older entries hold the status alone).
@@ -177,6 +192,9 @@ fn stream_key(tenant: &TenantId, position: u64) -> Vec<u8> {
     key
 }
 
+/// sled's page cache unless configured (`storage.cache_bytes`).
+pub const DEFAULT_CACHE_BYTES: u64 = 128 * 1024 * 1024;
+
 /// Due entries a lease scan may pass over (tenants the caller does not admit now)
 /// before it gives up: the scan reads queue entries only, so this is cheap.
 const LEASE_SKIP_BUDGET: usize = 10_000;
@@ -207,6 +225,8 @@ struct Staging<'t> {
     outbox: &'t TransactionalTree,
     by_tenant: &'t TransactionalTree,
     keys: &'t TransactionalTree,
+    /// What this transaction changes in the depth counters.
+    depth: DepthDelta,
 }
 
 type Staged<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -228,7 +248,9 @@ impl Staging<'_> {
             }
             Commit::Progress => false,
             Commit::Release => {
-                self.leases.remove(message.id.as_str())?;
+                if self.leases.remove(message.id.as_str())?.is_some() {
+                    self.depth.lease(-1);
+                }
                 true
             }
             Commit::Swap { read, dequeue } => {
@@ -243,7 +265,9 @@ impl Staging<'_> {
                     let stored: Message = serde_json::from_slice(read)
                         .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
                     if let Some(due) = stored.next_attempt_at {
-                        self.queue.remove(queue_key(due, &message.id))?;
+                        if let Some(entry) = self.queue.remove(queue_key(due, &message.id))? {
+                            self.depth.queue_entry(&entry, -1);
+                        }
                     }
                 }
                 false
@@ -251,7 +275,11 @@ impl Staging<'_> {
         };
         self.messages.insert(message.id.as_str(), encode(message)?)?;
         if let (true, Some(due)) = (requeue, message.next_attempt_at) {
-            self.queue.insert(queue_key(due, &message.id), queue_value(message))?;
+            let value = queue_value(message);
+            if let Some(replaced) = self.queue.insert(queue_key(due, &message.id), value.as_slice())? {
+                self.depth.queue_entry(&replaced, -1);
+            }
+            self.depth.queue_entry(&value, 1);
         }
         for (position, event) in &planned.fresh {
             self.events.insert(stream_key(tenant, *position), encode_json(event)?)?;
@@ -326,9 +354,22 @@ impl SledStore {
             &self.outbox,
             &self.tenant_messages,
             &self.idempotency,
+            &self.counters,
         )
             .transaction(
-                |(messages, mimes, queue, leases, events, event_ids, suppressions, outbox, by_tenant, keys)| {
+                |(
+                    messages,
+                    mimes,
+                    queue,
+                    leases,
+                    events,
+                    event_ids,
+                    suppressions,
+                    outbox,
+                    by_tenant,
+                    keys,
+                    counters,
+                )| {
                     let trees = Staging {
                         messages,
                         mimes,
@@ -340,15 +381,18 @@ impl SledStore {
                         outbox,
                         by_tenant,
                         keys,
+                        depth: DepthDelta::default(),
                     };
-                    writes
+                    let written = writes
                         .iter()
                         .zip(&planned)
                         .map(|((message, change), planned)| match planned {
                             Ok(planned) => trees.write(message, change, planned).map(Some),
                             Err(_) => Ok(None),
                         })
-                        .collect::<Result<Vec<Option<bool>>, _>>()
+                        .collect::<Result<Vec<Option<bool>>, _>>()?;
+                    trees.depth.apply(counters)?;
+                    Ok(written)
                 },
             )
             .map_err(flatten)?;
@@ -418,8 +462,14 @@ impl SledStore {
     /// Opens (or creates) the store in `path`. sled holds a lock on the directory, so a
     /// second process on the same data dir fails here instead of corrupting it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(path).open()?;
-        Ok(Self {
+        Self::open_with_cache(path, DEFAULT_CACHE_BYTES)
+    }
+
+    /// `open` with sled's page cache bounded to `cache_bytes` (sled's own default is
+    /// 1 GiB, and a full queue fills it).
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(path).cache_capacity(cache_bytes).open()?;
+        let store = Self {
             messages: db.open_tree("messages")?,
             mime: db.open_tree("mime")?,
             queue: db.open_tree("queue")?,
@@ -438,10 +488,14 @@ impl SledStore {
             tenant_messages: db.open_tree("tenant_messages")?,
             idempotency: db.open_tree("idempotency")?,
             revocations: db.open_tree("revocations")?,
+            counters: db.open_tree("counters")?,
+            resume_points: std::sync::Mutex::default(),
             stream_order: std::sync::Mutex::new(()),
             group_flush: super::group_flush::GroupFlush::default(),
             db,
-        })
+        };
+        depth::initialise(&store.counters, &store.queue, &store.leases)?;
+        Ok(store)
     }
 
     /// The message as readers see it: `sending` while a worker holds its lease (the
@@ -501,27 +555,41 @@ impl SledStore {
     /// gone) to `parked`, with the reason, so that it cannot block the queue.
     fn park(&self, key: &[u8], reason: &StoreError) -> Result<(), StoreError> {
         tracing::error!(key = ?String::from_utf8_lossy(key.get(8..).unwrap_or_default()), error = %reason, "parked an unusable queue entry");
-        self.parked.insert(key, reason.to_string().as_bytes())?;
-        self.queue.remove(key)?;
-        Ok(())
+        let reason = reason.to_string();
+        (&self.queue, &self.parked, &self.counters)
+            .transaction(|(queue, parked, counters)| {
+                parked.insert(key, reason.as_bytes())?;
+                if let Some(entry) = queue.remove(key)? {
+                    let depth = DepthDelta::default();
+                    depth.queue_entry(&entry, -1);
+                    depth.apply(counters)?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(flatten)
     }
 
     /// Moves the queue entries still there into `leases`, in one transaction; `false`
     /// for an entry another caller took meanwhile, or whose message changed since it
     /// was read (a report applied in between: the next scan reads it afresh).
     fn try_lease(&self, candidates: &[Candidate]) -> Result<Vec<bool>, StoreError> {
-        (&self.queue, &self.leases, &self.messages)
-            .transaction(|(queue, leases, messages)| {
+        (&self.queue, &self.leases, &self.messages, &self.counters)
+            .transaction(|(queue, leases, messages, counters)| {
+                let depth = DepthDelta::default();
                 let mut taken = Vec::with_capacity(candidates.len());
                 for candidate in candidates {
                     let id = candidate.lease.message.id.as_str();
                     let unchanged = messages.get(id)?.is_some_and(|now| now == candidate.read);
-                    let won = unchanged && queue.remove(&candidate.key)?.is_some();
-                    if won {
-                        leases.insert(id, &[])?;
+                    let removed = if unchanged { queue.remove(&candidate.key)? } else { None };
+                    if let Some(entry) = &removed {
+                        depth.queue_entry(entry, -1);
+                        if leases.insert(id, &[])?.is_none() {
+                            depth.lease(1);
+                        }
                     }
-                    taken.push(won);
+                    taken.push(removed.is_some());
                 }
+                depth.apply(counters)?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(taken)
             })
             .map_err(flatten)
@@ -557,11 +625,18 @@ impl Store for SledStore {
         Ok(self.load(id)?.filter(|m| &m.tenant == tenant))
     }
 
-    fn mime(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<Vec<u8>>, StoreError> {
+    fn mime(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<StoredMime>, StoreError> {
         if self.message(tenant, id)?.is_none() {
             return Ok(None);
         }
-        Ok(self.mime.get(id.as_str())?.map(|b| b.to_vec()))
+        Ok(Some(match self.mime.get(id.as_str())? {
+            Some(bytes) => StoredMime::Bytes(bytes.to_vec()),
+            None => StoredMime::Expired,
+        }))
+    }
+
+    fn purge(&self, cutoffs: PurgeCutoffs, budget: usize) -> Result<PurgeReport, StoreError> {
+        self.purge_rows(cutoffs, budget)
     }
 
     fn lease_due(
@@ -617,7 +692,16 @@ impl Store for SledStore {
                 self.release(&message)?;
                 recovered += 1;
             } else {
-                self.leases.remove(&key)?;
+                (&self.leases, &self.counters)
+                    .transaction(|(leases, counters)| {
+                        if leases.remove(&key)?.is_some() {
+                            let depth = DepthDelta::default();
+                            depth.lease(-1);
+                            depth.apply(counters)?;
+                        }
+                        Ok::<_, ConflictableTransactionError<StoreError>>(())
+                    })
+                    .map_err(flatten)?;
             }
         }
         Ok(recovered)
@@ -1041,19 +1125,7 @@ impl Store for SledStore {
     }
 
     fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
-        let mut depth = QueueDepth {
-            sending: self.leases.len(),
-            ..QueueDepth::default()
-        };
-        for entry in self.queue.iter() {
-            let (_, value) = entry?;
-            match queued_as(&value).0 {
-                b"scheduled" => depth.scheduled += 1,
-                b"deferred" => depth.deferred += 1,
-                _ => depth.queued += 1,
-            }
-        }
-        Ok(depth)
+        depth::read(&self.counters)
     }
 
     fn revoke_token(&self, jti: &str, until: u64) -> Result<(), StoreError> {
@@ -1125,6 +1197,154 @@ mod tests {
         let again = store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().remove(0);
         assert_eq!(again.message.id, msg.id);
         assert_eq!(again.mime, b"mime");
+    }
+
+    fn assert_counted(store: &SledStore, step: &str) {
+        let counted = depth::count(&store.queue, &store.leases).unwrap();
+        assert_eq!(store.queue_depth().unwrap(), counted, "after {step}");
+    }
+
+    #[test]
+    fn the_depth_counters_equal_a_full_count_through_every_change_and_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (now, later) = (Utc::now(), Utc::now() + chrono::Duration::hours(1));
+        let (queued, mut scheduled, cancelled) = (message(), message(), message());
+        scheduled.status = MessageStatus::Scheduled;
+        scheduled.next_attempt_at = Some(later);
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            for msg in [&queued, &scheduled, &cancelled] {
+                store.accept(msg, b"mime", None).unwrap();
+            }
+            assert_counted(&store, "accepts");
+            assert_eq!(store.queue_depth().unwrap().total(), 3);
+            store.cancel(&cancelled.tenant, &cancelled.id, now).unwrap();
+            assert_counted(&store, "a cancel");
+            let mut leased = store.lease_due(Utc::now(), 10, &mut |_| true).unwrap();
+            assert_eq!(leased.len(), 1);
+            assert_counted(&store, "a lease");
+            assert_eq!(store.queue_depth().unwrap().sending, 1);
+            let mut deferred = leased.remove(0).message;
+            deferred.status = MessageStatus::Deferred;
+            deferred.next_attempt_at = Some(later);
+            store.release(&deferred).unwrap();
+            assert_counted(&store, "a deferral");
+            assert_eq!(
+                (
+                    store.queue_depth().unwrap().deferred,
+                    store.queue_depth().unwrap().sending
+                ),
+                (1, 0)
+            );
+            store.queue.insert([&[0u8; 8][..], b"garbage"].concat(), &[]).unwrap();
+            store.lease_due(Utc::now(), 10, &mut |_| true).unwrap();
+            assert_eq!(
+                store.queue_depth().unwrap().queued,
+                0,
+                "a parked entry leaves the count"
+            );
+            store.db.flush().unwrap();
+        }
+        let store = reopen(dir.path());
+        store.recover_leases().unwrap();
+        assert_counted(&store, "a restart");
+    }
+
+    #[test]
+    fn a_purge_deletes_finished_history_and_keeps_what_still_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let (done, mut waiting) = (message(), message());
+        waiting.status = MessageStatus::Scheduled;
+        waiting.next_attempt_at = Some(Utc::now() + chrono::Duration::hours(1));
+        for msg in [&done, &waiting] {
+            store.accept(msg, b"mime", None).unwrap();
+        }
+        let mut sent = store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().remove(0).message;
+        let reply = crate::domain::message::SmtpReply {
+            code: Some(250),
+            enhanced: None,
+            diagnostic: "ok".into(),
+        };
+        sent.record_outcome(
+            0,
+            crate::domain::message::DeliveryOutcome::Sent(reply),
+            false,
+            Utc::now(),
+        );
+        sent.finish_attempt(None);
+        store.release(&sent).unwrap();
+        store.save_report(&done.tenant, "dsn", false, b"raw").unwrap();
+        let later = Utc::now() + chrono::Duration::hours(2);
+        let soon = Utc::now() + chrono::Duration::minutes(1);
+
+        let mime_only = store
+            .purge(
+                PurgeCutoffs {
+                    history: Utc::now() - chrono::Duration::hours(1),
+                    mime: soon,
+                },
+                1000,
+            )
+            .unwrap();
+        assert_eq!(mime_only.deleted, 1, "only the finished message's MIME: {mime_only:?}");
+        assert_eq!(store.mime(&done.tenant, &done.id).unwrap(), Some(StoredMime::Expired));
+        assert!(matches!(
+            store.mime(&waiting.tenant, &waiting.id).unwrap(),
+            Some(StoredMime::Bytes(_))
+        ));
+
+        let everything = store
+            .purge(
+                PurgeCutoffs {
+                    history: later,
+                    mime: later,
+                },
+                1000,
+            )
+            .unwrap();
+        assert!(
+            everything.deleted >= 3,
+            "message, its events, the report: {everything:?}"
+        );
+        assert!(store.message(&done.tenant, &done.id).unwrap().is_none());
+        assert!(
+            store.message(&waiting.tenant, &waiting.id).unwrap().is_some(),
+            "a scheduled message stays"
+        );
+        assert_eq!(store.reports.len(), 0);
+        assert!(store.events.iter().all(|e| {
+            let event: PublishedEvent = decode(&e.unwrap().1).unwrap();
+            event.data.message_id == waiting.id.as_str()
+        }));
+        assert_eq!(store.count_messages().unwrap(), 1);
+        let idle = store
+            .purge(
+                PurgeCutoffs {
+                    history: later,
+                    mime: later,
+                },
+                1000,
+            )
+            .unwrap();
+        assert_eq!(idle.deleted, 0);
+        assert!(
+            idle.examined <= 3,
+            "a round with nothing to do reads only what it keeps: {idle:?}"
+        );
+    }
+
+    #[test]
+    fn a_store_from_before_the_counters_is_counted_once_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.accept(&message(), b"mime", None).unwrap();
+            store.counters.clear().unwrap();
+            store.db.flush().unwrap();
+        }
+        let store = reopen(dir.path());
+        assert_eq!(store.queue_depth().unwrap().queued, 1);
     }
 
     #[test]

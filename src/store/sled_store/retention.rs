@@ -1,0 +1,276 @@
+//! Retention for the sled store: deleting what `storage.retention` and
+//! `storage.mime_retention` have outlived, a bounded number of rows at a time.
+//!
+//! Every tree purged here is ordered oldest first — by key (`msg_…` ids are UUIDv7,
+//! so the messages and MIME trees sort by creation time) or within each group of keys
+//! (a tenant's events and reports, a webhook's attempts). So a walk stops at the first
+//! row that is still young and the cost of a round is what it deletes, plus the few
+//! old rows it must keep (a message still queued), plus one row per group: nothing
+//! that grows with the queue. Resume points let a walk that ran out of budget carry on
+//! where it stopped instead of reading the same kept rows again.
+
+use chrono::{DateTime, TimeZone, Utc};
+use sled::transaction::{ConflictableTransactionError, Transactional};
+use sled::{IVec, Tree};
+
+use super::{decode, flatten, SledStore};
+use crate::domain::event::PublishedEvent;
+use crate::domain::message::{IdempotencyRecord, Message};
+use crate::domain::status::MessageStatus;
+use crate::domain::webhook::DeliveryAttempt;
+use crate::store::{PurgeCutoffs, PurgeReport, StoreError};
+
+/// Where each walk that skips rows stopped last time (`None`: from the start).
+#[derive(Debug, Default)]
+pub(super) struct ResumePoints {
+    messages: Option<IVec>,
+    mime: Option<IVec>,
+    idempotency: Option<IVec>,
+}
+
+/// The budget of one round, spent one examined row at a time.
+struct Round {
+    left: usize,
+    report: PurgeReport,
+}
+
+impl Round {
+    /// Takes one row from the budget; `false` when it is spent.
+    fn take(&mut self) -> bool {
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        self.report.examined += 1;
+        true
+    }
+}
+
+/// The creation time a `msg_…` (or any prefixed UUIDv7) key carries.
+fn time_of_id(key: &[u8]) -> Option<DateTime<Utc>> {
+    let hex = std::str::from_utf8(key.get(4..16)?).ok()?;
+    let millis = i64::from_str_radix(hex, 16).ok()?;
+    Utc.timestamp_millis_opt(millis).single()
+}
+
+/// A message no worker holds and nothing waits for: only these are purged.
+fn is_finished(message: &Message) -> bool {
+    matches!(
+        message.status,
+        MessageStatus::Sent | MessageStatus::Failed | MessageStatus::Cancelled
+    ) && !message.recipients.iter().any(|r| r.status.is_pending())
+}
+
+/// The smallest key after every key that starts with `prefix`.
+fn after_prefix(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut next = prefix.to_vec();
+    while let Some(last) = next.pop() {
+        if last < u8::MAX {
+            next.push(last + 1);
+            return Some(next);
+        }
+    }
+    None
+}
+
+/// The group a `tenant \0 …` key belongs to: `tenant \0`.
+fn tenant_group(key: &[u8]) -> usize {
+    key.iter().position(|b| *b == 0).map_or(key.len(), |at| at + 1)
+}
+
+/// The group a webhook attempt key belongs to: the webhook id (`whk_` + 32 hex).
+fn webhook_group(key: &[u8]) -> usize {
+    key.len().min(36)
+}
+
+impl SledStore {
+    pub(super) fn purge_rows(&self, cutoffs: PurgeCutoffs, budget: usize) -> Result<PurgeReport, StoreError> {
+        let mut round = Round {
+            left: budget,
+            report: PurgeReport::default(),
+        };
+        self.purge_messages(cutoffs.history, &mut round)?;
+        self.purge_mime(cutoffs.mime, &mut round)?;
+        let history = cutoffs.history;
+        let event_ids = &self.event_ids;
+        purge_groups(&self.events, tenant_group, &mut round, |value| {
+            let event: PublishedEvent = decode(value)?;
+            if event.created_at >= history {
+                return Ok(false);
+            }
+            event_ids.remove(event.id.as_bytes())?;
+            Ok(true)
+        })?;
+        purge_groups(&self.webhook_deliveries, webhook_group, &mut round, |value| {
+            Ok(decode::<DeliveryAttempt>(value)?.attempted_at < history)
+        })?;
+        purge_groups(&self.reports, tenant_group, &mut round, |value| {
+            let record: serde_json::Value = decode(value)?;
+            let received = record["received_at"]
+                .as_str()
+                .and_then(|t| t.parse::<DateTime<Utc>>().ok());
+            Ok(received.is_some_and(|at| at < history))
+        })?;
+        self.purge_idempotency(&mut round)?;
+        Ok(round.report)
+    }
+
+    /// Finished messages created before `cutoff`, with their MIME and listing entry.
+    fn purge_messages(&self, cutoff: DateTime<Utc>, round: &mut Round) -> Result<(), StoreError> {
+        let start = self.resume().messages.take().unwrap_or_default();
+        for entry in self.messages.range(start..) {
+            let (key, value) = entry?;
+            if time_of_id(&key).is_none_or(|at| at >= cutoff) {
+                return Ok(());
+            }
+            if !round.take() {
+                self.resume().messages = Some(key);
+                return Ok(());
+            }
+            let Ok(message) = decode::<Message>(&value) else {
+                continue;
+            };
+            if !is_finished(&message) || self.leases.contains_key(&key)? {
+                continue;
+            }
+            let listed = super::tenant_key(&message.tenant, message.id.as_str());
+            let deleted = (&self.messages, &self.mime, &self.tenant_messages)
+                .transaction(|(messages, mime, listing)| {
+                    // A report applied since the read keeps the message for the next round.
+                    if messages.get(&key)?.as_ref() != Some(&value) {
+                        return Ok(false);
+                    }
+                    messages.remove(&key)?;
+                    mime.remove(&key)?;
+                    listing.remove(listed.as_slice())?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(true)
+                })
+                .map_err(flatten)?;
+            round.report.deleted += usize::from(deleted);
+        }
+        Ok(())
+    }
+
+    /// The MIME of finished messages created before `cutoff`.
+    fn purge_mime(&self, cutoff: DateTime<Utc>, round: &mut Round) -> Result<(), StoreError> {
+        let start = self.resume().mime.take().unwrap_or_default();
+        for entry in self.mime.range(start..) {
+            let (key, _) = entry?;
+            if time_of_id(&key).is_none_or(|at| at >= cutoff) {
+                return Ok(());
+            }
+            if !round.take() {
+                self.resume().mime = Some(key);
+                return Ok(());
+            }
+            let finished = match self.messages.get(&key)? {
+                Some(value) => decode::<Message>(&value).is_ok_and(|m| is_finished(&m)),
+                // Its message is gone (purged with it, or never written): nothing needs it.
+                None => true,
+            };
+            if finished && !self.leases.contains_key(&key)? {
+                self.mime.remove(&key)?;
+                round.report.deleted += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Idempotency records past their window. Their keys are the callers' own, in no
+    /// time order, so this walk goes round the whole tree a budget at a time.
+    fn purge_idempotency(&self, round: &mut Round) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let start = self.resume().idempotency.take().unwrap_or_default();
+        for entry in self.idempotency.range(start..) {
+            let (key, value) = entry?;
+            if !round.take() {
+                self.resume().idempotency = Some(key);
+                return Ok(());
+            }
+            if decode::<IdempotencyRecord>(&value).is_ok_and(|r| !r.is_fresh(now)) {
+                self.idempotency.remove(&key)?;
+                round.report.deleted += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn resume(&self) -> std::sync::MutexGuard<'_, ResumePoints> {
+        self.resume_points
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// In each group of `tree` (keys sharing their first `group_len(key)` bytes, oldest
+/// first), deletes rows from the oldest while `expired` says so (it may delete what
+/// hangs off the row), then moves to the next group.
+fn purge_groups(
+    tree: &Tree,
+    group_len: impl Fn(&[u8]) -> usize,
+    round: &mut Round,
+    mut expired: impl FnMut(&[u8]) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let mut from = Vec::new();
+    while let Some(entry) = tree.range(from.as_slice()..).next() {
+        let (key, value) = entry?;
+        if !round.take() {
+            return Ok(());
+        }
+        if expired(&value).unwrap_or(false) {
+            tree.remove(&key)?;
+            round.report.deleted += 1;
+            from = key.to_vec();
+        } else {
+            match after_prefix(&key[..group_len(&key)]) {
+                Some(next) => from = next,
+                None => return Ok(()),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::message;
+    use crate::store::Store as _;
+
+    #[test]
+    fn a_purge_spends_at_most_its_budget_and_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        for _ in 0..5 {
+            let mut waiting = message();
+            waiting.status = MessageStatus::Scheduled;
+            waiting.next_attempt_at = Some(Utc::now() + chrono::Duration::hours(1));
+            store.accept(&waiting, b"mime", None).unwrap();
+        }
+        let later = Utc::now() + chrono::Duration::hours(2);
+        let cutoffs = PurgeCutoffs {
+            history: later,
+            mime: later,
+        };
+        assert_eq!(store.purge(cutoffs, 2).unwrap().examined, 2);
+        assert!(
+            store.resume().messages.is_some(),
+            "the next round starts after what it kept"
+        );
+    }
+
+    #[test]
+    fn a_message_id_carries_its_creation_time() {
+        let before = Utc::now() - chrono::Duration::milliseconds(1);
+        let id = crate::domain::ids::MessageId::generate();
+        let at = time_of_id(id.as_str().as_bytes()).unwrap();
+        assert!(at >= before && at <= Utc::now(), "{at}");
+    }
+
+    #[test]
+    fn the_key_after_a_prefix_skips_the_whole_group() {
+        assert_eq!(after_prefix(b"acme\0").unwrap(), b"acme\x01");
+        assert_eq!(after_prefix(b"a\xff").unwrap(), b"b");
+        assert!(after_prefix(b"\xff\xff").is_none());
+    }
+}

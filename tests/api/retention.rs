@@ -1,0 +1,133 @@
+//! A node that runs for a year: retention purges finished history and keeps what still
+//! waits, the MIME goes first, and the queue depth counters stay true across a burst,
+//! a SIGKILL and a restart. Each test starts the real binary with the keys in its file.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{free_port, mint, simple_message, spawn_binary, Binary, TestApp};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `path` until `done` holds of its status and body.
+async fn wait_until(app: &TestApp, path: &str, token: &str, done: impl Fn(u16, &Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let response = app.get(path, token).await;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or_default();
+        if done(status, &body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{path}: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn retention_purges_finished_history_keeps_waiting_mail_and_drops_mime_first() {
+    let app = spawn_binary(
+        "[storage]\nretention = \"4s\"\nmime_retention = \"1s\"\n[webhooks]\nallow_private_targets = true\n",
+    )
+    .await;
+    let receiver = crate::webhooks::Receiver::start(204).await;
+    let (status, hook) = crate::webhooks::create_hook(&app, &receiver.url, json!(["message.sent"])).await;
+    assert_eq!(status, 201, "{hook}");
+    let hook_deliveries = format!("/v1/webhooks/{}/deliveries", hook["id"].as_str().unwrap());
+    let hooks_token = mint(&app.keys, "acme", "webhooks:manage");
+
+    let done = app.send_ok(&simple_message("done@example.test")).await;
+    app.wait_for(&done, WAIT, |m| m["status"] == "sent").await;
+    let mut later = simple_message("later@example.test");
+    later["send_at"] = json!((chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339());
+    let waiting = app.send_ok(&later).await;
+    wait_until(&app, &hook_deliveries, &hooks_token, |_, body| {
+        body["data"].as_array().is_some_and(|d| !d.is_empty())
+    })
+    .await;
+
+    let gone = wait_until(&app, &format!("/v1/messages/{done}/mime"), &app.token, |status, _| {
+        status == 410
+    })
+    .await;
+    assert_eq!(gone["code"], "mime_expired", "{gone}");
+    assert_eq!(
+        app.message(&done).await["status"],
+        "sent",
+        "status and events stay with the MIME gone"
+    );
+
+    wait_until(&app, &format!("/v1/messages/{done}"), &app.token, |status, _| {
+        status == 404
+    })
+    .await;
+    let events: Value = app.get("/v1/events?limit=100", &app.token).await.json().await.unwrap();
+    assert!(
+        !events.to_string().contains(&done),
+        "the purged message's events are gone: {events}"
+    );
+    let attempts: Value = app.get(&hook_deliveries, &hooks_token).await.json().await.unwrap();
+    assert_eq!(attempts["data"], json!([]), "webhook attempts are purged too");
+    let kept = app.message(&waiting).await;
+    assert_eq!(
+        kept["status"], "scheduled",
+        "a message still waiting is never purged: {kept}"
+    );
+    assert_eq!(
+        app.get(&format!("/v1/messages/{waiting}/mime"), &app.token)
+            .await
+            .status(),
+        200,
+        "nor its MIME"
+    );
+}
+
+/// `mailgate_queue_depth{state}` as the binary reports it.
+async fn depth(address: &str) -> (u64, u64, u64, u64) {
+    let text = crate::helpers::metrics_text(address).await;
+    let of = |state: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("mailgate_queue_depth{{state=\"{state}\"}} ")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    (of("queued"), of("scheduled"), of("deferred"), of("sending"))
+}
+
+async fn wait_for_depth(address: &str, expected: (u64, u64, u64, u64)) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = depth(address).await;
+        if now == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "queue depth {now:?}, expected {expected:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn queue_depth_counters_match_the_queue_after_a_burst_a_sigkill_and_a_restart() {
+    let mut app = spawn_binary("").await;
+    let mut scheduled = simple_message("scheduled@example.test");
+    scheduled["send_at"] = json!((chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339());
+    let mut deferred = simple_message("defer@example.test");
+    deferred["to"] = json!(["defer@example.test"]);
+    let bodies: Vec<Value> = (0..40)
+        .map(|n| match n % 4 {
+            0 => deferred.clone(),
+            1 => scheduled.clone(),
+            _ => simple_message(&format!("burst-{n}@example.test")),
+        })
+        .collect();
+    futures_util::future::join_all(bodies.iter().map(|b| app.send_ok(b))).await;
+    // 20 delivered, 10 scheduled, 10 deferred by Postfix's `451` for `defer@`.
+    wait_for_depth(&app.address, (0, 10, 10, 0)).await;
+
+    let config = app.data.path().join("mailgate.toml").to_string_lossy().into_owned();
+    app.binary().kill();
+    let mut again = Binary::spawn(&["serve", "--config", &config], app.data.path(), free_port(), &[]);
+    again.wait_healthy().await;
+    wait_for_depth(&again.address, (0, 10, 10, 0)).await;
+}
