@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::store::{QueueDepth, Store};
+use crate::store::{QueueDepth, Store, StoreHealth};
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
@@ -23,11 +23,15 @@ pub enum Pressure {
     StoreUnavailable,
 }
 
-/// The last sample of the queue.
+/// The last sample of the queue and of the store's health.
 #[derive(Default)]
 pub struct QueueGauge {
     depth: Mutex<QueueDepth>,
     store_failing: AtomicBool,
+    /// Why the store refuses writes, for `/readyz`.
+    store_problem: Mutex<Option<String>>,
+    /// Told when the store refuses writes but could take them after a reopen.
+    reopen: tokio::sync::Notify,
 }
 
 impl QueueGauge {
@@ -45,18 +49,44 @@ impl QueueGauge {
         (max > 0 && depth >= max).then_some(Pressure::QueueFull { depth, max })
     }
 
+    /// Why the store refuses writes at the last sample, if it does.
+    pub fn store_problem(&self) -> Option<String> {
+        self.store_problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Resolves once the store refuses writes and a reopen would bring them back.
+    pub async fn reopen_requested(&self) {
+        self.reopen.notified().await;
+    }
+
+    /// Reads the depth and the store's health: sends are refused while it refuses
+    /// writes, and a store that could write again after a reopen asks for one.
     fn sample(&self, store: &dyn Store) {
-        match store.queue_depth() {
-            Ok(depth) => {
-                *self.depth.lock().unwrap_or_else(PoisonError::into_inner) = depth;
-                self.store_failing.store(false, Ordering::Relaxed);
+        let problem = match store.health() {
+            StoreHealth::Writable => None,
+            StoreHealth::Failing(reason) => Some(reason),
+            StoreHealth::Recoverable(reason) => {
+                self.reopen.notify_one();
+                Some(format!("{reason}; the disk has room again: reopening the store"))
             }
-            Err(err) => {
-                if !self.store_failing.swap(true, Ordering::Relaxed) {
-                    tracing::error!(error = %crate::telemetry::ErrorChain(&err), "the store failed; refusing new sends");
-                }
-            }
+        };
+        let depth = store.queue_depth();
+        if let Ok(depth) = &depth {
+            *self.depth.lock().unwrap_or_else(PoisonError::into_inner) = *depth;
         }
+        let problem = problem.or_else(|| depth.err().map(|err| crate::telemetry::ErrorChain(&err).to_string()));
+        let failing = problem.is_some();
+        if failing && !self.store_failing.load(Ordering::Relaxed) {
+            tracing::error!(
+                problem = problem.as_deref().unwrap_or_default(),
+                "the store refuses writes; refusing new sends"
+            );
+        }
+        self.store_failing.store(failing, Ordering::Relaxed);
+        *self.store_problem.lock().unwrap_or_else(PoisonError::into_inner) = problem;
     }
 }
 

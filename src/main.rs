@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use mailgate::auth::{KeySource, TokenKeys};
 use mailgate::config::Settings;
 use mailgate::domain::auth::{Scopes, TenantId};
-use mailgate::startup::{Application, Prepared};
+use mailgate::startup::{Application, Prepared, Stopped};
 
 #[derive(Parser)]
 #[command(
@@ -79,7 +79,19 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         tracing::warn!(key = %path.display(), "no auth secret configured: using the dev key (fine for development, not for production)");
         println!("Dev token (tenant `default`, every scope, valid 30 days):\n{token}");
     }
-    app.run_until_stopped().await
+    match app.run_until_stopped().await? {
+        Stopped::Signalled => Ok(()),
+        Stopped::ToReopenStore => reexecute(),
+    }
+}
+
+/// Replaces this process with a fresh start of the same command (same PID, same
+/// arguments and environment): how a store that failed to write is reopened.
+fn reexecute() -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt as _;
+    let exe = std::env::current_exe().context("Failed to find the running binary to restart it")?;
+    let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec();
+    Err(err).context("Failed to restart to reopen the store")
 }
 
 fn issue(tenant: &str, scope: &str, ttl: &str, sub: &str, config: Option<&PathBuf>) -> anyhow::Result<()> {

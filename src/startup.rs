@@ -21,7 +21,7 @@ use crate::render::template::RenderLimits;
 use crate::retention::{run_purger_until_stopped, Retention};
 use crate::sending::Sender;
 use crate::store::writer::{LeasePolicy, StoreWriter};
-use crate::store::{SledStore, Store};
+use crate::store::{ResilientStore, Store};
 use crate::templates::Templates;
 use crate::webhooks::dispatcher::{run_dispatcher_until_stopped, Dispatcher};
 use crate::webhooks::Webhooks;
@@ -173,13 +173,14 @@ impl Application {
                 settings.storage.path.display()
             )
         })?;
-        let store = SledStore::open_with_cache(&settings.storage.path.join("db"), settings.storage.cache_bytes)
-            .with_context(|| {
+        let store = ResilientStore::open(settings.storage.path.join("db"), settings.storage.cache_bytes).with_context(
+            || {
                 format!(
                     "Failed to open the store in {} (is another mailgate using it?)",
                     settings.storage.path.display()
                 )
-            })?;
+            },
+        )?;
         let recovered = store.recover_leases().context("Failed to recover leased messages")?;
         if recovered > 0 {
             tracing::warn!(
@@ -353,8 +354,9 @@ impl Application {
     }
 
     /// Serves HTTP and runs the delivery workers and webhook dispatchers until the
-    /// server stops (SIGINT/SIGTERM), then lets each finish its current step.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+    /// server stops (SIGINT/SIGTERM, or the store asking to be reopened), then lets each
+    /// finish its current step.
+    pub async fn run_until_stopped(self) -> anyhow::Result<Stopped> {
         let (stop, stopped) = watch::channel(false);
         let mut workers: Vec<_> = (0..self.worker_count)
             .map(|_| {
@@ -384,14 +386,48 @@ impl Application {
             stopped.clone(),
         )));
         let signals = tokio::spawn(stop_gracefully_on_signal(self.server.handle()));
+        let reopening = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reopen = tokio::spawn(stop_to_reopen_the_store(
+            Arc::clone(&self.queue),
+            Arc::clone(&reopening),
+            self.server.handle(),
+        ));
         let served = self.server.await;
         let _ = stop.send(true);
         for worker in workers {
             let _ = worker.await;
         }
         signals.abort();
-        served.context("The HTTP server failed")
+        reopen.abort();
+        served.context("The HTTP server failed")?;
+        Ok(if reopening.load(std::sync::atomic::Ordering::SeqCst) {
+            Stopped::ToReopenStore
+        } else {
+            Stopped::Signalled
+        })
     }
+}
+
+/// Why [`Application::run_until_stopped`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM or SIGINT: the process should exit.
+    Signalled,
+    /// The store refused writes (a full disk) and the disk has room again; sled can
+    /// only be reopened by a new process, so `serve` re-executes itself.
+    ToReopenStore,
+}
+
+/// Drains the server when the store asks to be reopened.
+async fn stop_to_reopen_the_store(
+    queue: Arc<QueueGauge>,
+    reopening: Arc<std::sync::atomic::AtomicBool>,
+    server: actix_web::dev::ServerHandle,
+) {
+    queue.reopen_requested().await;
+    tracing::warn!("the disk has room again: finishing requests in progress, then restarting to reopen the store");
+    reopening.store(true, std::sync::atomic::Ordering::SeqCst);
+    server.stop(true).await;
 }
 
 /// SIGTERM and SIGINT both stop the server gracefully: no new connections, requests in

@@ -16,6 +16,9 @@ pub struct Health {
     /// each upstream (reachable and its circuit not open).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub checks: BTreeMap<String, bool>,
+    /// Why the store check failed, when it did (e.g. the disk is full).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_problem: Option<String>,
 }
 
 /// The process is alive and answering.
@@ -25,6 +28,7 @@ pub async fn healthz() -> web::Json<Health> {
     web::Json(Health {
         status: "ok",
         checks: BTreeMap::new(),
+        store_problem: None,
     })
 }
 
@@ -40,7 +44,13 @@ pub async fn healthz() -> web::Json<Health> {
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let store = state.store.clone();
-    let store_ok = matches!(web::block(move || store.check_writable()).await, Ok(Ok(())));
+    let written = web::block(move || store.check_writable()).await;
+    let store_problem = match written {
+        Ok(Ok(())) => None,
+        Ok(Err(err)) => Some(state.queue.store_problem().unwrap_or_else(|| err.to_string())),
+        Err(err) => Some(err.to_string()),
+    };
+    let store_ok = store_problem.is_none();
     let mut checks = BTreeMap::from([("store".to_owned(), store_ok)]);
     let statuses = state.upstreams.statuses();
     for ((name, reachable), status) in state.upstreams.reachability().await.into_iter().zip(statuses) {
@@ -52,11 +62,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         HttpResponse::Ok().json(Health {
             status: "ready",
             checks,
+            store_problem,
         })
     } else {
         HttpResponse::ServiceUnavailable().json(Health {
             status: "unavailable",
             checks,
+            store_problem,
         })
     }
 }

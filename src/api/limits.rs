@@ -26,7 +26,7 @@ fn headers(allowance: &Allowance) -> [(&'static str, String); 3] {
 }
 
 /// Seconds a sender is asked to wait while the queue drains.
-const BACKPRESSURE_RETRY_SECS: u64 = 5;
+pub const BACKPRESSURE_RETRY_SECS: u64 = 5;
 
 /// Takes `cost` sends from the caller's allowance, or refuses with 503 (back-pressure)
 /// or 429 (limits).

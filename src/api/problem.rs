@@ -258,6 +258,18 @@ impl ResponseError for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
+        if err.is_unavailable() {
+            tracing::warn!(error = %crate::telemetry::ErrorChain(&err), "the store is unavailable");
+            return ApiError::new(
+                Kind::Unavailable,
+                "store_unavailable",
+                "the message store cannot write right now; nothing was stored, retry shortly",
+            )
+            .with_header(
+                header::RETRY_AFTER,
+                crate::api::limits::BACKPRESSURE_RETRY_SECS.to_string(),
+            );
+        }
         ApiError::internal(err)
     }
 }
@@ -286,6 +298,7 @@ impl From<SendError> for ApiError {
             ),
             SendError::TemplateContent(err) => ApiError::unprocessable(vec![FieldError::new("/template", &err)]),
             SendError::PreviewAddress { field, error } => ApiError::unprocessable(vec![FieldError::new(field, &error)]),
+            SendError::Store(err) if err.is_unavailable() => ApiError::from(err),
             other => ApiError::internal(other),
         }
     }

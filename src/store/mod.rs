@@ -8,6 +8,7 @@
 
 mod depth;
 mod group_flush;
+mod resilient;
 mod sled_store;
 pub mod writer;
 
@@ -53,6 +54,7 @@ pub(crate) mod test_support {
     }
 }
 
+pub use resilient::ResilientStore;
 pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
 
 use chrono::{DateTime, Utc};
@@ -83,6 +85,32 @@ pub enum StoreError {
     /// because every call of the batch gets the same answer.
     #[error("a batched store call failed: {0}")]
     Batch(String),
+    /// Writes are refused until the store can write again (a full disk, say): see
+    /// [`Store::health`]. Retryable.
+    #[error("the store cannot write right now: {0}")]
+    Unavailable(String),
+}
+
+/// What [`Store::health`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreHealth {
+    Writable,
+    /// Writes are refused, and would fail again now: why.
+    Failing(String),
+    /// Writes are refused, but the disk has room again: reopening the store (a
+    /// restart of the process, for sled) brings them back.
+    Recoverable(String),
+}
+
+impl StoreError {
+    /// A failure of the disk or the store itself, which a retry later may not meet,
+    /// as opposed to a bad record: the caller should hear 503, not 500.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Io(_) | StoreError::Unavailable(_) | StoreError::Batch(_)
+        )
+    }
 }
 
 /// What [`Store::apply_report`] did.
@@ -386,4 +414,9 @@ pub trait Store: Send + Sync {
 
     /// Proves the store accepts writes (for `/readyz`).
     fn check_writable(&self) -> Result<(), StoreError>;
+
+    /// Whether the store takes writes; asked every second by the queue sampler.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::Writable
+    }
 }

@@ -131,3 +131,138 @@ async fn queue_depth_counters_match_the_queue_after_a_burst_a_sigkill_and_a_rest
     again.wait_healthy().await;
     wait_for_depth(&again.address, (0, 10, 10, 0)).await;
 }
+
+/// A size-limited tmpfs the test mounts (root only) and unmounts when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(megabytes: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (the test command runs as root)"
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// A send of about 400 KB, so a small disk fills in a few dozen.
+fn large_message(n: usize) -> Value {
+    use base64::Engine as _;
+    let mut message = simple_message(&format!("full-disk-{n}@example.test"));
+    let bytes: Vec<u8> = (0..300 * 1024).map(|i| (i * 7 + n) as u8).collect();
+    message["attachments"] = json!([{"filename": "blob.bin", "content_type": "application/octet-stream",
+                                     "content": base64::engine::general_purpose::STANDARD.encode(bytes)}]);
+    message
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_sends_with_503_loses_nothing_and_recovers_by_itself() {
+    let disk = SmallDisk::mount(24);
+    let ballast = disk.path().join("ballast");
+    std::fs::write(&ballast, vec![0u8; 6 * 1024 * 1024]).unwrap();
+    let mut app = spawn_binary(&format!(
+        "[storage]\npath = \"{}/data\"\n[limits]\nmessages_per_second = 0\n",
+        disk.path().display()
+    ))
+    .await;
+    let pid = app.binary().child.id();
+
+    let mut accepted = Vec::new();
+    let mut refused = None;
+    for n in 0..200 {
+        let response = app.send_as(&app.token, &large_message(n)).await;
+        let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").cloned();
+        let body: Value = response.json().await.unwrap();
+        match status {
+            202 => accepted.push(body["id"].as_str().unwrap().to_owned()),
+            503 => {
+                refused = Some((body, retry_after));
+                break;
+            }
+            other => panic!("a full disk must answer 503, not {other}: {body}"),
+        }
+    }
+    let (problem, retry_after) = refused.expect("the disk filled up");
+    assert_eq!(problem["code"], "store_unavailable", "{problem}");
+    assert!(retry_after.is_some(), "a 503 says when to retry");
+    assert!(!accepted.is_empty());
+    let ready = app.get("/readyz", &app.token).await;
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert!(
+        ready["store_problem"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("No space left"),
+        "/readyz says why: {ready}"
+    );
+    assert_eq!(
+        app.get(&format!("/v1/messages/{}", accepted[0]), &app.token)
+            .await
+            .status(),
+        200,
+        "reads go on while writes are refused"
+    );
+
+    std::fs::remove_file(&ballast).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let after = loop {
+        let response = app
+            .client
+            .post(format!("{}/v1/messages", app.address))
+            .bearer_auth(&app.token)
+            .json(&simple_message("after-the-disk-emptied@example.test"))
+            .send()
+            .await;
+        if let Ok(response) = response {
+            if response.status() == 202 {
+                break response.json::<Value>().await.unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sends never succeeded again: {}",
+            app.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(app.binary().child.id(), pid, "recovered without a restart by hand");
+    assert!(
+        app.stderr().contains("restarting to reopen the store"),
+        "the store was reopened: {}",
+        app.stderr()
+    );
+    eprintln!(
+        "full disk: {} sends got 202 before the first 503; all delivered after the disk emptied",
+        accepted.len()
+    );
+    assert!(app.binary().child.try_wait().unwrap().is_none());
+    for id in accepted.iter().chain([&after]) {
+        app.wait_for(id, WAIT, |m| m["status"] == "sent").await;
+        app.postfix.wait_delivered(id, 1, WAIT).await;
+    }
+    drop(app);
+    drop(disk);
+}
