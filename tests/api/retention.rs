@@ -28,7 +28,8 @@ async fn wait_until(app: &TestApp, path: &str, token: &str, done: impl Fn(u16, &
 #[tokio::test]
 async fn retention_purges_finished_history_keeps_waiting_mail_and_drops_mime_first() {
     let app = spawn_binary(
-        "[storage]\nretention = \"4s\"\nmime_retention = \"1s\"\n[webhooks]\nallow_private_targets = true\n",
+        "[storage]\nretention = \"4s\"\nmime_retention = \"1s\"\ncache_bytes = 33554432\n\
+         [webhooks]\nallow_private_targets = true\n",
     )
     .await;
     let receiver = crate::webhooks::Receiver::start(204).await;
