@@ -89,8 +89,11 @@ async fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
 /// arguments and environment): how a store that failed to write is reopened.
 fn reexecute() -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt as _;
-    let exe = std::env::current_exe().context("Failed to find the running binary to restart it")?;
-    let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec();
+    // `/proc/self/exe` rather than `current_exe()`: it still opens the running binary
+    // after an upgrade replaced the file on disk.
+    let err = std::process::Command::new("/proc/self/exe")
+        .args(std::env::args_os().skip(1))
+        .exec();
     Err(err).context("Failed to restart to reopen the store")
 }
 

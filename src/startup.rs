@@ -1,6 +1,7 @@
 //! Wiring: settings in, a bound HTTP listener and running delivery workers out.
 
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix_web::dev::Server;
@@ -38,6 +39,9 @@ pub struct Application {
     dispatcher: Dispatcher,
     retention: Retention,
 }
+
+/// How long workers may take to finish their step before a restart that reopens the store.
+const REOPEN_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long requests in progress may take to finish after SIGTERM or SIGINT.
 const SHUTDOWN_GRACE_SECS: u64 = 30;
@@ -385,8 +389,9 @@ impl Application {
             self.retention,
             stopped.clone(),
         )));
-        let signals = tokio::spawn(stop_gracefully_on_signal(self.server.handle()));
-        let reopening = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let signalled = Arc::new(AtomicBool::new(false));
+        let signals = tokio::spawn(stop_gracefully_on_signal(self.server.handle(), Arc::clone(&signalled)));
+        let reopening = Arc::new(AtomicBool::new(false));
         let reopen = tokio::spawn(stop_to_reopen_the_store(
             Arc::clone(&self.queue),
             Arc::clone(&reopening),
@@ -394,13 +399,22 @@ impl Application {
         ));
         let served = self.server.await;
         let _ = stop.send(true);
-        for worker in workers {
-            let _ = worker.await;
+        // A signal wins over a reopen: the operator asked the process to go.
+        let reopen_now = reopening.load(Ordering::SeqCst) && !signalled.load(Ordering::SeqCst);
+        let drained = futures_util::future::join_all(workers);
+        if reopen_now {
+            // A write that entered sled before it failed may never return: the new
+            // process recovers what such a worker held, like after a crash.
+            if tokio::time::timeout(REOPEN_DRAIN, drained).await.is_err() {
+                tracing::warn!("workers did not finish within {REOPEN_DRAIN:?}; restarting anyway");
+            }
+        } else {
+            drained.await;
         }
         signals.abort();
         reopen.abort();
         served.context("The HTTP server failed")?;
-        Ok(if reopening.load(std::sync::atomic::Ordering::SeqCst) {
+        Ok(if reopen_now {
             Stopped::ToReopenStore
         } else {
             Stopped::Signalled
@@ -421,12 +435,12 @@ pub enum Stopped {
 /// Drains the server when the store asks to be reopened.
 async fn stop_to_reopen_the_store(
     queue: Arc<QueueGauge>,
-    reopening: Arc<std::sync::atomic::AtomicBool>,
+    reopening: Arc<AtomicBool>,
     server: actix_web::dev::ServerHandle,
 ) {
     queue.reopen_requested().await;
     tracing::warn!("the disk has room again: finishing requests in progress, then restarting to reopen the store");
-    reopening.store(true, std::sync::atomic::Ordering::SeqCst);
+    reopening.store(true, Ordering::SeqCst);
     server.stop(true).await;
 }
 
@@ -435,11 +449,12 @@ async fn stop_to_reopen_the_store(
 /// actix's own handling treats SIGINT (Ctrl-C) as a forced stop that drops requests
 /// mid-body, so its signals are off. A second signal exits at once: what was accepted is
 /// on disk, and a transaction cut short is retried at the next start.
-async fn stop_gracefully_on_signal(server: actix_web::dev::ServerHandle) {
+async fn stop_gracefully_on_signal(server: actix_web::dev::ServerHandle, signalled: Arc<AtomicBool>) {
     let mut signals = Signals::listen();
     let Some(name) = signals.next().await else {
         return;
     };
+    signalled.store(true, Ordering::SeqCst);
     tracing::info!(
         signal = name,
         "shutting down: finishing requests in progress, then the transactions in flight (signal again to exit now)"

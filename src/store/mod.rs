@@ -403,13 +403,13 @@ pub trait Store: Send + Sync {
     /// How many messages are stored, for every tenant (operations and tests).
     fn count_messages(&self) -> Result<usize, StoreError>;
 
-    /// Deletes what `cutoffs` has outlived, examining at most `budget` rows: finished
-    /// messages created before `cutoffs.history` (with their MIME and listing entry), the
-    /// events, webhook attempts and raw reports from before it, the MIME of finished
-    /// messages created before `cutoffs.mime`, and idempotency records past their
-    /// window. A queued, scheduled, deferred or leased message is never touched. Each
-    /// deletion is atomic; none is flushed (a purge lost in a crash is simply redone).
-    /// `examined < budget` means nothing more is due for now.
+    /// Deletes what `cutoffs` has outlived, examining at most `budget` rows of each kind:
+    /// finished messages created before `cutoffs.history` (with their MIME and listing
+    /// entry, atomically), the events from before it whose message is gone, webhook
+    /// attempts and raw reports from before it, the MIME of finished messages created
+    /// before `cutoffs.mime`, and idempotency records past their window. A queued,
+    /// scheduled, deferred or leased message is never touched. Nothing is flushed (a
+    /// purge lost in a crash is redone). Each kind resumes where its last round stopped.
     fn purge(&self, cutoffs: PurgeCutoffs, budget: usize) -> Result<PurgeReport, StoreError>;
 
     /// Proves the store accepts writes (for `/readyz`).

@@ -77,9 +77,14 @@ impl ResilientStore {
         self.read(call)
     }
 
-    /// Remembers an I/O failure: from now on writes are refused.
+    /// Remembers a write that failed for want of space: from now on writes are
+    /// refused. (Other I/O errors are not something free space cures, so they stay the
+    /// caller's, and never make the process restart.)
     fn noted<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(StoreError::Io(err)) = &result {
+            if !out_of_space(err) {
+                return result;
+            }
             let mut broken = self.broken();
             if broken.is_none() {
                 tracing::error!(error = %err, "the store failed to write: refusing writes until the disk has room again");
@@ -99,6 +104,13 @@ impl ResilientStore {
         let removed = std::fs::remove_file(&probe);
         written.and(removed)
     }
+}
+
+/// `ENOSPC` or `EDQUOT`: the disk (or the quota) is full.
+fn out_of_space(err: &sled::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    const EDQUOT: i32 = 122;
+    matches!(err, sled::Error::Io(io) if matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT)))
 }
 
 impl Drop for ResilientStore {

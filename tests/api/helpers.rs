@@ -439,52 +439,74 @@ pub fn free_port() -> u16 {
 pub struct Binary {
     pub child: Child,
     pub address: String,
+    /// How it was started, to start it again on another port when `port` was taken.
+    start: Start,
+}
+
+struct Start {
+    args: Vec<String>,
+    dir: PathBuf,
+    envs: Vec<(String, String)>,
+    /// The port comes from `MAILGATE_HTTP__LISTEN` (and may be changed), not the config.
+    from_env: bool,
 }
 
 impl Binary {
-    /// Listening on `port` (set by `MAILGATE_HTTP__LISTEN`, over any config file).
+    /// Listening on `port` (set by `MAILGATE_HTTP__LISTEN`, over any config file); when
+    /// another test took the port meanwhile, `wait_healthy` starts it on a fresh one.
     pub fn spawn(args: &[&str], dir: &Path, port: u16, envs: &[(&str, &str)]) -> Self {
-        let listen = format!("127.0.0.1:{port}");
-        let mut all = vec![("MAILGATE_HTTP__LISTEN", listen.as_str())];
-        all.extend_from_slice(envs);
-        Self::spawn_listening_as_configured(args, dir, port, &all)
+        Self::start(Start::new(args, dir, envs, true), port)
     }
 
     /// Listening where its config already says (`http.listen`, which must be `port`).
     pub fn spawn_listening_as_configured(args: &[&str], dir: &Path, port: u16, envs: &[(&str, &str)]) -> Self {
-        let stderr = std::fs::File::create(dir.join("stderr.log")).expect("stderr.log");
+        Self::start(Start::new(args, dir, envs, false), port)
+    }
+
+    fn start(start: Start, port: u16) -> Self {
+        let stderr = std::fs::File::create(start.dir.join("stderr.log")).expect("stderr.log");
         let mut command = Command::new(env!("CARGO_BIN_EXE_mailgate"));
         command
-            .args(args)
-            .current_dir(dir)
+            .args(&start.args)
+            .current_dir(&start.dir)
             .stdout(Stdio::piped())
             .stderr(stderr);
         for (name, _) in std::env::vars().filter(|(n, _)| n.starts_with("MAILGATE_") || n == "RUST_LOG") {
             command.env_remove(name);
         }
-        for (name, value) in envs {
-            command.env(name, value);
+        if start.from_env {
+            command.env("MAILGATE_HTTP__LISTEN", format!("127.0.0.1:{port}"));
         }
+        command.envs(start.envs.iter().map(|(k, v)| (k, v)));
         let child = command.spawn().expect("spawn mailgate");
         Self {
             child,
             address: format!("http://127.0.0.1:{port}"),
+            start,
         }
     }
 
     pub async fn wait_healthy(&mut self) {
         let client = http();
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut restarts = 0;
         loop {
             if let Ok(r) = client.get(format!("{}/healthz", self.address)).send().await {
                 if r.status() == 200 {
                     return;
                 }
             }
-            assert!(
-                self.child.try_wait().expect("try_wait").is_none(),
-                "mailgate exited early"
-            );
+            if self.child.try_wait().expect("try_wait").is_some() {
+                let log = std::fs::read_to_string(self.start.dir.join("stderr.log")).unwrap_or_default();
+                // Ports come from `free_port`, which another test may take before us.
+                if self.start.from_env && log.contains("Failed to listen") && restarts < 3 {
+                    restarts += 1;
+                    let start = std::mem::replace(&mut self.start, Start::new(&[], Path::new(""), &[], true));
+                    *self = Self::start(start, free_port());
+                    continue;
+                }
+                panic!("mailgate exited early: {log}");
+            }
             assert!(Instant::now() < deadline, "mailgate did not become healthy");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -499,6 +521,17 @@ impl Binary {
     pub fn kill(&mut self) {
         self.child.kill().expect("kill");
         self.child.wait().expect("wait");
+    }
+}
+
+impl Start {
+    fn new(args: &[&str], dir: &Path, envs: &[(&str, &str)], from_env: bool) -> Self {
+        Self {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            dir: dir.to_path_buf(),
+            envs: envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            from_env,
+        }
     }
 }
 

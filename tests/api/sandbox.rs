@@ -12,7 +12,9 @@ async fn the_binary_with_no_config_prints_a_token_and_delivers_to_the_sandbox() 
     let cwd = tempfile::tempdir().unwrap();
     // Only the port is overridden, so that tests can run in parallel with a dev server.
     let mut binary = Binary::spawn(&["serve"], cwd.path(), free_port(), &[]);
+    binary.wait_healthy().await;
     let stdout = binary.child.stdout.take().unwrap();
+    let log = cwd.path().join("stderr.log");
     let token = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines();
         while let Some(Ok(line)) = lines.next() {
@@ -20,11 +22,13 @@ async fn the_binary_with_no_config_prints_a_token_and_delivers_to_the_sandbox() 
                 return lines.next().unwrap().unwrap();
             }
         }
-        panic!("no dev token printed");
+        panic!(
+            "no dev token printed: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
     })
     .await
     .unwrap();
-    binary.wait_healthy().await;
     assert!(cwd.path().join("data/dev-hs256.key").is_file());
 
     let client = crate::helpers::http();

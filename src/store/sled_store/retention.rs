@@ -6,8 +6,10 @@
 //! (a tenant's events and reports, a webhook's attempts). So a walk stops at the first
 //! row that is still young and the cost of a round is what it deletes, plus the few
 //! old rows it must keep (a message still queued), plus one row per group: nothing
-//! that grows with the queue. Resume points let a walk that ran out of budget carry on
-//! where it stopped instead of reading the same kept rows again.
+//! that grows with the queue. Each walk has its own budget and resume point, so a walk
+//! that ran out carries on where it stopped instead of reading the same kept rows
+//! again, and no walk starves the others. Events stay while their message does: a
+//! message that is still alive would otherwise publish them again at its next write.
 
 use chrono::{DateTime, TimeZone, Utc};
 use sled::transaction::{ConflictableTransactionError, Transactional};
@@ -20,12 +22,15 @@ use crate::domain::status::MessageStatus;
 use crate::domain::webhook::DeliveryAttempt;
 use crate::store::{PurgeCutoffs, PurgeReport, StoreError};
 
-/// Where each walk that skips rows stopped last time (`None`: from the start).
+/// Where each walk stopped last time (`None`: from the start).
 #[derive(Debug, Default)]
 pub(super) struct ResumePoints {
     messages: Option<IVec>,
     mime: Option<IVec>,
     idempotency: Option<IVec>,
+    events: Option<Vec<u8>>,
+    attempts: Option<Vec<u8>>,
+    reports: Option<Vec<u8>>,
 }
 
 /// The budget of one round, spent one examined row at a time.
@@ -84,35 +89,58 @@ fn webhook_group(key: &[u8]) -> usize {
 }
 
 impl SledStore {
+    /// Each walk examines at most `budget` rows; the report adds them up.
     pub(super) fn purge_rows(&self, cutoffs: PurgeCutoffs, budget: usize) -> Result<PurgeReport, StoreError> {
-        let mut round = Round {
-            left: budget,
-            report: PurgeReport::default(),
+        let mut report = PurgeReport::default();
+        let mut walk = |purge: &mut dyn FnMut(&mut Round) -> Result<(), StoreError>| {
+            let mut round = Round {
+                left: budget,
+                report: PurgeReport::default(),
+            };
+            purge(&mut round)?;
+            report.examined += round.report.examined;
+            report.deleted += round.report.deleted;
+            Ok::<_, StoreError>(())
         };
-        self.purge_messages(cutoffs.history, &mut round)?;
-        self.purge_mime(cutoffs.mime, &mut round)?;
         let history = cutoffs.history;
-        let event_ids = &self.event_ids;
-        purge_groups(&self.events, tenant_group, &mut round, |value| {
-            let event: PublishedEvent = decode(value)?;
-            if event.created_at >= history {
-                return Ok(false);
-            }
-            event_ids.remove(event.id.as_bytes())?;
-            Ok(true)
+        walk(&mut |round| self.purge_messages(history, round))?;
+        walk(&mut |round| self.purge_mime(cutoffs.mime, round))?;
+        walk(&mut |round| {
+            let resume = self.resume().events.take();
+            let stopped = purge_groups(&self.events, tenant_group, resume, round, |value| {
+                let event: PublishedEvent = decode(value)?;
+                let message_gone = !self.messages.contains_key(event.data.message_id.as_bytes())?;
+                if event.created_at >= history || !message_gone {
+                    return Ok(false);
+                }
+                self.event_ids.remove(event.id.as_bytes())?;
+                Ok(true)
+            })?;
+            self.resume().events = stopped;
+            Ok(())
         })?;
-        purge_groups(&self.webhook_deliveries, webhook_group, &mut round, |value| {
-            Ok(decode::<DeliveryAttempt>(value)?.attempted_at < history)
+        walk(&mut |round| {
+            let resume = self.resume().attempts.take();
+            let stopped = purge_groups(&self.webhook_deliveries, webhook_group, resume, round, |value| {
+                Ok(decode::<DeliveryAttempt>(value)?.attempted_at < history)
+            })?;
+            self.resume().attempts = stopped;
+            Ok(())
         })?;
-        purge_groups(&self.reports, tenant_group, &mut round, |value| {
-            let record: serde_json::Value = decode(value)?;
-            let received = record["received_at"]
-                .as_str()
-                .and_then(|t| t.parse::<DateTime<Utc>>().ok());
-            Ok(received.is_some_and(|at| at < history))
+        walk(&mut |round| {
+            let resume = self.resume().reports.take();
+            let stopped = purge_groups(&self.reports, tenant_group, resume, round, |value| {
+                let record: serde_json::Value = decode(value)?;
+                let received = record["received_at"]
+                    .as_str()
+                    .and_then(|t| t.parse::<DateTime<Utc>>().ok());
+                Ok(received.is_some_and(|at| at < history))
+            })?;
+            self.resume().reports = stopped;
+            Ok(())
         })?;
-        self.purge_idempotency(&mut round)?;
-        Ok(round.report)
+        walk(&mut |round| self.purge_idempotency(round))?;
+        Ok(report)
     }
 
     /// Finished messages created before `cutoff`, with their MIME and listing entry.
@@ -130,14 +158,14 @@ impl SledStore {
             let Ok(message) = decode::<Message>(&value) else {
                 continue;
             };
-            if !is_finished(&message) || self.leases.contains_key(&key)? {
+            if !is_finished(&message) {
                 continue;
             }
             let listed = super::tenant_key(&message.tenant, message.id.as_str());
-            let deleted = (&self.messages, &self.mime, &self.tenant_messages)
-                .transaction(|(messages, mime, listing)| {
-                    // A report applied since the read keeps the message for the next round.
-                    if messages.get(&key)?.as_ref() != Some(&value) {
+            let deleted = (&self.messages, &self.mime, &self.tenant_messages, &self.leases)
+                .transaction(|(messages, mime, listing, leases)| {
+                    // Leased, or changed by a report since the read: kept for a later round.
+                    if leases.get(&key)?.is_some() || messages.get(&key)?.as_ref() != Some(&value) {
                         return Ok(false);
                     }
                     messages.remove(&key)?;
@@ -163,15 +191,21 @@ impl SledStore {
                 self.resume().mime = Some(key);
                 return Ok(());
             }
-            let finished = match self.messages.get(&key)? {
-                Some(value) => decode::<Message>(&value).is_ok_and(|m| is_finished(&m)),
-                // Its message is gone (purged with it, or never written): nothing needs it.
-                None => true,
-            };
-            if finished && !self.leases.contains_key(&key)? {
-                self.mime.remove(&key)?;
-                round.report.deleted += 1;
-            }
+            let removed = (&self.messages, &self.mime, &self.leases)
+                .transaction(|(messages, mime, leases)| {
+                    let finished = match messages.get(&key)? {
+                        Some(value) => decode::<Message>(&value).is_ok_and(|m| is_finished(&m)),
+                        // Its message is gone (purged with it, or never written): nothing needs it.
+                        None => true,
+                    };
+                    if !finished || leases.get(&key)?.is_some() {
+                        return Ok(false);
+                    }
+                    mime.remove(&key)?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>(true)
+                })
+                .map_err(flatten)?;
+            round.report.deleted += usize::from(removed);
         }
         Ok(())
     }
@@ -203,32 +237,38 @@ impl SledStore {
 }
 
 /// In each group of `tree` (keys sharing their first `group_len(key)` bytes, oldest
-/// first), deletes rows from the oldest while `expired` says so (it may delete what
-/// hangs off the row), then moves to the next group.
+/// first), from `resume` on, deletes rows from the oldest while `expired` says so (it may
+/// delete what hangs off the row), then moves to the next group. Returns where to
+/// resume when the budget ran out (`None` once it reached the end).
 fn purge_groups(
     tree: &Tree,
     group_len: impl Fn(&[u8]) -> usize,
+    resume: Option<Vec<u8>>,
     round: &mut Round,
     mut expired: impl FnMut(&[u8]) -> Result<bool, StoreError>,
-) -> Result<(), StoreError> {
-    let mut from = Vec::new();
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut from = resume.unwrap_or_default();
     while let Some(entry) = tree.range(from.as_slice()..).next() {
         let (key, value) = entry?;
         if !round.take() {
-            return Ok(());
+            return Ok(Some(key.to_vec()));
         }
-        if expired(&value).unwrap_or(false) {
+        // A row that does not decode is kept (and its group skipped), never deleted.
+        if expired(&value).or_else(|err| match err {
+            StoreError::Corrupt(_) => Ok(false),
+            other => Err(other),
+        })? {
             tree.remove(&key)?;
             round.report.deleted += 1;
             from = key.to_vec();
         } else {
             match after_prefix(&key[..group_len(&key)]) {
                 Some(next) => from = next,
-                None => return Ok(()),
+                None => return Ok(None),
             }
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -252,7 +292,8 @@ mod tests {
             history: later,
             mime: later,
         };
-        assert_eq!(store.purge(cutoffs, 2).unwrap().examined, 2);
+        let round = store.purge(cutoffs, 2).unwrap();
+        assert!(round.examined <= 2 * 6, "at most the budget per kind: {round:?}");
         assert!(
             store.resume().messages.is_some(),
             "the next round starts after what it kept"
