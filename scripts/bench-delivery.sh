@@ -29,7 +29,8 @@ command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null
 tests/support/postfix.sh start >/dev/null
 cargo build --release --locked 2>&1 | tail -1
 
-now() { date +%s.%N; }
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 rate() { awk -v n="$1" -v s="$2" -v e="$3" 'BEGIN { printf "%.0f", n / (e - s) }'; }
 
 start_sink() {
@@ -43,7 +44,7 @@ text=$(head -c 1500 /dev/zero | tr '\0' 'x' | fold -w 72 | paste -sd' ')
 
 # --- (a) and (b): mailgate into smtp-sink -------------------------------------------
 start_sink
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 cat >"$work/mailgate.toml" <<TOML
 [storage]
 path = "$work/data"
@@ -66,21 +67,7 @@ for _ in $(seq 100); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; 
 token=$(sed -n '/Dev token/{n;p}' "$work/stdout")
 body="{\"from\":\"Bench <bench@acme.test>\",\"to\":[\"ana@example.test\"],\"subject\":\"Bench\",\"text\":\"$text\"}"
 
-counter() { # the metric $1 summed over its series
-  curl -s "127.0.0.1:$port/metrics" | awk -v m="$1" '$1 ~ "^"m"({|$)" { sum += $2 } END { printf "%d", sum }'
-}
-
-cat >"$work/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '$body'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $token"
-local done, limit = 0, tonumber(os.getenv("BENCH_PER_THREAD") or "0")
-function response(status)
-  done = done + 1
-  if limit > 0 and done >= limit then wrk.thread:stop() end
-end
-LUA
+post_lua "$work/post.lua" "$token" "$body"
 
 echo "== (a) accept rate: wrk, 2 threads, 64 connections, 10 s (delivery into smtp-sink running)"
 wrk -t2 -c64 -d10s --latency -s "$work/post.lua" "http://127.0.0.1:$port/v1/messages" >"$work/wrk-a.txt"

@@ -34,9 +34,9 @@ command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null
 command -v smtp-sink >/dev/null || tests/support/postfix.sh start >/dev/null
 cargo build --release --locked 2>&1 | tail -1
 
-now() { date +%s.%N; }
+# shellcheck source=scripts/bench-lib.sh
+. scripts/bench-lib.sh
 since() { awk -v s="$1" -v e="$(now)" 'BEGIN { printf "%.2f", e - s }'; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 rss_mib() { ps -o rss= -p "$1" | awk '{ printf "%.0f", $1 / 1024 }'; }
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 disk_bytes() { du -sb "$1" | awk '{ print $1 }'; }
@@ -57,9 +57,6 @@ start_mailgate() { # config file, log name; sets mailgate_pid
   for _ in $(seq 200); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && return; sleep 0.025; done
   echo "mailgate did not start" >&2; cat "$work/$2.stderr" >&2; exit 1
 }
-counter() { # the metric $1 summed over its series
-  curl -s "127.0.0.1:$port/metrics" | awk -v m="$1" '$1 ~ "^"m"({|$)" { sum += $2 } END { printf "%d", sum }'
-}
 write_config() { # file, data dir, extra storage keys
   cat >"$1" <<TOML
 [storage]
@@ -79,19 +76,6 @@ max_queue_depth = 0
 [limits]
 messages_per_second = 0
 TOML
-}
-post_lua() { # file, token, JSON body
-  cat >"$1" <<LUA
-wrk.method = "POST"
-wrk.body = '$3'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $2"
-local done, limit = 0, tonumber(os.getenv("BENCH_PER_THREAD") or "0")
-function response(status)
-  done = done + 1
-  if limit > 0 and done >= limit then wrk.thread:stop() end
-end
-LUA
 }
 
 # --- 1. fill -------------------------------------------------------------------------

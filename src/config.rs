@@ -139,7 +139,7 @@ pub struct UpstreamSettings {
     pub ca_file: Option<PathBuf>,
     /// Pins the relay's certificate by the SHA-256 of its DER form (hex, colons
     /// optional), the way `openssl x509 -fingerprint -sha256` prints it.
-    pub tls_fingerprint_sha256: Option<String>,
+    pub tls_fingerprint_sha256: Option<crate::delivery::tls::Fingerprint>,
     #[serde(default = "default_connections")]
     pub max_connections: u32,
     #[serde(default)]
@@ -432,18 +432,11 @@ impl Settings {
                     up.name
                 );
             }
-        }
-        let mut names = std::collections::BTreeSet::new();
-        for (i, up) in self.upstreams.iter().enumerate() {
-            if !names.insert(up.name.as_str()) {
+            if self.upstreams[..i].iter().any(|earlier| earlier.name == up.name) {
                 bail!(
                     "upstreams[{i}]: the name `{}` is used twice; every relay needs its own",
                     up.name
                 );
-            }
-            if let Some(pin) = &up.tls_fingerprint_sha256 {
-                crate::delivery::tls::Fingerprint::parse(pin)
-                    .map_err(|e| anyhow::anyhow!("upstreams[{i}] ({}): tls_fingerprint_sha256: {e}", up.name))?;
             }
         }
         let delivery = &self.delivery;
@@ -714,6 +707,23 @@ mod tests {
             .unwrap_err();
             assert!(format!("{err:#}").contains("must be 1 to 64"), "{name}: {err:#}");
         }
+    }
+
+    #[test]
+    fn a_fingerprint_that_is_not_one_is_refused_naming_the_key() {
+        let err = Settings::load(
+            None,
+            env(&[
+                ("MAILGATE_UPSTREAMS__0__NAME", "a"),
+                ("MAILGATE_UPSTREAMS__0__HOST", "h.test"),
+                ("MAILGATE_UPSTREAMS__0__TLS_FINGERPRINT_SHA256", "AB:CD"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("upstreams[0].tls_fingerprint_sha256"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -48,10 +48,7 @@ pub fn take(state: &AppState, principal: &Principal, cost: u64) -> Result<Allowa
                 "the message store is not answering; retry shortly".to_owned(),
             ),
         };
-        return Err(ApiError::new(Kind::Unavailable, code, detail).with_header(
-            actix_web::http::header::RETRY_AFTER,
-            BACKPRESSURE_RETRY_SECS.to_string(),
-        ));
+        return Err(ApiError::unavailable(code, detail));
     }
     state.limiter.take(&caller, cost).map_err(|refusal| match refusal {
         Refusal::RateLimited { retry_after, allowance } => with_headers(

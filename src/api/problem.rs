@@ -146,6 +146,15 @@ impl ApiError {
         self
     }
 
+    /// A 503 the caller should retry after `Retry-After`: back-pressure, or a store that
+    /// cannot write.
+    pub fn unavailable(code: &str, detail: impl Into<String>) -> Self {
+        Self::new(Kind::Unavailable, code, detail).with_header(
+            header::RETRY_AFTER,
+            crate::api::limits::BACKPRESSURE_RETRY_SECS.to_string(),
+        )
+    }
+
     pub fn invalid_token(detail: impl Into<String>) -> Self {
         Self::new(Kind::Unauthorized, "invalid_token", detail)
             .with_header(header::WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#)
@@ -260,14 +269,9 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         if err.is_unavailable() {
             tracing::warn!(error = %crate::telemetry::ErrorChain(&err), "the store is unavailable");
-            return ApiError::new(
-                Kind::Unavailable,
+            return ApiError::unavailable(
                 "store_unavailable",
                 "the message store cannot write right now; nothing was stored, retry shortly",
-            )
-            .with_header(
-                header::RETRY_AFTER,
-                crate::api::limits::BACKPRESSURE_RETRY_SECS.to_string(),
             );
         }
         ApiError::internal(err)

@@ -84,9 +84,17 @@ impl Encryption {
     }
 }
 
-/// The SHA-256 of a certificate's DER form.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// The SHA-256 of a certificate's DER form; read from the config as text (`parse`).
+#[derive(Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct Fingerprint([u8; 32]);
+
+impl TryFrom<String> for Fingerprint {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Self::parse(&text)
+    }
+}
 
 impl Fingerprint {
     /// Hex, upper or lower case, with or without colons, or the whole line `openssl x509
@@ -97,14 +105,13 @@ impl Fingerprint {
         if hex.len() != 64 {
             return Err(format!("`{text}` is not 32 bytes (64 hex digits) long"));
         }
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| hex.get(i..i + 2).and_then(|pair| u8::from_str_radix(pair, 16).ok()))
-            .collect::<Option<_>>()
-            .ok_or_else(|| format!("`{text}` is not hexadecimal"))?;
-        let bytes: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| format!("`{text}` is not 32 bytes (64 hex digits) long"))?;
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = hex
+                .get(2 * i..2 * i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| format!("`{text}` is not hexadecimal"))?;
+        }
         Ok(Self(bytes))
     }
 

@@ -11,7 +11,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::Address;
 
 use super::smtp_client::{SmtpClient, SmtpFailure, SmtpTarget};
-use super::tls::{Encryption, Fingerprint, Trust};
+use super::tls::{Encryption, Trust};
 
 use crate::config::{read_secret, UpstreamSettings};
 use crate::domain::message::{DeliveryOutcome, SmtpReply};
@@ -52,15 +52,9 @@ impl Transport {
             ),
             None => None,
         };
-        let fingerprint = upstream
-            .tls_fingerprint_sha256
-            .as_deref()
-            .map(Fingerprint::parse)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("upstream {}: tls_fingerprint_sha256: {e}", upstream.name))?;
         let trust = Trust {
             ca_pem: ca_pem.as_deref(),
-            fingerprint,
+            fingerprint: upstream.tls_fingerprint_sha256,
         };
         let encryption = Encryption::new(upstream.tls, &upstream.host, trust)
             .with_context(|| format!("upstream {}: TLS", upstream.name))?;

@@ -498,6 +498,17 @@ async fn a_silent_relay_is_given_up_on_after_smtp_timeout() {
     held.abort();
 }
 
+/// `POST /v1/templates/{name}/render` with `data`: the status and the first error's code.
+async fn render_refusal(api: &Api<'_>, name: &str, data: Value) -> (u16, String) {
+    let (status, problem) = api
+        .post(&format!("/v1/templates/{name}/render"), json!({ "data": data }))
+        .await;
+    (
+        status,
+        problem["errors"][0]["code"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
 /// Template render bounds: output size and loop work.
 #[tokio::test]
 async fn template_bounds_come_from_the_file() {
@@ -506,24 +517,16 @@ async fn template_bounds_come_from_the_file() {
     let api = Api::new(&app, "acme");
     api.create(json!({"name": "echo", "subject": "s", "text": "{{body}}"}))
         .await;
-    let (status, problem) = api
-        .post("/v1/templates/echo/render", json!({"data": {"body": "x".repeat(500)}}))
-        .await;
     assert_eq!(
-        (status, problem["errors"][0]["code"].as_str()),
-        (422, Some("template_output_too_large")),
-        "{problem}"
+        render_refusal(&api, "echo", json!({"body": "x".repeat(500)})).await,
+        (422, "template_output_too_large".to_owned())
     );
     api.create(json!({"name": "loop", "subject": "s", "text": "{{#each items}}.{{/each}}"}))
         .await;
     let items: Vec<u32> = (0..20).collect();
-    let (status, problem) = api
-        .post("/v1/templates/loop/render", json!({"data": {"items": items}}))
-        .await;
     assert_eq!(
-        (status, problem["errors"][0]["code"].as_str()),
-        (422, Some("template_too_complex")),
-        "{problem}"
+        render_refusal(&api, "loop", json!({ "items": items })).await,
+        (422, "template_too_complex".to_owned())
     );
 }
 
@@ -535,13 +538,9 @@ async fn a_render_past_render_timeout_is_stopped() {
     api.create(json!({"name": "long", "subject": "s", "text": "{{#each items}}{{this}} {{/each}}"}))
         .await;
     let items: Vec<String> = (0..200_000).map(|n| format!("item-{n}")).collect();
-    let (status, problem) = api
-        .post("/v1/templates/long/render", json!({"data": {"items": items}}))
-        .await;
     assert_eq!(
-        (status, problem["errors"][0]["code"].as_str()),
-        (422, Some("template_render_timeout")),
-        "{problem}"
+        render_refusal(&api, "long", json!({ "items": items })).await,
+        (422, "template_render_timeout".to_owned())
     );
 }
 

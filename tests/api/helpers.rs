@@ -443,6 +443,7 @@ pub struct Binary {
     start: Start,
 }
 
+#[derive(Clone)]
 struct Start {
     args: Vec<String>,
     dir: PathBuf,
@@ -501,8 +502,7 @@ impl Binary {
                 // Ports come from `free_port`, which another test may take before us.
                 if self.start.from_env && log.contains("Failed to listen") && restarts < 3 {
                     restarts += 1;
-                    let start = std::mem::replace(&mut self.start, Start::new(&[], Path::new(""), &[], true));
-                    *self = Self::start(start, free_port());
+                    *self = Self::start(self.start.clone(), free_port());
                     continue;
                 }
                 panic!("mailgate exited early: {log}");

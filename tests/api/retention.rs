@@ -138,6 +138,28 @@ async fn queue_depth_counters_match_the_queue_after_a_burst_a_sigkill_and_a_rest
     let mut again = Binary::spawn(&["serve", "--config", &config], app.data.path(), free_port(), &[]);
     again.wait_healthy().await;
     wait_for_depth(&again.address, (0, 10, 10, 0)).await;
+    // And against a full count: every message listed by status through the API.
+    let listed = |status: &'static str| {
+        let (address, token) = (again.address.clone(), app.token.clone());
+        async move {
+            let page =
+                crate::helpers::get_json(&address, &format!("/v1/messages?status={status}&limit=100"), &token).await;
+            page["data"].as_array().map_or(0, |d| d.len() as u64)
+        }
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let counted = (0, listed("scheduled").await, listed("deferred").await, 0);
+        let reported = depth(&again.address).await;
+        if reported == counted && counted == (0, 10, 10, 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counters {reported:?}, full count {counted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A size-limited tmpfs the test mounts (root only) and unmounts when dropped.

@@ -106,8 +106,8 @@ impl SledStore {
         walk(&mut |round| self.purge_messages(history, round))?;
         walk(&mut |round| self.purge_mime(cutoffs.mime, round))?;
         walk(&mut |round| {
-            let resume = self.resume().events.take();
-            let stopped = purge_groups(&self.events, tenant_group, resume, round, |value| {
+            let resume = &mut self.resume().events;
+            purge_groups(&self.events, tenant_group, resume, round, |value| {
                 let event: PublishedEvent = decode(value)?;
                 let message_gone = !self.messages.contains_key(event.data.message_id.as_bytes())?;
                 if event.created_at >= history || !message_gone {
@@ -115,29 +115,23 @@ impl SledStore {
                 }
                 self.event_ids.remove(event.id.as_bytes())?;
                 Ok(true)
-            })?;
-            self.resume().events = stopped;
-            Ok(())
+            })
         })?;
         walk(&mut |round| {
-            let resume = self.resume().attempts.take();
-            let stopped = purge_groups(&self.webhook_deliveries, webhook_group, resume, round, |value| {
+            let resume = &mut self.resume().attempts;
+            purge_groups(&self.webhook_deliveries, webhook_group, resume, round, |value| {
                 Ok(decode::<DeliveryAttempt>(value)?.attempted_at < history)
-            })?;
-            self.resume().attempts = stopped;
-            Ok(())
+            })
         })?;
         walk(&mut |round| {
-            let resume = self.resume().reports.take();
-            let stopped = purge_groups(&self.reports, tenant_group, resume, round, |value| {
+            let resume = &mut self.resume().reports;
+            purge_groups(&self.reports, tenant_group, resume, round, |value| {
                 let record: serde_json::Value = decode(value)?;
                 let received = record["received_at"]
                     .as_str()
                     .and_then(|t| t.parse::<DateTime<Utc>>().ok());
                 Ok(received.is_some_and(|at| at < history))
-            })?;
-            self.resume().reports = stopped;
-            Ok(())
+            })
         })?;
         walk(&mut |round| self.purge_idempotency(round))?;
         Ok(report)
@@ -145,88 +139,69 @@ impl SledStore {
 
     /// Finished messages created before `cutoff`, with their MIME and listing entry.
     fn purge_messages(&self, cutoff: DateTime<Utc>, round: &mut Round) -> Result<(), StoreError> {
-        let start = self.resume().messages.take().unwrap_or_default();
-        for entry in self.messages.range(start..) {
-            let (key, value) = entry?;
-            if time_of_id(&key).is_none_or(|at| at >= cutoff) {
-                return Ok(());
-            }
-            if !round.take() {
-                self.resume().messages = Some(key);
-                return Ok(());
-            }
-            let Ok(message) = decode::<Message>(&value) else {
-                continue;
+        let resume = &mut self.resume().messages;
+        walk_oldest_first(&self.messages, resume, round, younger_than(cutoff), |key, value| {
+            let Ok(message) = decode::<Message>(value) else {
+                return Ok(false);
             };
             if !is_finished(&message) {
-                continue;
+                return Ok(false);
             }
             let listed = super::tenant_key(&message.tenant, message.id.as_str());
-            let deleted = (&self.messages, &self.mime, &self.tenant_messages, &self.leases)
+            (&self.messages, &self.mime, &self.tenant_messages, &self.leases)
                 .transaction(|(messages, mime, listing, leases)| {
                     // Leased, or changed by a report since the read: kept for a later round.
-                    if leases.get(&key)?.is_some() || messages.get(&key)?.as_ref() != Some(&value) {
+                    if leases.get(key)?.is_some() || messages.get(key)?.as_ref() != Some(value) {
                         return Ok(false);
                     }
-                    messages.remove(&key)?;
-                    mime.remove(&key)?;
+                    messages.remove(key)?;
+                    mime.remove(key)?;
                     listing.remove(listed.as_slice())?;
                     Ok::<_, ConflictableTransactionError<StoreError>>(true)
                 })
-                .map_err(flatten)?;
-            round.report.deleted += usize::from(deleted);
-        }
-        Ok(())
+                .map_err(flatten)
+        })
     }
 
     /// The MIME of finished messages created before `cutoff`.
     fn purge_mime(&self, cutoff: DateTime<Utc>, round: &mut Round) -> Result<(), StoreError> {
-        let start = self.resume().mime.take().unwrap_or_default();
-        for entry in self.mime.range(start..) {
-            let (key, _) = entry?;
-            if time_of_id(&key).is_none_or(|at| at >= cutoff) {
-                return Ok(());
-            }
-            if !round.take() {
-                self.resume().mime = Some(key);
-                return Ok(());
-            }
-            let removed = (&self.messages, &self.mime, &self.leases)
+        let resume = &mut self.resume().mime;
+        walk_oldest_first(&self.mime, resume, round, younger_than(cutoff), |key, _| {
+            (&self.messages, &self.mime, &self.leases)
                 .transaction(|(messages, mime, leases)| {
-                    let finished = match messages.get(&key)? {
+                    let finished = match messages.get(key)? {
                         Some(value) => decode::<Message>(&value).is_ok_and(|m| is_finished(&m)),
                         // Its message is gone (purged with it, or never written): nothing needs it.
                         None => true,
                     };
-                    if !finished || leases.get(&key)?.is_some() {
+                    if !finished || leases.get(key)?.is_some() {
                         return Ok(false);
                     }
-                    mime.remove(&key)?;
+                    mime.remove(key)?;
                     Ok::<_, ConflictableTransactionError<StoreError>>(true)
                 })
-                .map_err(flatten)?;
-            round.report.deleted += usize::from(removed);
-        }
-        Ok(())
+                .map_err(flatten)
+        })
     }
 
     /// Idempotency records past their window. Their keys are the callers' own, in no
     /// time order, so this walk goes round the whole tree a budget at a time.
     fn purge_idempotency(&self, round: &mut Round) -> Result<(), StoreError> {
         let now = Utc::now();
-        let start = self.resume().idempotency.take().unwrap_or_default();
-        for entry in self.idempotency.range(start..) {
-            let (key, value) = entry?;
-            if !round.take() {
-                self.resume().idempotency = Some(key);
-                return Ok(());
-            }
-            if decode::<IdempotencyRecord>(&value).is_ok_and(|r| !r.is_fresh(now)) {
-                self.idempotency.remove(&key)?;
-                round.report.deleted += 1;
-            }
-        }
-        Ok(())
+        let resume = &mut self.resume().idempotency;
+        walk_oldest_first(
+            &self.idempotency,
+            resume,
+            round,
+            |_| false,
+            |key, value| {
+                if decode::<IdempotencyRecord>(value).is_ok_and(|r| !r.is_fresh(now)) {
+                    self.idempotency.remove(key)?;
+                    return Ok(true);
+                }
+                Ok(false)
+            },
+        )
     }
 
     fn resume(&self) -> std::sync::MutexGuard<'_, ResumePoints> {
@@ -236,22 +211,54 @@ impl SledStore {
     }
 }
 
+/// Whether a `msg_…` key was created at or after `cutoff` (or carries no time): where a
+/// walk of a tree ordered by creation time can stop.
+fn younger_than(cutoff: DateTime<Utc>) -> impl Fn(&[u8]) -> bool {
+    move |key| time_of_id(key).is_none_or(|at| at >= cutoff)
+}
+
+/// Walks `tree` from `resume` on until `young(key)` says the rest is too recent, giving
+/// each row to `delete` (which deletes what it may and says whether it did); when the
+/// budget runs out first, `resume` is where the next round carries on.
+fn walk_oldest_first(
+    tree: &Tree,
+    resume: &mut Option<IVec>,
+    round: &mut Round,
+    young: impl Fn(&[u8]) -> bool,
+    mut delete: impl FnMut(&IVec, &IVec) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let start = resume.take().unwrap_or_default();
+    for entry in tree.range(start..) {
+        let (key, value) = entry?;
+        if young(&key) {
+            return Ok(());
+        }
+        if !round.take() {
+            *resume = Some(key);
+            return Ok(());
+        }
+        round.report.deleted += usize::from(delete(&key, &value)?);
+    }
+    Ok(())
+}
+
 /// In each group of `tree` (keys sharing their first `group_len(key)` bytes, oldest
 /// first), from `resume` on, deletes rows from the oldest while `expired` says so (it may
-/// delete what hangs off the row), then moves to the next group. Returns where to
-/// resume when the budget ran out (`None` once it reached the end).
+/// delete what hangs off the row), then moves to the next group. When the budget runs
+/// out, `resume` is where the next round carries on.
 fn purge_groups(
     tree: &Tree,
     group_len: impl Fn(&[u8]) -> usize,
-    resume: Option<Vec<u8>>,
+    resume: &mut Option<Vec<u8>>,
     round: &mut Round,
     mut expired: impl FnMut(&[u8]) -> Result<bool, StoreError>,
-) -> Result<Option<Vec<u8>>, StoreError> {
-    let mut from = resume.unwrap_or_default();
+) -> Result<(), StoreError> {
+    let mut from = resume.take().unwrap_or_default();
     while let Some(entry) = tree.range(from.as_slice()..).next() {
         let (key, value) = entry?;
         if !round.take() {
-            return Ok(Some(key.to_vec()));
+            *resume = Some(key.to_vec());
+            return Ok(());
         }
         // A row that does not decode is kept (and its group skipped), never deleted.
         if expired(&value).or_else(|err| match err {
@@ -264,11 +271,11 @@ fn purge_groups(
         } else {
             match after_prefix(&key[..group_len(&key)]) {
                 Some(next) => from = next,
-                None => return Ok(None),
+                None => return Ok(()),
             }
         }
     }
-    Ok(None)
+    Ok(())
 }
 
 #[cfg(test)]
