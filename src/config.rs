@@ -59,6 +59,9 @@ pub struct StorageSettings {
     pub retention: ConfigDuration,
     /// The stored MIME of finished messages goes after this (status and events stay).
     pub mime_retention: ConfigDuration,
+    /// The `/v1/stats` counters go after this: longer than the history they count, so
+    /// this month compares with the same month last year.
+    pub stats_retention: ConfigDuration,
 }
 
 impl Default for StorageSettings {
@@ -68,6 +71,7 @@ impl Default for StorageSettings {
             cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             retention: ConfigDuration(Duration::from_secs(30 * 86_400)),
             mime_retention: ConfigDuration(Duration::from_secs(7 * 86_400)),
+            stats_retention: ConfigDuration(Duration::from_secs(400 * 86_400)),
         }
     }
 }
@@ -456,6 +460,7 @@ impl Settings {
             ("templates.render_timeout", self.templates.render_timeout.0),
             ("storage.retention", self.storage.retention.0),
             ("storage.mime_retention", self.storage.mime_retention.0),
+            ("storage.stats_retention", self.storage.stats_retention.0),
             ("webhooks.retry_base", self.webhooks.retry_base.0),
             ("webhooks.retry_max", self.webhooks.retry_max.0),
             ("webhooks.max_age", self.webhooks.max_age.0),

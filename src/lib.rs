@@ -18,6 +18,7 @@ pub mod render;
 pub mod retention;
 pub mod sending;
 pub mod startup;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod templates;

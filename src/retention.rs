@@ -1,7 +1,8 @@
 //! The background purge that keeps one node's disk from growing forever: finished
-//! messages, events, webhook attempts and raw reports past `storage.retention`, and
-//! MIME past `storage.mime_retention`, deleted a small batch at a time so that sends
-//! never wait behind it (see [`Store::purge`] for what is and is never deleted).
+//! messages, events, webhook attempts and raw reports past `storage.retention`, MIME
+//! past `storage.mime_retention` and report counters past `storage.stats_retention`,
+//! deleted a small batch at a time so that sends never wait behind it (see
+//! [`Store::purge`] for what is and is never deleted).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,13 +23,14 @@ const CATCH_UP_PAUSE: Duration = Duration::from_millis(20);
 pub struct Retention {
     pub history: Duration,
     pub mime: Duration,
+    pub stats: Duration,
 }
 
 impl Retention {
-    /// How often to look for work when there was none: a quarter of the shorter
+    /// How often to look for work when there was none: a quarter of the shortest
     /// retention, between a quarter of a second and a minute.
     fn idle_interval(&self) -> Duration {
-        (self.history.min(self.mime) / 4).clamp(Duration::from_millis(250), Duration::from_secs(60))
+        (self.history.min(self.mime).min(self.stats) / 4).clamp(Duration::from_millis(250), Duration::from_secs(60))
     }
 
     fn cutoffs(&self) -> PurgeCutoffs {
@@ -37,6 +39,7 @@ impl Retention {
         PurgeCutoffs {
             history: ago(self.history),
             mime: ago(self.mime),
+            stats: ago(self.stats),
         }
     }
 }
@@ -89,11 +92,13 @@ mod tests {
         let default = Retention {
             history: days(30),
             mime: days(7),
+            stats: days(400),
         };
         assert_eq!(default.idle_interval(), Duration::from_secs(60));
         let short = Retention {
             history: Duration::from_secs(2),
             mime: Duration::from_secs(1),
+            stats: Duration::from_secs(3),
         };
         assert_eq!(short.idle_interval(), Duration::from_millis(250));
         let cutoffs = short.cutoffs();

@@ -260,6 +260,7 @@ impl Application {
         let retention = Retention {
             history: settings.storage.retention.0,
             mime: settings.storage.mime_retention.0,
+            stats: settings.storage.stats_retention.0,
         };
         let http = settings.http.clone();
         let state = web::Data::new(AppState {

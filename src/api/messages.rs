@@ -454,6 +454,8 @@ pub struct RecipientView {
     /// The upstream's reply text (for `sent`, often its queue id) or the error.
     pub diagnostic: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// The relay (its configured `name`) of the last attempt, once attempted.
+    pub upstream: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -466,6 +468,9 @@ pub struct EventView {
     pub recipient: String,
     pub created_at: DateTime<Utc>,
     pub smtp: Option<SmtpReply>,
+    /// The relay it happened at; for a later report (a DSN, a complaint), the relay
+    /// that sent the recipient. How `/v1/stats` groups it by `upstream`.
+    pub upstream: Option<String>,
 }
 
 /// A message with per-recipient status and its event timeline.
@@ -517,6 +522,7 @@ impl From<Message> for MessageView {
                     enhanced_code: r.smtp.as_ref().and_then(|s| s.enhanced.clone()),
                     diagnostic: r.smtp.map(|s| s.diagnostic),
                     updated_at: r.updated_at,
+                    upstream: r.upstream,
                 })
                 .collect(),
             events: m
@@ -529,6 +535,7 @@ impl From<Message> for MessageView {
                     recipient: e.recipient,
                     created_at: e.created_at,
                     smtp: e.smtp,
+                    upstream: e.upstream,
                 })
                 .collect(),
         }

@@ -13,6 +13,7 @@ pub mod pagination;
 pub mod problem;
 pub mod query;
 mod shared_responses;
+pub mod stats;
 pub mod suppressions;
 pub mod templates;
 pub mod tokens;
@@ -167,6 +168,7 @@ impl Modify for EventWebhooks {
         (name = "messages", description = "Send messages and follow their delivery"),
         (name = "templates", description = "Versioned handlebars templates, strict rendering and previews"),
         (name = "events", description = "The ordered event stream that webhooks also push"),
+        (name = "stats", description = "Delivery and bounce reports, counted as it happens"),
         (name = "suppressions", description = "Addresses that are never sent to"),
         (name = "webhooks", description = "Signed, durable, replayable event delivery to your endpoints"),
         (name = "tokens", description = "Token administration"),
@@ -194,6 +196,7 @@ fn routes(cfg: &mut ServiceConfig) {
         .service(templates::get_template_version)
         .service(templates::render_template)
         .service(events::list_events)
+        .service(stats::get_stats)
         .service(suppressions::list_suppressions)
         .service(suppressions::get_suppression)
         .service(suppressions::put_suppression)

@@ -100,7 +100,7 @@ impl Worker {
             let (outcome, upstream) = self.upstreams.send(&job, &mime).await;
             log_outcome(&job, &outcome, message.attempts, &upstream);
             self.count(&outcome, message.created_at, &upstream, message.tenant.as_str());
-            message.record_outcome(index, outcome, give_up, Utc::now());
+            message.record_outcome(index, outcome, &upstream, give_up, Utc::now());
             if message.recipients[index].status == RecipientStatus::Failed {
                 self.metrics
                     .recipient_outcome(&upstream, message.tenant.as_str(), "failed", None);

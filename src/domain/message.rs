@@ -229,6 +229,10 @@ pub struct Recipient {
     pub status: RecipientStatus,
     pub smtp: Option<SmtpReply>,
     pub updated_at: DateTime<Utc>,
+    /// The relay of the last attempt: a later report (a DSN, a complaint) about this
+    /// recipient is counted against it in `/v1/stats`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -242,6 +246,9 @@ pub struct Event {
     pub smtp: Option<SmtpReply>,
     #[serde(default)]
     pub bounce: Option<Bounce>,
+    /// The relay the event happened at (for a later report, the relay that sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
 }
 
 /// A report about a recipient that arrives after the SMTP transaction.
@@ -312,6 +319,7 @@ impl Message {
                     status: RecipientStatus::Queued,
                     smtp: None,
                     updated_at: now,
+                    upstream: None,
                 })
                 .collect(),
             events: Vec::new(),
@@ -336,8 +344,16 @@ impl Message {
         self.next_attempt_at = None;
     }
 
-    /// Applies one recipient's outcome. A deferral after `give_up` becomes a failure.
-    pub fn record_outcome(&mut self, index: usize, outcome: DeliveryOutcome, give_up: bool, now: DateTime<Utc>) {
+    /// Applies one recipient's outcome at `upstream`. A deferral after `give_up`
+    /// becomes a failure.
+    pub fn record_outcome(
+        &mut self,
+        index: usize,
+        outcome: DeliveryOutcome,
+        upstream: &str,
+        give_up: bool,
+        now: DateTime<Utc>,
+    ) {
         let (status, event_type, reply) = match outcome {
             DeliveryOutcome::Sent(r) => (RecipientStatus::Sent, EventType::Sent, r),
             DeliveryOutcome::Bounced(r) => (RecipientStatus::Bounced, EventType::Bounced, r),
@@ -352,8 +368,10 @@ impl Message {
         recipient.status = status;
         recipient.smtp = Some(reply.clone());
         recipient.updated_at = now;
+        recipient.upstream = Some(upstream.to_owned());
         let email = recipient.email.clone();
         self.push_event(event_type, email, Some(reply), bounce, now);
+        self.stamp_upstream(Some(upstream.to_owned()));
     }
 
     /// Applies what a later report (DSN, ARF, provider webhook) says about recipient
@@ -383,7 +401,9 @@ impl Message {
             }
         }
         let email = recipient.email.clone();
+        let upstream = recipient.upstream.clone();
         self.push_event(report.event_type, email, report.smtp, report.bounce, now);
+        self.stamp_upstream(upstream);
         if let Some(last) = self.events.last_mut() {
             last.id = event_id;
         }
@@ -443,7 +463,15 @@ impl Message {
             created_at: now,
             smtp,
             bounce,
+            upstream: None,
         });
+    }
+
+    /// Records where the event just pushed happened.
+    fn stamp_upstream(&mut self, upstream: Option<String>) {
+        if let Some(last) = self.events.last_mut() {
+            last.upstream = upstream;
+        }
     }
 
     /// Ends an attempt: the status follows from the recipients, and `retry_at` is kept
@@ -529,13 +557,13 @@ mod tests {
             now,
         );
         msg.begin_attempt();
-        msg.record_outcome(0, DeliveryOutcome::Sent(reply(250)), false, now);
-        msg.record_outcome(1, DeliveryOutcome::Deferred(reply(451)), false, now);
+        msg.record_outcome(0, DeliveryOutcome::Sent(reply(250)), "relay", false, now);
+        msg.record_outcome(1, DeliveryOutcome::Deferred(reply(451)), "relay", false, now);
         msg.finish_attempt(Some(now));
         assert_eq!(msg.status, MessageStatus::Deferred);
         assert_eq!(msg.pending_recipients(), [1]);
         msg.begin_attempt();
-        msg.record_outcome(1, DeliveryOutcome::Deferred(reply(451)), true, now);
+        msg.record_outcome(1, DeliveryOutcome::Deferred(reply(451)), "relay", true, now);
         msg.finish_attempt(Some(now));
         assert_eq!(msg.status, MessageStatus::Sent);
         assert_eq!(msg.recipients[1].status, RecipientStatus::Failed);
@@ -569,7 +597,7 @@ mod tests {
             now,
         );
         msg.begin_attempt();
-        msg.record_outcome(0, DeliveryOutcome::Bounced(reply(550)), false, now);
+        msg.record_outcome(0, DeliveryOutcome::Bounced(reply(550)), "relay", false, now);
         msg.finish_attempt(None);
         assert_eq!(msg.status, MessageStatus::Failed);
     }

@@ -158,11 +158,13 @@ pub enum StoredMime {
     Expired,
 }
 
-/// What [`Store::purge`] deletes: history from before `history`, MIME from before `mime`.
+/// What [`Store::purge`] deletes: history from before `history`, MIME from before
+/// `mime`, report counters from before `stats`.
 #[derive(Debug, Clone, Copy)]
 pub struct PurgeCutoffs {
     pub history: DateTime<Utc>,
     pub mime: DateTime<Utc>,
+    pub stats: DateTime<Utc>,
 }
 
 /// One purge round: rows looked at, rows deleted.
@@ -394,6 +396,17 @@ pub trait Store: Send + Sync {
     /// Messages on the queue by state, and messages leased right now.
     fn queue_depth(&self) -> Result<QueueDepth, StoreError>;
 
+    /// The tenant's report counter rows of `series` in `slots` (15-minute slots, see
+    /// [`crate::stats::record::slot_of`]). Every message write moves these counters in
+    /// its own transaction (accepted recipients, every new event), so they agree with
+    /// the event stream at all times; reading them reads no message.
+    fn stats(
+        &self,
+        tenant: &TenantId,
+        series: &crate::stats::Series,
+        slots: std::ops::Range<u32>,
+    ) -> Result<Vec<crate::stats::StatsRow>, StoreError>;
+
     /// Records a revoked token id until `until` (Unix seconds), durably.
     fn revoke_token(&self, jti: &str, until: u64) -> Result<(), StoreError>;
 
@@ -407,7 +420,8 @@ pub trait Store: Send + Sync {
     /// finished messages created before `cutoffs.history` (with their MIME and listing
     /// entry, atomically), the events from before it whose message is gone, webhook
     /// attempts and raw reports from before it, the MIME of finished messages created
-    /// before `cutoffs.mime`, and idempotency records past their window. A queued,
+    /// before `cutoffs.mime`, report counters of slots before `cutoffs.stats`, and
+    /// idempotency records past their window. A queued,
     /// scheduled, deferred or leased message is never touched. Nothing is flushed (a
     /// purge lost in a crash is redone). Each kind resumes where its last round stopped.
     fn purge(&self, cutoffs: PurgeCutoffs, budget: usize) -> Result<PurgeReport, StoreError>;

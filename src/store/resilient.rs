@@ -316,6 +316,15 @@ impl Store for ResilientStore {
         self.read(|s| s.queue_depth())
     }
 
+    fn stats(
+        &self,
+        tenant: &TenantId,
+        series: &crate::stats::Series,
+        slots: std::ops::Range<u32>,
+    ) -> Result<Vec<crate::stats::StatsRow>, StoreError> {
+        self.read(|s| s.stats(tenant, series, slots.clone()))
+    }
+
     fn revoke_token(&self, jti: &str, until: u64) -> Result<(), StoreError> {
         self.write(|s| s.revoke_token(jti, until))
     }

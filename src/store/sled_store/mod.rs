@@ -7,6 +7,7 @@
 //! (queue entries that could not be leased, with the reason). Multi-tree
 //! transactions keep them consistent; `flush` makes a write durable.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -21,6 +22,7 @@ use super::{
 };
 
 mod retention;
+mod stats;
 use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
 use crate::domain::ids::WebhookId;
@@ -31,6 +33,7 @@ use crate::domain::status::MessageStatus;
 use crate::domain::suppression::Suppression;
 use crate::domain::template::{Template, TemplateKey, TemplateVersion};
 use crate::domain::webhook::{DeliveryAttempt, OutboxEntry, Webhook};
+use crate::stats::{Series, StatsDelta, StatsRow};
 
 pub struct SledStore {
     db: Db,
@@ -51,6 +54,8 @@ pub struct SledStore {
     reports: Tree,
     /// Queue depth by state (see `depth`), changed with the entries it counts.
     counters: Tree,
+    /// Report counters (see `stats`).
+    stats: Tree,
     /// `tenant \0 message id`: each tenant's messages, newest last.
     tenant_messages: Tree,
     /// `tenant \0 Idempotency-Key` → the request hash and the accepted message.
@@ -209,6 +214,8 @@ struct Candidate {
 /// What a write of a message adds besides the message (see `SledStore::consequences`).
 struct Consequences {
     fresh: Vec<(u64, PublishedEvent)>,
+    /// What the fresh events add to the report counters.
+    stats: StatsDelta,
     implied: Vec<Suppression>,
     deliveries: Vec<OutboxEntry>,
 }
@@ -227,6 +234,8 @@ struct Staging<'t> {
     keys: &'t TransactionalTree,
     /// What this transaction changes in the depth counters.
     depth: DepthDelta,
+    /// What it adds to the report counters.
+    stats: RefCell<StatsDelta>,
 }
 
 type Staged<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -244,6 +253,7 @@ impl Staging<'_> {
                 }
                 self.mimes.insert(message.id.as_str(), mime)?;
                 self.by_tenant.insert(tenant_key(tenant, message.id.as_str()), &[])?;
+                self.stats.borrow_mut().accepted(message);
                 true
             }
             Commit::Progress => false,
@@ -294,6 +304,7 @@ impl Staging<'_> {
         for entry in &planned.deliveries {
             self.outbox.insert(outbox_key(entry), encode_json(entry)?)?;
         }
+        self.stats.borrow_mut().merge(&planned.stats);
         Ok(true)
     }
 
@@ -355,6 +366,7 @@ impl SledStore {
             &self.tenant_messages,
             &self.idempotency,
             &self.counters,
+            &self.stats,
         )
             .transaction(
                 |(
@@ -369,6 +381,7 @@ impl SledStore {
                     by_tenant,
                     keys,
                     counters,
+                    stats,
                 )| {
                     let trees = Staging {
                         messages,
@@ -382,6 +395,7 @@ impl SledStore {
                         by_tenant,
                         keys,
                         depth: DepthDelta::default(),
+                        stats: RefCell::default(),
                     };
                     let written = writes
                         .iter()
@@ -392,6 +406,7 @@ impl SledStore {
                         })
                         .collect::<Result<Vec<Option<bool>>, _>>()?;
                     trees.depth.apply(counters)?;
+                    stats::apply(&trees.stats.borrow(), stats)?;
                     Ok(written)
                 },
             )
@@ -420,9 +435,11 @@ impl SledStore {
     /// positions, the suppressions they imply, the webhook deliveries they queue.
     fn consequences(&self, message: &Message, planned: &mut HashSet<String>) -> Result<Consequences, StoreError> {
         let mut fresh = Vec::new();
+        let mut counted = StatsDelta::default();
         for event in &message.events {
             if !self.event_ids.contains_key(event.id.as_str())? && planned.insert(event.id.as_str().to_owned()) {
                 fresh.push((self.db.generate_id()?, PublishedEvent::of(message, event)));
+                counted.event(message, event);
             }
         }
         let implied: Vec<Suppression> = fresh.iter().filter_map(|(_, e)| Suppression::caused_by(e)).collect();
@@ -448,6 +465,7 @@ impl SledStore {
         };
         Ok(Consequences {
             fresh,
+            stats: counted,
             implied,
             deliveries,
         })
@@ -489,6 +507,7 @@ impl SledStore {
             idempotency: db.open_tree("idempotency")?,
             revocations: db.open_tree("revocations")?,
             counters: db.open_tree("counters")?,
+            stats: db.open_tree("stats")?,
             resume_points: std::sync::Mutex::default(),
             stream_order: std::sync::Mutex::new(()),
             group_flush: super::group_flush::GroupFlush::default(),
@@ -1128,6 +1147,15 @@ impl Store for SledStore {
         depth::read(&self.counters)
     }
 
+    fn stats(
+        &self,
+        tenant: &TenantId,
+        series: &Series,
+        slots: std::ops::Range<u32>,
+    ) -> Result<Vec<StatsRow>, StoreError> {
+        stats::read(&self.stats, tenant, series, slots)
+    }
+
     fn revoke_token(&self, jti: &str, until: u64) -> Result<(), StoreError> {
         self.revocations.insert(jti.as_bytes(), &until.to_be_bytes())?;
         self.flush()
@@ -1262,6 +1290,7 @@ mod tests {
         sent.record_outcome(
             0,
             crate::domain::message::DeliveryOutcome::Sent(reply),
+            "relay",
             false,
             Utc::now(),
         );
@@ -1276,6 +1305,7 @@ mod tests {
                 PurgeCutoffs {
                     history: Utc::now() - chrono::Duration::hours(1),
                     mime: soon,
+                    stats: Utc::now() - chrono::Duration::hours(1),
                 },
                 1000,
             )
@@ -1292,6 +1322,7 @@ mod tests {
                 PurgeCutoffs {
                     history: later,
                     mime: later,
+                    stats: later,
                 },
                 1000,
             )
@@ -1316,6 +1347,7 @@ mod tests {
                 PurgeCutoffs {
                     history: later,
                     mime: later,
+                    stats: later,
                 },
                 1000,
             )

@@ -31,6 +31,7 @@ pub(super) struct ResumePoints {
     events: Option<Vec<u8>>,
     attempts: Option<Vec<u8>>,
     reports: Option<Vec<u8>>,
+    stats: Option<Vec<u8>>,
 }
 
 /// The budget of one round, spent one examined row at a time.
@@ -107,7 +108,7 @@ impl SledStore {
         walk(&mut |round| self.purge_mime(cutoffs.mime, round))?;
         walk(&mut |round| {
             let resume = &mut self.resume().events;
-            purge_groups(&self.events, tenant_group, resume, round, |value| {
+            purge_groups(&self.events, tenant_group, resume, round, |_, value| {
                 let event: PublishedEvent = decode(value)?;
                 let message_gone = !self.messages.contains_key(event.data.message_id.as_bytes())?;
                 if event.created_at >= history || !message_gone {
@@ -119,13 +120,13 @@ impl SledStore {
         })?;
         walk(&mut |round| {
             let resume = &mut self.resume().attempts;
-            purge_groups(&self.webhook_deliveries, webhook_group, resume, round, |value| {
+            purge_groups(&self.webhook_deliveries, webhook_group, resume, round, |_, value| {
                 Ok(decode::<DeliveryAttempt>(value)?.attempted_at < history)
             })
         })?;
         walk(&mut |round| {
             let resume = &mut self.resume().reports;
-            purge_groups(&self.reports, tenant_group, resume, round, |value| {
+            purge_groups(&self.reports, tenant_group, resume, round, |_, value| {
                 let record: serde_json::Value = decode(value)?;
                 let received = record["received_at"]
                     .as_str()
@@ -134,6 +135,15 @@ impl SledStore {
             })
         })?;
         walk(&mut |round| self.purge_idempotency(round))?;
+        let stats_cutoff = crate::stats::record::slot_of(cutoffs.stats);
+        walk(&mut |round| {
+            let resume = &mut self.resume().stats;
+            // A key that is not a row is its own group, and kept.
+            let series = |key: &[u8]| super::stats::slot_at(key).map_or(key.len(), |(at, _)| at);
+            purge_groups(&self.stats, series, resume, round, |key, _| {
+                Ok(super::stats::slot_at(key).is_some_and(|(_, slot)| slot < stats_cutoff))
+            })
+        })?;
         Ok(report)
     }
 
@@ -243,7 +253,8 @@ fn walk_oldest_first(
 }
 
 /// In each group of `tree` (keys sharing their first `group_len(key)` bytes, oldest
-/// first), from `resume` on, deletes rows from the oldest while `expired` says so (it may
+/// first), from `resume` on, deletes rows from the oldest while `expired` (given the key
+/// and value) says so (it may
 /// delete what hangs off the row), then moves to the next group. When the budget runs
 /// out, `resume` is where the next round carries on.
 fn purge_groups(
@@ -251,7 +262,7 @@ fn purge_groups(
     group_len: impl Fn(&[u8]) -> usize,
     resume: &mut Option<Vec<u8>>,
     round: &mut Round,
-    mut expired: impl FnMut(&[u8]) -> Result<bool, StoreError>,
+    mut expired: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
 ) -> Result<(), StoreError> {
     let mut from = resume.take().unwrap_or_default();
     while let Some(entry) = tree.range(from.as_slice()..).next() {
@@ -261,7 +272,7 @@ fn purge_groups(
             return Ok(());
         }
         // A row that does not decode is kept (and its group skipped), never deleted.
-        if expired(&value).or_else(|err| match err {
+        if expired(&key, &value).or_else(|err| match err {
             StoreError::Corrupt(_) => Ok(false),
             other => Err(other),
         })? {
@@ -298,6 +309,7 @@ mod tests {
         let cutoffs = PurgeCutoffs {
             history: later,
             mime: later,
+            stats: later,
         };
         let round = store.purge(cutoffs, 2).unwrap();
         assert!(round.examined <= 2 * 6, "at most the budget per kind: {round:?}");

@@ -1,0 +1,277 @@
+//! Counter rows of `/v1/stats` in the `stats` tree.
+//!
+//! Key: `tenant \0 filter-code filter-value \0 group-code slot(4 bytes BE) group-value`.
+//! A series (tenant, filter, grouping) is one contiguous key range ordered by slot,
+//! so a report reads exactly the rows of its slots — with a grouping, one row per
+//! group value active in each slot — and never a message. Retention deletes the old
+//! end of each series and jumps to the next one at the first young row.
+
+use std::ops::Range;
+
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::Tree;
+
+use crate::domain::auth::TenantId;
+use crate::stats::{CounterKey, Dimension, Series, StatsDelta, StatsRow, Tally};
+use crate::store::StoreError;
+
+const NONE: u8 = b'-';
+
+fn code(dimension: Option<Dimension>) -> u8 {
+    match dimension {
+        None => NONE,
+        Some(Dimension::Tag) => b't',
+        Some(Dimension::Template) => b'm',
+        Some(Dimension::Upstream) => b'u',
+        Some(Dimension::SenderDomain) => b's',
+        Some(Dimension::RecipientDomain) => b'r',
+    }
+}
+
+/// The key prefix of a series: everything before the slot.
+fn series_prefix(tenant: &str, filter: Option<(Dimension, &str)>, group: Option<Dimension>) -> Vec<u8> {
+    let mut key = Vec::with_capacity(tenant.len() + 40);
+    key.extend_from_slice(tenant.as_bytes());
+    key.push(0);
+    key.push(code(filter.map(|(d, _)| d)));
+    if let Some((_, value)) = filter {
+        key.extend_from_slice(value.as_bytes());
+    }
+    key.push(0);
+    key.push(code(group));
+    key
+}
+
+fn row_key(counter: &CounterKey) -> Vec<u8> {
+    let filter = counter.filter.as_ref().map(|(d, v)| (*d, v.as_str()));
+    let mut key = series_prefix(&counter.tenant, filter, counter.group.as_ref().map(|(d, _)| *d));
+    key.extend_from_slice(&counter.slot.to_be_bytes());
+    if let Some((_, value)) = &counter.group {
+        key.extend_from_slice(value.as_bytes());
+    }
+    key
+}
+
+/// Where the slot starts in a row key: after the second `\0` and the group code.
+/// `None` for a key that is not a row.
+pub(super) fn slot_at(key: &[u8]) -> Option<(usize, u32)> {
+    let tenant_end = key.iter().position(|b| *b == 0)?;
+    let filter_end = tenant_end + 1 + key[tenant_end + 1..].iter().position(|b| *b == 0)?;
+    let at = filter_end + 2;
+    let slot = u32::from_be_bytes(key.get(at..at + 4)?.try_into().ok()?);
+    Some((at, slot))
+}
+
+/// Adds the delta to its rows, inside the caller's transaction. Values that could
+/// not be told apart from the key layout (a `\0` inside) are not counted.
+pub(super) fn apply(
+    delta: &StatsDelta,
+    tree: &TransactionalTree,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    for (counter, tally) in delta.rows() {
+        let has_nul = |v: &Option<(Dimension, String)>| v.as_ref().is_some_and(|(_, v)| v.contains('\0'));
+        if has_nul(&counter.filter) || has_nul(&counter.group) || counter.tenant.contains('\0') {
+            continue;
+        }
+        let key = row_key(counter);
+        let mut row = tree
+            .get(&key)?
+            .and_then(|bytes| Tally::decode(&bytes))
+            .unwrap_or_default();
+        row.add(tally);
+        tree.insert(key, row.encode())?;
+    }
+    Ok(())
+}
+
+/// The rows of one series in `slots`, in key order.
+pub(super) fn read(
+    tree: &Tree,
+    tenant: &TenantId,
+    series: &Series,
+    slots: Range<u32>,
+) -> Result<Vec<StatsRow>, StoreError> {
+    let filter = series.filter.as_ref().map(|(d, v)| (*d, v.as_str()));
+    let prefix = series_prefix(tenant.as_str(), filter, series.group);
+    let bound = |slot: u32| {
+        let mut key = prefix.clone();
+        key.extend_from_slice(&slot.to_be_bytes());
+        key
+    };
+    let mut rows = Vec::new();
+    for entry in tree.range(bound(slots.start)..bound(slots.end)) {
+        let (key, value) = entry?;
+        let Some(tally) = Tally::decode(&value) else {
+            continue;
+        };
+        let Some(slot_bytes) = key.get(prefix.len()..prefix.len() + 4) else {
+            continue;
+        };
+        let slot = u32::from_be_bytes(slot_bytes.try_into().unwrap_or_default());
+        let group = String::from_utf8_lossy(&key[prefix.len() + 4..]).into_owned();
+        rows.push(StatsRow { slot, group, tally });
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, Utc};
+
+    use super::*;
+    use crate::domain::message::{DeliveryOutcome, ExternalReport, SmtpReply};
+    use crate::domain::status::EventType;
+    use crate::stats::record::slot_of;
+    use crate::store::sled_store::SledStore;
+    use crate::store::test_support::message;
+    use crate::store::{PurgeCutoffs, Store as _};
+
+    fn all() -> Series {
+        Series {
+            filter: None,
+            group: None,
+        }
+    }
+
+    fn whole_day(store: &SledStore, series: &Series) -> Vec<StatsRow> {
+        let now = Utc::now();
+        let tenant = TenantId::parse("acme").unwrap();
+        store
+            .stats(
+                &tenant,
+                series,
+                slot_of(now - Duration::days(1))..slot_of(now + Duration::days(2)),
+            )
+            .unwrap()
+    }
+
+    fn sum(rows: &[StatsRow]) -> Tally {
+        let mut total = Tally::default();
+        for row in rows {
+            total.add(&row.tally);
+        }
+        total
+    }
+
+    fn reply(code: u16) -> SmtpReply {
+        SmtpReply {
+            code: Some(code),
+            enhanced: Some("5.1.1".into()),
+            diagnostic: "user unknown".into(),
+        }
+    }
+
+    #[test]
+    fn counters_move_with_the_writes_and_a_late_report_counts_when_it_arrives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut msg = message();
+        msg.tags = vec!["welcome".into()];
+        store.accept(&msg, b"mime", None).unwrap();
+        let mut leased = store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().remove(0).message;
+        leased.record_outcome(0, DeliveryOutcome::Sent(reply(250)), "relay-a", false, Utc::now());
+        leased.finish_attempt(None);
+        store.release(&leased).unwrap();
+        store.release(&leased).unwrap();
+
+        let tomorrow = Utc::now() + Duration::days(1);
+        let tenant = msg.tenant.clone();
+        store
+            .apply_report(&tenant, &msg.id, &mut |m| {
+                let report = ExternalReport {
+                    event_type: EventType::Bounced,
+                    smtp: Some(reply(550)),
+                    bounce: Some(crate::domain::bounce::classify(Some(550), Some("5.1.1"), "", "dsn")),
+                };
+                m.record_report(0, report, crate::domain::ids::EventId::generate(), tomorrow);
+            })
+            .unwrap();
+
+        let rows = whole_day(&store, &all());
+        let total = sum(&rows);
+        assert_eq!(
+            (total.counts.accepted, total.counts.sent, total.counts.bounced_hard),
+            (1, 1, 1),
+            "a write repeated counts once"
+        );
+        let late = rows.iter().find(|r| r.tally.counts.bounced_hard == 1).unwrap();
+        assert_eq!(late.slot, slot_of(tomorrow), "the bounce counts when it was reported");
+
+        let by_relay = whole_day(
+            &store,
+            &Series {
+                filter: None,
+                group: Some(Dimension::Upstream),
+            },
+        );
+        let at_a: Vec<&StatsRow> = by_relay.iter().filter(|r| r.group == "relay-a").collect();
+        assert_eq!(
+            at_a.iter()
+                .map(|r| r.tally.counts.sent + r.tally.counts.bounced_hard)
+                .sum::<u64>(),
+            2,
+            "the DSN counts at the relay that sent"
+        );
+        let welcome = Series {
+            filter: Some((Dimension::Tag, "welcome".into())),
+            group: None,
+        };
+        assert_eq!(sum(&whole_day(&store, &welcome)).counts.accepted, 1);
+        let other_tenant = TenantId::parse("other").unwrap();
+        assert!(store.stats(&other_tenant, &all(), 0..u32::MAX).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_report_reads_the_same_rows_with_ten_messages_or_a_thousand() {
+        let read = |messages: usize| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = SledStore::open(dir.path()).unwrap();
+            let first = message();
+            for _ in 0..messages {
+                let mut msg = message();
+                msg.created_at = first.created_at;
+                store
+                    .write_messages(&[crate::store::MessageWrite::Accept {
+                        message: &msg,
+                        mime: b"m",
+                        key: None,
+                    }])
+                    .unwrap();
+            }
+            let thirty_days = slot_of(first.created_at - Duration::days(30))..slot_of(first.created_at) + 1;
+            let rows = store.stats(&first.tenant, &all(), thirty_days).unwrap();
+            assert_eq!(sum(&rows).counts.accepted, messages as u64);
+            rows.len()
+        };
+        assert_eq!(read(10), 1);
+        assert_eq!(
+            read(1_000),
+            1,
+            "one counter row per slot, whatever the number of messages"
+        );
+    }
+
+    #[test]
+    fn retention_drops_old_slots_and_keeps_young_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let mut old = message();
+        old.created_at = Utc::now() - Duration::days(500);
+        old.next_attempt_at = None;
+        store.accept(&old, b"m", None).unwrap();
+        let young = message();
+        store.accept(&young, b"m", None).unwrap();
+        let keep_history = Utc::now() - Duration::days(1_000);
+        let cutoffs = PurgeCutoffs {
+            history: keep_history,
+            mime: keep_history,
+            stats: Utc::now() - Duration::days(400),
+        };
+        let report = store.purge(cutoffs, 1_000).unwrap();
+        assert!(report.deleted >= 6, "every series of the old slot: {report:?}");
+        let rows = store.stats(&young.tenant, &all(), 0..u32::MAX).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].slot, slot_of(young.created_at));
+        assert!(slot_at(b"not a row").is_none());
+    }
+}
