@@ -36,12 +36,11 @@ async fn a_real_postfix_dsn_bounces_the_recipient_fires_the_webhook_and_suppress
         .await
         .unwrap();
     assert_eq!(hook.status(), 201);
-    // Postfix's DSN pipe posts to this app with this token.
-    let dir = &app.postfix.dir;
-    std::fs::write(dir.join("dsnhook.url"), format!("{}/v1/bounces/dsn", app.address)).unwrap();
-    std::fs::write(dir.join("dsnhook.token"), &admin).unwrap();
+    // Postfix's DSN pipe posts the DSNs of each message to this app with this token.
+    let dsn_url = format!("{}/v1/bounces/dsn", app.address);
 
     let id = app.send_ok(&simple_message("nobody@nouser.test")).await;
+    app.postfix.route_dsns(&id, &dsn_url, &admin);
     let bounced = app
         .wait_for(&id, WAIT, |m| m["recipients"][0]["status"] == "bounced")
         .await;
@@ -83,6 +82,7 @@ async fn a_real_postfix_dsn_bounces_the_recipient_fires_the_webhook_and_suppress
     // The form real providers send: Postfix relays to a "remote MX" that answers 550,
     // and its DSN carries `Diagnostic-Code: smtp; 550 …` and `Remote-MTA`.
     let remote = app.send_ok(&simple_message("someone@remote-bounce.test")).await;
+    app.postfix.route_dsns(&remote, &dsn_url, &admin);
     let bounced = app
         .wait_for(&remote, WAIT, |m| m["recipients"][0]["status"] == "bounced")
         .await;

@@ -58,6 +58,15 @@ impl Postfix {
         assert!(status.success(), "postfix.sh {command} failed");
     }
 
+    /// Has Postfix POST the DSNs of message `id` to `url` with `token` (see postfix.sh):
+    /// until this is written, they wait in Postfix's queue.
+    pub fn route_dsns(&self, id: &str, url: &str, token: &str) {
+        let routes = self.dir.join("dsnhook.d");
+        std::fs::create_dir_all(&routes).expect("dsnhook.d");
+        std::fs::write(routes.join(format!("{id}.token")), token).expect("write the DSN token");
+        std::fs::write(routes.join(format!("{id}.url")), url).expect("write the DSN url");
+    }
+
     /// A `[[upstreams]]` entry for this Postfix's `port` (or a forwarder to it), with
     /// AUTH (the password file is `data/smtp-password`) and its CA; `extra` (TOML keys)
     /// is merged into it and wins.
@@ -246,8 +255,12 @@ pub async fn spawn_binary(extra: &str) -> TestApp {
 
 /// `spawn_binary` with environment variables for the binary (and for reading its keys).
 pub async fn spawn_binary_with_env(extra: &str, envs: &[(&str, &str)]) -> TestApp {
+    spawn_binary_on(tempfile::tempdir().expect("temp dir"), extra, envs).await
+}
+
+/// `spawn_binary_with_env` on a data dir the test prepared (a store written in advance).
+pub async fn spawn_binary_on(data: TempDir, extra: &str, envs: &[(&str, &str)]) -> TestApp {
     let postfix = Postfix::shared();
-    let data = tempfile::tempdir().expect("temp dir");
     let config = write_config(data.path(), &postfix, extra);
     let env: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let mut settings = Settings::load(Some(&config), env).expect("the test config loads");

@@ -15,6 +15,7 @@ mod operations;
 mod relay_tls;
 mod retention;
 mod sandbox;
+mod stats;
 mod templates;
 mod upstreams;
 mod webhooks;

@@ -17,8 +17,10 @@
 # 550 5.1.1 and `defer@<any domain>` 451 4.2.0 at RCPT. Mail to `@nouser.test` is accepted
 # and then fails in a pipe(8) transport with EX_NOUSER, so Postfix sends a real DSN to the
 # envelope sender; every null-sender message (every DSN) goes to a pipe that POSTs it with
-# curl to the URL in DIR/dsnhook.url, with the bearer token in DIR/dsnhook.token (exit 75,
-# so Postfix retries, when that fails). The CA that signed the server certificate is
+# curl to the URL in DIR/dsnhook.d/<message id>.url with the bearer token in
+# DIR/dsnhook.d/<message id>.token, the message id read from the VERP return path the DSN
+# is addressed to, so tests running at once each get their own DSNs (exit 75, so Postfix
+# retries, while no route is written or the POST fails). The CA that signed the server certificate is
 # DIR/tls/ca.pem. Nothing outside DIR is touched except installing the
 # Debian packages when they are missing.
 set -euo pipefail
@@ -157,12 +159,15 @@ $((base + 3)) inet  n       -       n       -       -       smtpd
 nouser     unix  -       n       n       -       -       pipe
   user=nobody argv=/bin/sh $dir/etc/nouser.sh
 dsnhook    unix  -       n       n       -       -       pipe
-  user=nobody argv=/bin/sh $dir/etc/dsnhook.sh
+  user=nobody argv=/bin/sh $dir/etc/dsnhook.sh \${recipient}
 CF
   printf 'exit 67\n' > "$dir/etc/nouser.sh"
   cat > "$dir/etc/dsnhook.sh" <<'SH'
-url=$(cat "$(dirname "$0")/../dsnhook.url" 2>/dev/null) || exit 75
-token=$(cat "$(dirname "$0")/../dsnhook.token" 2>/dev/null) || exit 75
+id=$(printf '%s' "$1" | sed -n 's/^[^+]*+\(msg_[0-9a-f]*\)-[0-9]*@.*$/\1/p')
+route=$(dirname "$0")/../dsnhook.d/$id
+[ -n "$id" ] || exit 75
+url=$(cat "$route.url" 2>/dev/null) || exit 75
+token=$(cat "$route.token" 2>/dev/null) || exit 75
 curl --fail --silent --output /dev/null --max-time 30 \
   -H "Authorization: Bearer $token" -H "Content-Type: message/rfc822" \
   --data-binary @- "$url" || exit 75
