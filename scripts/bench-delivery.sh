@@ -7,11 +7,18 @@
 # and the ratios. Release build, default settings (every 202 fsynced), 2 KB messages,
 # one recipient each. Not part of the test suite; asserts nothing.
 #
-#   scripts/bench-delivery.sh [N]
+# With BASELINE=<git revision> (e.g. BASELINE=HEAD~3), that revision is built too (in a
+# worktree, target dir target/bench-baseline) and (a) and (b) run ROUNDS times (default
+# 2) for each binary, alternating, so a change's cost is measured in one run on one
+# machine: the summary adds the best rate of each and their ratio.
+#
+#   [BASELINE=rev] [ROUNDS=2] scripts/bench-delivery.sh [N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 n=${1:-20000}
+baseline=${BASELINE:-}
+rounds=${ROUNDS:-2}
 sessions=8
 base=${MAILGATE_TEST_POSTFIX_PORT:-10587}
 postfix_dir=${MAILGATE_TEST_POSTFIX_DIR:-/tmp/mailgate-postfix}
@@ -21,6 +28,7 @@ work=$(mktemp -d /tmp/mailgate-bench.XXXXXX)
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do { kill "$pid" && wait "$pid"; } 2>/dev/null || true; done
+  if [ -d "$work/baseline-src" ]; then git worktree remove --force "$work/baseline-src" || true; fi
   rm -rf "$work"
 }
 trap 'status=$?; cleanup; exit $status' EXIT
@@ -28,6 +36,13 @@ trap 'status=$?; cleanup; exit $status' EXIT
 command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null
 tests/support/postfix.sh start >/dev/null
 cargo build --release --locked 2>&1 | tail -1
+if [ -n "$baseline" ]; then
+  baseline_sha=$(git rev-parse --short "$baseline^{commit}")
+  git worktree add --detach "$work/baseline-src" "$baseline_sha" >/dev/null 2>&1
+  echo "building the baseline $baseline ($baseline_sha)"
+  CARGO_TARGET_DIR="$PWD/target/bench-baseline" cargo build --release --locked \
+    --manifest-path "$work/baseline-src/Cargo.toml" 2>&1 | tail -1
+fi
 
 # shellcheck source=scripts/bench-lib.sh
 . scripts/bench-lib.sh
@@ -44,10 +59,13 @@ text=$(head -c 1500 /dev/zero | tr '\0' 'x' | fold -w 72 | paste -sd' ')
 
 # --- (a) and (b): mailgate into smtp-sink -------------------------------------------
 start_sink
-port=$(free_port)
-cat >"$work/mailgate.toml" <<TOML
+# Runs (a) and (b) against the binary $1 (label $2); sets accept_rate and e2e_rate.
+run_mailgate() {
+  local bin=$1 label=$2 data=$work/data-$2-$RANDOM
+  port=$(free_port)
+  cat >"$work/mailgate.toml" <<TOML
 [storage]
-path = "$work/data"
+path = "$data"
 
 [[upstreams]]
 name = "sink"
@@ -59,42 +77,61 @@ max_connections = $sessions
 [limits]
 messages_per_second = 0
 TOML
-MAILGATE_HTTP__LISTEN="127.0.0.1:$port" MAILGATE_LOG__LEVEL=warn \
-  target/release/mailgate serve --config "$work/mailgate.toml" >"$work/stdout" 2>"$work/stderr" &
-pids+=($!)
-mailgate_pid=$!
-for _ in $(seq 100); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
-token=$(sed -n '/Dev token/{n;p}' "$work/stdout")
-body="{\"from\":\"Bench <bench@acme.test>\",\"to\":[\"ana@example.test\"],\"subject\":\"Bench\",\"text\":\"$text\"}"
+  MAILGATE_HTTP__LISTEN="127.0.0.1:$port" MAILGATE_LOG__LEVEL=warn \
+    "$bin" serve --config "$work/mailgate.toml" >"$work/stdout" 2>"$work/stderr" &
+  pids+=($!)
+  local mailgate_pid=$!
+  for _ in $(seq 100); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+  local token
+  token=$(sed -n '/Dev token/{n;p}' "$work/stdout")
+  local body="{\"from\":\"Bench <bench@acme.test>\",\"to\":[\"ana@example.test\"],\"subject\":\"Bench\",\"text\":\"$text\"}"
+  post_lua "$work/post.lua" "$token" "$body"
 
-post_lua "$work/post.lua" "$token" "$body"
+  echo "== (a) $label accept rate: wrk, 2 threads, 64 connections, 10 s (delivery into smtp-sink running)"
+  wrk -t2 -c64 -d10s --latency -s "$work/post.lua" "http://127.0.0.1:$port/v1/messages" >"$work/wrk-a.txt"
+  grep -E 'Requests/sec|50%|99%|Non-2xx' "$work/wrk-a.txt"
+  accept_rate=$(awk '/Requests\/sec/ { printf "%.0f", $2 }' "$work/wrk-a.txt")
+  # Let the queue drain before (b) starts.
+  while [ "$(counter mailgate_recipients_total)" -lt "$(counter mailgate_messages_accepted_total)" ]; do sleep 0.2; done
 
-echo "== (a) accept rate: wrk, 2 threads, 64 connections, 10 s (delivery into smtp-sink running)"
-wrk -t2 -c64 -d10s --latency -s "$work/post.lua" "http://127.0.0.1:$port/v1/messages" >"$work/wrk-a.txt"
-grep -E 'Requests/sec|50%|99%|Non-2xx' "$work/wrk-a.txt"
-accept_rate=$(awk '/Requests\/sec/ { printf "%.0f", $2 }' "$work/wrk-a.txt")
-# Let the queue drain before (b) starts.
-while [ "$(counter mailgate_recipients_total)" -lt "$(counter mailgate_messages_accepted_total)" ]; do sleep 0.2; done
+  echo "== (b) $label end to end: $n messages, 64 clients → mailgate → smtp-sink ($sessions connections)"
+  local accepted_before sent_before start accepted_at accepted end wrk_pid
+  accepted_before=$(counter mailgate_messages_accepted_total)
+  sent_before=$(counter mailgate_recipients_total)
+  start=$(now)
+  # Each wrk thread stops after its share; wrk itself runs until told to stop (SIGINT).
+  BENCH_PER_THREAD=$((n / 2)) wrk -t2 -c64 -d600s -s "$work/post.lua" "http://127.0.0.1:$port/v1/messages" >"$work/wrk-b.txt" &
+  wrk_pid=$!
+  while [ $(( $(counter mailgate_messages_accepted_total) - accepted_before )) -lt "$n" ]; do sleep 0.05; done
+  accepted_at=$(now)
+  sleep 0.5
+  kill -INT "$wrk_pid"
+  wait "$wrk_pid" || true
+  accepted=$(( $(counter mailgate_messages_accepted_total) - accepted_before ))
+  while [ $(( $(counter mailgate_recipients_total) - sent_before )) -lt "$accepted" ]; do sleep 0.05; done
+  end=$(now)
+  e2e_rate=$(rate "$accepted" "$start" "$end")
+  echo "$accepted accepted in $(awk -v s="$start" -v e="$accepted_at" 'BEGIN{printf "%.2f", e-s}') s, all delivered after $(awk -v s="$start" -v e="$end" 'BEGIN{printf "%.2f", e-s}') s: $e2e_rate msg/s end to end"
+  grep -E 'Non-2xx' "$work/wrk-b.txt" || true
+  echo "   mailgate RSS after: $(ps -o rss= -p "$mailgate_pid" | awk '{printf "%.0f MiB", $1/1024}')"
+  kill "$mailgate_pid" && wait "$mailgate_pid" 2>/dev/null || true
+  rm -rf "$data"
+}
 
-echo "== (b) end to end: $n messages, 64 clients → mailgate → smtp-sink ($sessions connections)"
-accepted_before=$(counter mailgate_messages_accepted_total)
-sent_before=$(counter mailgate_recipients_total)
-start=$(now)
-# Each wrk thread stops after its share; wrk itself runs until told to stop (SIGINT).
-BENCH_PER_THREAD=$((n / 2)) wrk -t2 -c64 -d600s -s "$work/post.lua" "http://127.0.0.1:$port/v1/messages" >"$work/wrk-b.txt" &
-wrk_pid=$!
-while [ $(( $(counter mailgate_messages_accepted_total) - accepted_before )) -lt "$n" ]; do sleep 0.05; done
-accepted_at=$(now)
-sleep 0.5
-kill -INT "$wrk_pid"
-wait "$wrk_pid" || true
-accepted=$(( $(counter mailgate_messages_accepted_total) - accepted_before ))
-while [ $(( $(counter mailgate_recipients_total) - sent_before )) -lt "$accepted" ]; do sleep 0.05; done
-end=$(now)
-e2e_rate=$(rate "$accepted" "$start" "$end")
-echo "$accepted accepted in $(awk -v s="$start" -v e="$accepted_at" 'BEGIN{printf "%.2f", e-s}') s, all delivered after $(awk -v s="$start" -v e="$end" 'BEGIN{printf "%.2f", e-s}') s: $e2e_rate msg/s end to end"
-grep -E 'Non-2xx' "$work/wrk-b.txt" || true
-echo "   mailgate RSS after: $(ps -o rss= -p "$mailgate_pid" | awk '{printf "%.0f MiB", $1/1024}')"
+max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b ? a : b) }'; }
+if [ -z "$baseline" ]; then
+  run_mailgate target/release/mailgate current
+else
+  best_accept=0 best_e2e=0 base_accept=0 base_e2e=0
+  for round in $(seq "$rounds"); do
+    echo "--- round $round of $rounds"
+    run_mailgate target/bench-baseline/release/mailgate "baseline-$baseline_sha"
+    base_accept=$(max "$base_accept" "$accept_rate") base_e2e=$(max "$base_e2e" "$e2e_rate")
+    run_mailgate target/release/mailgate current
+    best_accept=$(max "$best_accept" "$accept_rate") best_e2e=$(max "$best_e2e" "$e2e_rate")
+  done
+  accept_rate=$best_accept e2e_rate=$best_e2e
+fi
 
 # --- (c) reference: smtp-source → Postfix → smtp-sink --------------------------------
 echo "== (c) reference: smtp-source ($sessions sessions) → Postfix → smtp-sink, $n messages of 2 KB"
@@ -130,3 +167,13 @@ awk -v a="$accept_rate" -v b="$e2e_rate" -v pa="$postfix_accept" -v pr="$postfix
   printf "e2e ratio      mailgate / Postfix = %.2f (target ≥ 4)\n", b / pr
   printf "e2e / physical limit              = %.2f\n", b / d
 }'
+if [ -n "$baseline" ]; then
+  echo
+  echo "== against the baseline $baseline ($baseline_sha), best of $rounds rounds each"
+  printf '%-24s %8s %8s msg/s\n' "" baseline current
+  printf '%-24s %8s %8s\n' "(a) accept" "$base_accept" "$best_accept" "(b) end to end" "$base_e2e" "$best_e2e"
+  awk -v a="$best_accept" -v ba="$base_accept" -v b="$best_e2e" -v bb="$base_e2e" 'BEGIN {
+    printf "accept current / baseline = %.3f\n", a / ba
+    printf "e2e    current / baseline = %.3f\n", b / bb
+  }'
+fi
