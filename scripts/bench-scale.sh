@@ -6,7 +6,8 @@
 #      the data directory's bytes per message;
 #   2. idle CPU over 10 s with all of them waiting;
 #   3. restart to serving: SIGTERM, start again, time until /healthz answers;
-#   4. the drain rate once they come due, into Postfix's smtp-sink (8 connections);
+#   4. the drain rate once they come due, into Postfix's smtp-sink (8 connections), then
+#      the latency of GET /v1/stats over 30 days with all of them stored;
 #   5. steady traffic (STEADY_RATE msg/s for STEADY_SECS s, default 400 and 120) with
 #      retention = 30s and mime_retention = 10s: disk use every 10 s, which levels off.
 # Asserts nothing; not part of the test suite. CACHE_BYTES sets storage.cache_bytes for
@@ -127,6 +128,20 @@ drain_started=$(now)
 while [ "$(counter mailgate_recipients_total)" -lt "$filled" ]; do sleep 0.5; done
 drain_secs=$(since "$drain_started")
 echo "== 4. drain: $filled delivered into smtp-sink in $drain_secs s: $(awk -v n="$filled" -v s="$drain_secs" 'BEGIN { printf "%.0f", n / s }') msg/s, RSS $(rss_mib "$mailgate_pid") MiB"
+
+# --- 4b. reports over what is stored -------------------------------------------------
+query_ms() { # path [accept]: p50 and worst of 20 requests
+  for _ in $(seq 20); do
+    curl -s -o /dev/null -w '%{time_total}\n' -H "Authorization: Bearer $token" \
+      -H "Accept: ${2:-application/json}" "127.0.0.1:$port$1"
+  done | sort -n | awk '{ t[NR] = $1 * 1000 } END { printf "p50 %.1f ms, max %.1f ms", t[int((NR + 1) / 2)], t[NR] }'
+}
+month_ago=$(date -u -d '30 days ago' +%Y-%m-%dT%H:%M:%SZ)
+echo "== 4b. GET /v1/stats with $(( $(counter mailgate_messages_accepted_total) )) messages stored (the 20 requests of each in a row)"
+echo "   30 days by day:                       $(query_ms "/v1/stats?from=$month_ago")"
+echo "   30 days by day, Europe/Paris, as CSV: $(query_ms "/v1/stats?from=$month_ago&timezone=Europe/Paris" text/csv)"
+echo "   30 days by day, group_by=upstream:    $(query_ms "/v1/stats?from=$month_ago&group_by=upstream")"
+echo "   30 days by hour:                      $(query_ms "/v1/stats?from=$month_ago&interval=hour")"
 kill -TERM "$mailgate_pid"; wait "$mailgate_pid" 2>/dev/null || true
 
 # --- 5. steady traffic with retention ------------------------------------------------

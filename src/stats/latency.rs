@@ -3,8 +3,6 @@
 //! dozen bytes, and histograms of any number of rows add up exactly (an average of
 //! percentiles would not).
 
-use std::collections::BTreeMap;
-
 /// Bits of precision below the leading one: 16 buckets per doubling.
 const SUB_BITS: u32 = 4;
 const SUBS: u64 = 1 << SUB_BITS;
@@ -30,9 +28,11 @@ fn bounds_of(index: u16) -> (u64, u64) {
     ((SUBS + sub) << shift, 1 << shift)
 }
 
-/// Counts of latencies per bucket; only buckets that were hit are kept.
+/// Counts of latencies per bucket, in bucket order; only buckets that were hit are
+/// kept (a sorted vector: counters are decoded, added and encoded on the writer
+/// thread, and a tree map's allocations showed there).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Latency(BTreeMap<u16, u64>);
+pub struct Latency(Vec<(u16, u64)>);
 
 impl Latency {
     pub fn observe(&mut self, ms: u64) {
@@ -46,19 +46,21 @@ impl Latency {
     }
 
     fn count(&mut self, index: u16, by: u64) {
-        let slot = self.0.entry(index).or_default();
-        *slot = slot.saturating_add(by);
+        match self.0.binary_search_by_key(&index, |(i, _)| *i) {
+            Ok(at) => self.0[at].1 = self.0[at].1.saturating_add(by),
+            Err(at) => self.0.insert(at, (index, by)),
+        }
     }
 
     /// The latency at quantile `q` (0 < q ≤ 1), in milliseconds, as the middle of its
     /// bucket; `None` with no observations.
     pub fn quantile(&self, q: f64) -> Option<u64> {
-        let total = self.0.values().fold(0u64, |sum, c| sum.saturating_add(*c));
+        let total = self.0.iter().fold(0u64, |sum, (_, c)| sum.saturating_add(*c));
         if total == 0 {
             return None;
         }
         let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
-        let mut seen = 0;
+        let mut seen = 0u64;
         for (index, count) in &self.0 {
             seen = count.saturating_add(seen);
             if seen >= rank {
@@ -70,8 +72,8 @@ impl Latency {
     }
 
     /// The buckets that were hit, in order, for encoding.
-    pub(super) fn buckets(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
-        self.0.iter().map(|(i, c)| (*i, *c))
+    pub(super) fn buckets(&self) -> &[(u16, u64)] {
+        &self.0
     }
 
     pub(super) fn from_buckets(buckets: impl IntoIterator<Item = (u16, u64)>) -> Self {

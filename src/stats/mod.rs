@@ -12,7 +12,7 @@ pub mod record;
 pub mod report;
 pub mod tally;
 
-pub use record::{CounterKey, Dimension, StatsDelta};
+pub use record::{Dimension, StatsDelta};
 pub use report::{StatsReport, StatsRow};
 pub use tally::{Counts, Tally};
 

@@ -68,8 +68,12 @@ pub struct StatsQuery {
     pub filter: Option<(Dimension, String)>,
 }
 
+/// An RFC 3339 time. An offset written `+01:00` in a URL without encoding arrives
+/// as ` 01:00` (a query string's `+` is a space), so a last space is read as `+`.
 fn instant(parameter: &'static str, raw: &str) -> Result<DateTime<Utc>, Refusal> {
+    let unplussed = raw.rsplit_once(' ').map(|(time, offset)| format!("{time}+{offset}"));
     DateTime::parse_from_rfc3339(raw)
+        .or_else(|err| unplussed.map_or(Err(err), |fixed| DateTime::parse_from_rfc3339(&fixed)))
         .map(|at| at.with_timezone(&Utc))
         .map_err(|_| {
             refuse(
@@ -223,6 +227,17 @@ mod tests {
             ..RawQuery::default()
         });
         assert_eq!((r.parameter, r.error.code), ("from", "invalid_query"));
+        let unencoded = RawQuery {
+            from: Some("2026-12-01T00:00:00 01:00".into()),
+            to: Some("2026-12-02T00:00:00Z".into()),
+            ..RawQuery::default()
+        };
+        let read = StatsQuery::parse(unencoded, now).unwrap();
+        assert_eq!(
+            read.buckets[0].start,
+            at("2026-11-30T00:00:00Z"),
+            "` 01:00` is the `+01:00` of an unencoded URL"
+        );
         let r = refused(RawQuery {
             tag: Some("a".into()),
             upstream: Some("b".into()),

@@ -145,15 +145,16 @@ impl Tally {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![FORMAT];
+        let mut out = Vec::with_capacity(16 + 4 * self.latency.buckets().len());
+        out.push(FORMAT);
         for count in Count::ALL {
             put_varint(&mut out, self.counts.get(count));
         }
-        let buckets: Vec<(u16, u64)> = self.latency.buckets().collect();
+        let buckets = self.latency.buckets();
         put_varint(&mut out, buckets.len() as u64);
         for (index, count) in buckets {
-            put_varint(&mut out, u64::from(index));
-            put_varint(&mut out, count);
+            put_varint(&mut out, u64::from(*index));
+            put_varint(&mut out, *count);
         }
         out
     }

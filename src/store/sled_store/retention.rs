@@ -139,9 +139,9 @@ impl SledStore {
         walk(&mut |round| {
             let resume = &mut self.resume().stats;
             // A key that is not a row is its own group, and kept.
-            let series = |key: &[u8]| super::stats::slot_at(key).map_or(key.len(), |(at, _)| at);
+            let series = |key: &[u8]| crate::stats::record::slot_at(key).map_or(key.len(), |(at, _)| at);
             purge_groups(&self.stats, series, resume, round, |key, _| {
-                Ok(super::stats::slot_at(key).is_some_and(|(_, slot)| slot < stats_cutoff))
+                Ok(crate::stats::record::slot_at(key).is_some_and(|(_, slot)| slot < stats_cutoff))
             })
         })?;
         Ok(report)

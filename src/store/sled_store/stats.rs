@@ -1,7 +1,5 @@
-//! Counter rows of `/v1/stats` in the `stats` tree.
-//!
-//! Key: `tenant \0 filter-code filter-value \0 group-code slot(4 bytes BE) group-value`.
-//! A series (tenant, filter, grouping) is one contiguous key range ordered by slot,
+//! Counter rows of `/v1/stats` in the `stats` tree, keyed as
+//! [`crate::stats::record::row_key`] lays them out. A series (tenant, filter, grouping) is one contiguous key range ordered by slot,
 //! so a report reads exactly the rows of its slots — with a grouping, one row per
 //! group value active in each slot — and never a message. Retention deletes the old
 //! end of each series and jumps to the next one at the first young row.
@@ -12,70 +10,18 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Tree;
 
 use crate::domain::auth::TenantId;
-use crate::stats::{CounterKey, Dimension, Series, StatsDelta, StatsRow, Tally};
+use crate::stats::record::series_prefix;
+use crate::stats::{Series, StatsDelta, StatsRow, Tally};
 use crate::store::StoreError;
 
-const NONE: u8 = b'-';
-
-fn code(dimension: Option<Dimension>) -> u8 {
-    match dimension {
-        None => NONE,
-        Some(Dimension::Tag) => b't',
-        Some(Dimension::Template) => b'm',
-        Some(Dimension::Upstream) => b'u',
-        Some(Dimension::SenderDomain) => b's',
-        Some(Dimension::RecipientDomain) => b'r',
-    }
-}
-
-/// The key prefix of a series: everything before the slot.
-fn series_prefix(tenant: &str, filter: Option<(Dimension, &str)>, group: Option<Dimension>) -> Vec<u8> {
-    let mut key = Vec::with_capacity(tenant.len() + 40);
-    key.extend_from_slice(tenant.as_bytes());
-    key.push(0);
-    key.push(code(filter.map(|(d, _)| d)));
-    if let Some((_, value)) = filter {
-        key.extend_from_slice(value.as_bytes());
-    }
-    key.push(0);
-    key.push(code(group));
-    key
-}
-
-fn row_key(counter: &CounterKey) -> Vec<u8> {
-    let filter = counter.filter.as_ref().map(|(d, v)| (*d, v.as_str()));
-    let mut key = series_prefix(&counter.tenant, filter, counter.group.as_ref().map(|(d, _)| *d));
-    key.extend_from_slice(&counter.slot.to_be_bytes());
-    if let Some((_, value)) = &counter.group {
-        key.extend_from_slice(value.as_bytes());
-    }
-    key
-}
-
-/// Where the slot starts in a row key: after the second `\0` and the group code.
-/// `None` for a key that is not a row.
-pub(super) fn slot_at(key: &[u8]) -> Option<(usize, u32)> {
-    let tenant_end = key.iter().position(|b| *b == 0)?;
-    let filter_end = tenant_end + 1 + key[tenant_end + 1..].iter().position(|b| *b == 0)?;
-    let at = filter_end + 2;
-    let slot = u32::from_be_bytes(key.get(at..at + 4)?.try_into().ok()?);
-    Some((at, slot))
-}
-
-/// Adds the delta to its rows, inside the caller's transaction. Values that could
-/// not be told apart from the key layout (a `\0` inside) are not counted.
+/// Adds the delta to its rows, inside the caller's transaction.
 pub(super) fn apply(
     delta: &StatsDelta,
     tree: &TransactionalTree,
 ) -> Result<(), ConflictableTransactionError<StoreError>> {
-    for (counter, tally) in delta.rows() {
-        let has_nul = |v: &Option<(Dimension, String)>| v.as_ref().is_some_and(|(_, v)| v.contains('\0'));
-        if has_nul(&counter.filter) || has_nul(&counter.group) || counter.tenant.contains('\0') {
-            continue;
-        }
-        let key = row_key(counter);
+    for (key, tally) in delta.rows() {
         let mut row = tree
-            .get(&key)?
+            .get(key)?
             .and_then(|bytes| Tally::decode(&bytes))
             .unwrap_or_default();
         row.add(tally);
@@ -122,6 +68,7 @@ mod tests {
     use crate::domain::message::{DeliveryOutcome, ExternalReport, SmtpReply};
     use crate::domain::status::EventType;
     use crate::stats::record::slot_of;
+    use crate::stats::Dimension;
     use crate::store::sled_store::SledStore;
     use crate::store::test_support::message;
     use crate::store::{PurgeCutoffs, Store as _};
@@ -272,6 +219,5 @@ mod tests {
         let rows = store.stats(&young.tenant, &all(), 0..u32::MAX).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].slot, slot_of(young.created_at));
-        assert!(slot_at(b"not a row").is_none());
     }
 }
