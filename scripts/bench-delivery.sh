@@ -114,21 +114,31 @@ TOML
   echo "$accepted accepted in $(awk -v s="$start" -v e="$accepted_at" 'BEGIN{printf "%.2f", e-s}') s, all delivered after $(awk -v s="$start" -v e="$end" 'BEGIN{printf "%.2f", e-s}') s: $e2e_rate msg/s end to end"
   grep -E 'Non-2xx' "$work/wrk-b.txt" || true
   echo "   mailgate RSS after: $(ps -o rss= -p "$mailgate_pid" | awk '{printf "%.0f MiB", $1/1024}')"
+  # The writer thread is the serial part: its CPU per message is the least noisy cost.
+  local writer total
+  writer=$(ps -L -o tid=,comm= -p "$mailgate_pid" | awk '$2 == "store-writer" { print $1 }')
+  total=$(counter mailgate_messages_accepted_total)
+  writer_us=$(awk -v t="$(awk '{ print $14 + $15 }' "/proc/$mailgate_pid/task/$writer/stat")" \
+    -v hz="$(getconf CLK_TCK)" -v n="$total" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  echo "   writer thread CPU: $writer_us µs per message (accepted, leased and recorded), over $total"
   kill "$mailgate_pid" && wait "$mailgate_pid" 2>/dev/null || true
   rm -rf "$data"
 }
 
 max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b ? a : b) }'; }
+min() { awk -v a="$1" -v b="$2" 'BEGIN { print (a < b ? a : b) }'; }
 if [ -z "$baseline" ]; then
   run_mailgate target/release/mailgate current
 else
-  best_accept=0 best_e2e=0 base_accept=0 base_e2e=0
+  best_accept=0 best_e2e=0 base_accept=0 base_e2e=0 best_writer=1e9 base_writer=1e9
   for round in $(seq "$rounds"); do
     echo "--- round $round of $rounds"
     run_mailgate target/bench-baseline/release/mailgate "baseline-$baseline_sha"
     base_accept=$(max "$base_accept" "$accept_rate") base_e2e=$(max "$base_e2e" "$e2e_rate")
+    base_writer=$(min "$base_writer" "$writer_us")
     run_mailgate target/release/mailgate current
     best_accept=$(max "$best_accept" "$accept_rate") best_e2e=$(max "$best_e2e" "$e2e_rate")
+    best_writer=$(min "$best_writer" "$writer_us")
   done
   accept_rate=$best_accept e2e_rate=$best_e2e
 fi
@@ -171,9 +181,11 @@ if [ -n "$baseline" ]; then
   echo
   echo "== against the baseline $baseline ($baseline_sha), best of $rounds rounds each"
   printf '%-24s %8s %8s msg/s\n' "" baseline current
-  printf '%-24s %8s %8s\n' "(a) accept" "$base_accept" "$best_accept" "(b) end to end" "$base_e2e" "$best_e2e"
-  awk -v a="$best_accept" -v ba="$base_accept" -v b="$best_e2e" -v bb="$base_e2e" 'BEGIN {
+  printf '%-24s %8s %8s\n' "(a) accept" "$base_accept" "$best_accept" "(b) end to end" "$base_e2e" "$best_e2e" \
+    "writer µs/message (min)" "$base_writer" "$best_writer"
+  awk -v a="$best_accept" -v ba="$base_accept" -v b="$best_e2e" -v bb="$base_e2e" -v w="$best_writer" -v bw="$base_writer" 'BEGIN {
     printf "accept current / baseline = %.3f\n", a / ba
     printf "e2e    current / baseline = %.3f\n", b / bb
+    printf "writer current / baseline = %.3f\n", w / bw
   }'
 fi

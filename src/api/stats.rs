@@ -72,19 +72,9 @@ pub async fn get_stats(
     let Query(raw) = query;
     let query = StatsQuery::parse(raw, chrono::Utc::now())
         .map_err(|r| ApiError::unprocessable(vec![FieldError::new(r.parameter, &r.error)]))?;
-    let (totals, grouped) = query.series();
-    let slots = query.slots();
-    let (total_rows, group_rows) = state
-        .store_call(&auth.principal.tenant, move |store, tenant| {
-            let total_rows = store.stats(tenant, &totals, slots.clone())?;
-            let group_rows = match &grouped {
-                Some(series) => store.stats(tenant, series, slots)?,
-                None => Vec::new(),
-            };
-            Ok((total_rows, group_rows))
-        })
+    let report = state
+        .store_call(&auth.principal.tenant, move |store, tenant| query.run(store, tenant))
         .await?;
-    let report = query.frame().report(total_rows, group_rows);
     Ok(respond(&request, &report))
 }
 

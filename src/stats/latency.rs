@@ -45,6 +45,16 @@ impl Latency {
         }
     }
 
+    /// Takes `other`'s counts away, bucket by bucket, never below zero.
+    pub fn subtract(&mut self, other: &Latency) {
+        for (index, count) in &other.0 {
+            if let Ok(at) = self.0.binary_search_by_key(index, |(i, _)| *i) {
+                self.0[at].1 = self.0[at].1.saturating_sub(*count);
+            }
+        }
+        self.0.retain(|(_, count)| *count > 0);
+    }
+
     fn count(&mut self, index: u16, by: u64) {
         match self.0.binary_search_by_key(&index, |(i, _)| *i) {
             Ok(at) => self.0[at].1 = self.0[at].1.saturating_add(by),
@@ -76,10 +86,15 @@ impl Latency {
         &self.0
     }
 
+    /// From buckets as [`Self::buckets`] gave them (in order: appended as they come;
+    /// out of order: put in place).
     pub(super) fn from_buckets(buckets: impl IntoIterator<Item = (u16, u64)>) -> Self {
         let mut latency = Self::default();
         for (index, count) in buckets {
-            latency.count(index, count);
+            match latency.0.last() {
+                Some((last, _)) if *last >= index => latency.count(index, count),
+                _ => latency.0.push((index, count)),
+            }
         }
         latency
     }

@@ -9,9 +9,11 @@ use utoipa::IntoParams;
 
 use super::buckets::{buckets, Bucket, Interval};
 use super::record::{slot_of, Dimension};
-use super::report::Frame;
+use super::report::{Frame, StatsReport};
 use super::Series;
+use crate::domain::auth::TenantId;
 use crate::domain::ValidationError;
+use crate::store::{Store, StoreError};
 
 /// Buckets one report may hold: an hourly report spans 41 days, a daily one 2.7 years.
 pub const MAX_BUCKETS: usize = 1_000;
@@ -169,20 +171,45 @@ impl StatsQuery {
         }
     }
 
-    /// The series of the report's totals, and the grouped one with `group_by`.
-    pub fn series(&self) -> (Series, Option<Series>) {
-        let totals = Series {
-            filter: self.filter.clone(),
-            group: None,
+    /// Reads the counter rows the report needs and sums them: the totals (for a
+    /// filter, its value's rows in the grouping by its dimension) and, with
+    /// `group_by`, the grouped rows.
+    pub fn run(&self, store: &dyn Store, tenant: &TenantId) -> Result<StatsReport, StoreError> {
+        let slots = self.slots();
+        let totals = match &self.filter {
+            None => store.stats(
+                tenant,
+                &Series {
+                    filter: None,
+                    group: None,
+                },
+                slots.clone(),
+            )?,
+            Some((dimension, value)) => {
+                let by_value = Series {
+                    filter: None,
+                    group: Some(*dimension),
+                };
+                let mut rows = store.stats(tenant, &by_value, slots.clone())?;
+                rows.retain(|r| &r.group == value);
+                rows
+            }
         };
-        let grouped = self.group_by.map(|group| Series {
-            filter: self.filter.clone(),
-            group: Some(group),
-        });
-        (totals, grouped)
+        let grouped = match self.group_by {
+            Some(group) => store.stats(
+                tenant,
+                &Series {
+                    filter: self.filter.clone(),
+                    group: Some(group),
+                },
+                slots,
+            )?,
+            None => Vec::new(),
+        };
+        Ok(self.frame().report(totals, grouped))
     }
 
-    pub fn frame(&self) -> Frame<'_> {
+    fn frame(&self) -> Frame<'_> {
         Frame {
             buckets: &self.buckets,
             interval: self.interval,

@@ -179,7 +179,11 @@ impl Frame<'_> {
     /// `group_by`, of the grouped one.
     pub fn report(&self, totals: Vec<StatsRow>, grouped: Vec<StatsRow>) -> StatsReport {
         let sums = self.sum(totals.into_iter().map(|r| (r.slot, r.tally)));
-        let groups = self.groups(grouped);
+        let groups = if self.group_by.is_some() {
+            self.groups(grouped, &sums)
+        } else {
+            Vec::new()
+        };
         let (from, to) = match (self.buckets.first(), self.buckets.last()) {
             (Some(first), Some(last)) => (first.start, last.end),
             _ => (Utc::now(), Utc::now()),
@@ -202,7 +206,10 @@ impl Frame<'_> {
         }
     }
 
-    fn groups(&self, rows: Vec<StatsRow>) -> Vec<GroupReport> {
+    /// The groups, with the one without a value: stored for tags (a message has
+    /// several), worked out for the other dimensions as what the totals hold beyond the
+    /// named groups (see [`super::record`]).
+    fn groups(&self, rows: Vec<StatsRow>, totals: &[Tally]) -> Vec<GroupReport> {
         let mut by_key: HashMap<String, Vec<(u32, Tally)>> = HashMap::new();
         for row in rows {
             by_key.entry(row.group).or_default().push((row.slot, row.tally));
@@ -214,8 +221,19 @@ impl Frame<'_> {
                 let sum = total(&sums);
                 (key, sums, sum)
             })
-            .filter(|(_, _, sum)| sum.counts.volume() > 0)
             .collect();
+        if self.group_by.is_some_and(|d| d != Dimension::Tag) {
+            ranked.retain(|(key, _, _)| !key.is_empty());
+            let mut rest = totals.to_vec();
+            for (_, sums, _) in &ranked {
+                for (left, named) in rest.iter_mut().zip(sums) {
+                    left.subtract(named);
+                }
+            }
+            let sum = total(&rest);
+            ranked.push((String::new(), rest, sum));
+        }
+        ranked.retain(|(_, _, sum)| sum.counts.volume() > 0);
         ranked.sort_by(|a, b| {
             b.2.counts
                 .volume()
@@ -355,23 +373,23 @@ mod tests {
             .with_timezone(&Utc);
         let days = buckets(from, from + chrono::Duration::days(2), Interval::Day, Tz::UTC, 10).unwrap();
         let totals = vec![
-            row("2026-12-01T03:00:00Z", "", Count::Sent, 3),
+            row("2026-12-01T03:00:00Z", "", Count::Sent, 105),
             row("2026-12-01T23:45:00Z", "", Count::BouncedHard, 1),
             row("2026-12-02T00:00:00Z", "", Count::Complained, 1),
+            row("2026-12-02T01:00:00Z", "", Count::Accepted, 500),
             row("2026-12-05T00:00:00Z", "", Count::Sent, 9),
         ];
-        let mut grouped: Vec<StatsRow> = (0..TOP_GROUPS + 2)
+        let grouped: Vec<StatsRow> = (0..TOP_GROUPS + 2)
             .map(|i| row("2026-12-01T03:00:00Z", &format!("d{i:03}.test"), Count::Sent, 1))
             .collect();
-        grouped.push(row("2026-12-02T01:00:00Z", "", Count::Accepted, 500));
         let report = frame(&days, Some(Dimension::RecipientDomain)).report(totals, grouped);
 
         assert_eq!(report.buckets.len(), 2);
-        assert_eq!(report.buckets[0].counts.sent, 3);
-        assert_eq!(report.buckets[0].rates.bounce_rate, Some(0.25));
+        assert_eq!(report.buckets[0].counts.sent, 105);
+        assert_eq!(report.buckets[0].rates.bounce_rate, Some(1.0 / 106.0));
         assert_eq!(report.buckets[1].rates.bounce_rate, None);
         assert_eq!(report.totals.counts.complained, 1);
-        assert_eq!(report.totals.rates.complaint_rate, Some(1.0 / 3.0));
+        assert_eq!(report.totals.rates.complaint_rate, Some(1.0 / 105.0));
         assert_eq!(report.groups.len(), TOP_GROUPS + 1);
         assert_eq!(
             report.groups[0].key, None,
@@ -390,7 +408,7 @@ mod tests {
             .starts_with("group,other,start,end,accepted,sent,"));
         assert_eq!(
             lines.next().unwrap(),
-            ",false,2026-12-01T00:00:00+00:00,2026-12-02T00:00:00+00:00,0,0,0,0,0,0,0,0,0,0,0,,,,,"
+            ",false,2026-12-01T00:00:00+00:00,2026-12-02T00:00:00+00:00,0,3,0,0,1,0,0,0,0,0,0,0.25,0,,,"
         );
         assert_eq!(csv.lines().count(), 1 + 2 * (TOP_GROUPS + 1));
         assert_eq!(csv_cell("a,\"b\""), "\"a,\"\"b\"\"\"");

@@ -121,6 +121,14 @@ impl Counts {
         }
     }
 
+    /// Takes `other` away, never below zero.
+    pub fn subtract(&mut self, other: &Counts) {
+        for count in Count::ALL {
+            let field = self.field(count);
+            *field = field.saturating_sub(other.get(count));
+        }
+    }
+
     /// Every count summed: how groups are ranked.
     pub fn volume(&self) -> u64 {
         Count::ALL.iter().fold(0u64, |sum, c| sum.saturating_add(self.get(*c)))
@@ -142,6 +150,12 @@ impl Tally {
     pub fn add(&mut self, other: &Tally) {
         self.counts.add(&other.counts);
         self.latency.add(&other.latency);
+    }
+
+    /// Takes `other` away (what is left of a total once its named groups are out).
+    pub fn subtract(&mut self, other: &Tally) {
+        self.counts.subtract(&other.counts);
+        self.latency.subtract(&other.latency);
     }
 
     pub fn encode(&self) -> Vec<u8> {

@@ -159,11 +159,15 @@ mod tests {
             2,
             "the DSN counts at the relay that sent"
         );
-        let welcome = Series {
-            filter: Some((Dimension::Tag, "welcome".into())),
-            group: None,
+        let by_tag = Series {
+            filter: None,
+            group: Some(Dimension::Tag),
         };
-        assert_eq!(sum(&whole_day(&store, &welcome)).counts.accepted, 1);
+        let welcome: Vec<StatsRow> = whole_day(&store, &by_tag)
+            .into_iter()
+            .filter(|r| r.group == "welcome")
+            .collect();
+        assert_eq!(sum(&welcome).counts.accepted, 1);
         let other_tenant = TenantId::parse("other").unwrap();
         assert!(store.stats(&other_tenant, &all(), 0..u32::MAX).unwrap().is_empty());
     }
@@ -215,7 +219,7 @@ mod tests {
             stats: Utc::now() - Duration::days(400),
         };
         let report = store.purge(cutoffs, 1_000).unwrap();
-        assert!(report.deleted >= 6, "every series of the old slot: {report:?}");
+        assert!(report.deleted >= 4, "every series of the old slot: {report:?}");
         let rows = store.stats(&young.tenant, &all(), 0..u32::MAX).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].slot, slot_of(young.created_at));
