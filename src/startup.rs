@@ -385,6 +385,10 @@ impl Application {
             Arc::clone(&self.tokens),
             stopped.clone(),
         )));
+        workers.push(tokio::spawn(crate::stats::folding::run_stats_folder_until_stopped(
+            Arc::clone(&self.worker.store),
+            stopped.clone(),
+        )));
         workers.push(tokio::spawn(run_purger_until_stopped(
             Arc::clone(&self.worker.store),
             self.retention,

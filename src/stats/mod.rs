@@ -6,6 +6,7 @@
 //! stored.
 
 pub mod buckets;
+pub mod folding;
 pub mod latency;
 pub mod query;
 pub mod record;

@@ -297,6 +297,42 @@ impl StatsDelta {
     pub fn rows(&self) -> impl Iterator<Item = (&[u8], &Tally)> {
         self.rows.iter().map(|(k, t)| (k.as_slice(), t))
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The delta as one value (a journal entry the store writes with the events):
+    /// per row, the key's and the tally's length and bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.rows.len() * 64);
+        for (key, tally) in &self.rows {
+            let tally = tally.encode();
+            out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+            out.extend_from_slice(key);
+            out.extend_from_slice(&(tally.len() as u32).to_be_bytes());
+            out.extend_from_slice(&tally);
+        }
+        out
+    }
+
+    /// `None` for bytes [`Self::encode`] did not write.
+    pub fn decode(mut bytes: &[u8]) -> Option<Self> {
+        let take = |bytes: &mut &[u8]| {
+            let (len, rest) = bytes.split_first_chunk::<4>()?;
+            let len = u32::from_be_bytes(*len) as usize;
+            let (part, rest) = (rest.get(..len)?, rest.get(len..)?);
+            *bytes = rest;
+            Some(part.to_vec())
+        };
+        let mut delta = Self::default();
+        while !bytes.is_empty() {
+            let key = take(&mut bytes)?;
+            let tally = Tally::decode(&take(&mut bytes)?)?;
+            delta.rows.entry(key).or_default().add(&tally);
+        }
+        Some(delta)
+    }
 }
 
 #[cfg(test)]
@@ -379,6 +415,19 @@ mod tests {
             Tally::default(),
             "a filter is not crossed with its own dimension"
         );
+    }
+
+    #[test]
+    fn a_delta_survives_its_encoding() {
+        let mut delta = StatsDelta::default();
+        delta.accepted(&message());
+        let decoded = StatsDelta::decode(&delta.encode()).unwrap();
+        let mut rows: Vec<_> = decoded.rows().collect();
+        let mut expected: Vec<_> = delta.rows().collect();
+        rows.sort_by_key(|(k, _)| k.to_vec());
+        expected.sort_by_key(|(k, _)| k.to_vec());
+        assert_eq!(rows, expected);
+        assert!(StatsDelta::decode(&delta.encode()[1..]).is_none());
     }
 
     #[test]

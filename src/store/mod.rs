@@ -397,9 +397,10 @@ pub trait Store: Send + Sync {
     fn queue_depth(&self) -> Result<QueueDepth, StoreError>;
 
     /// The tenant's report counter rows of `series` in `slots` (15-minute slots, see
-    /// [`crate::stats::record::slot_of`]). Every message write moves these counters in
-    /// its own transaction (accepted recipients, every new event), so they agree with
-    /// the event stream at all times; reading them reads no message.
+    /// [`crate::stats::record::slot_of`]). Every message write records its counter
+    /// changes (accepted recipients, every new event) in its own transaction, so the
+    /// counters agree with the event stream at all times, SIGKILL or not; reading them
+    /// reads no message.
     fn stats(
         &self,
         tenant: &TenantId,
@@ -425,6 +426,13 @@ pub trait Store: Send + Sync {
     /// scheduled, deferred or leased message is never touched. Nothing is flushed (a
     /// purge lost in a crash is redone). Each kind resumes where its last round stopped.
     fn purge(&self, cutoffs: PurgeCutoffs, budget: usize) -> Result<PurgeReport, StoreError>;
+
+    /// Moves up to `max` batches of counter changes recorded with message writes into
+    /// the counter rows, atomically (a backend may record them apart to keep its write
+    /// path short; reads see them either way). Returns how many it moved.
+    fn fold_stats(&self, _max: usize) -> Result<usize, StoreError> {
+        Ok(0)
+    }
 
     /// Proves the store accepts writes (for `/readyz`).
     fn check_writable(&self) -> Result<(), StoreError>;

