@@ -137,7 +137,7 @@ query_ms() { # path [accept]: p50 and worst of 20 requests
   done | sort -n | awk '{ t[NR] = $1 * 1000 } END { printf "p50 %.1f ms, max %.1f ms", t[int((NR + 1) / 2)], t[NR] }'
 }
 month_ago=$(date -u -d '30 days ago' +%Y-%m-%dT%H:%M:%SZ)
-echo "== 4b. GET /v1/stats with $(( $(counter mailgate_messages_accepted_total) )) messages stored (the 20 requests of each in a row)"
+echo "== 4b. GET /v1/stats with $filled messages stored (the 20 requests of each in a row)"
 echo "   30 days by day:                       $(query_ms "/v1/stats?from=$month_ago")"
 echo "   30 days by day, Europe/Paris, as CSV: $(query_ms "/v1/stats?from=$month_ago&timezone=Europe/Paris" text/csv)"
 echo "   30 days by day, group_by=upstream:    $(query_ms "/v1/stats?from=$month_ago&group_by=upstream")"
