@@ -103,18 +103,6 @@ pub fn series_prefix(tenant: &str, filter: Option<(Dimension, &str)>, group: Opt
     key
 }
 
-/// The key of one row.
-pub fn row_key(
-    tenant: &str,
-    filter: Option<(Dimension, &str)>,
-    group: Option<(Dimension, &str)>,
-    slot: u32,
-) -> Vec<u8> {
-    let mut key = Vec::with_capacity(tenant.len() + 48);
-    push_row(&mut key, tenant, filter, group, slot);
-    key
-}
-
 fn push_row(
     key: &mut Vec<u8>,
     tenant: &str,
@@ -340,6 +328,18 @@ mod tests {
     use super::*;
     use crate::domain::message::{DeliveryOutcome, SmtpReply};
     use crate::store::test_support::message;
+
+    /// The key of one row.
+    fn row_key(
+        tenant: &str,
+        filter: Option<(Dimension, &str)>,
+        group: Option<(Dimension, &str)>,
+        slot: u32,
+    ) -> Vec<u8> {
+        let mut key = Vec::with_capacity(tenant.len() + 48);
+        push_row(&mut key, tenant, filter, group, slot);
+        key
+    }
 
     /// The row of (filter, group) summed over the slots the test's events fall in.
     fn total(delta: &StatsDelta, filter: Option<(Dimension, &str)>, group: Option<(Dimension, &str)>) -> Tally {

@@ -1,5 +1,5 @@
 //! Counter rows of `/v1/stats` in the `stats` tree, keyed as
-//! [`crate::stats::record::row_key`] lays them out, and the journal they are folded
+//! `crate::stats::record` lays them out, and the journal they are folded
 //! from.
 //!
 //! A message write does not touch the rows: the counter changes of its whole batch go
