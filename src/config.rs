@@ -34,6 +34,19 @@ pub struct HttpSettings {
     pub body_timeout: ConfigDuration,
     /// How long an idle keep-alive connection is kept open.
     pub keep_alive: ConfigDuration,
+    /// Where people reach this service (`https://mail.example.com`), for the links
+    /// mailgate prints or sends (console sign-in links). Default: `http://` + `listen`.
+    pub public_url: Option<String>,
+}
+
+impl HttpSettings {
+    /// The base of links to this service, without a trailing `/`.
+    pub fn public_base(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen),
+        }
+    }
 }
 
 impl Default for HttpSettings {
@@ -44,6 +57,7 @@ impl Default for HttpSettings {
             header_timeout: ConfigDuration(Duration::from_secs(5)),
             body_timeout: ConfigDuration(Duration::from_secs(30)),
             keep_alive: ConfigDuration(Duration::from_secs(30)),
+            public_url: None,
         }
     }
 }
@@ -418,6 +432,13 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.http.public_url {
+            let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+            let host = rest.map(|r| r.split('/').next().unwrap_or(""));
+            if host.is_none_or(str::is_empty) || url.contains(['?', '#', ' ']) {
+                bail!("http.public_url `{url}` must be an http:// or https:// URL with a host, like https://mail.example.com");
+            }
+        }
         for (i, up) in self.upstreams.iter().enumerate() {
             if up.password_env.is_some() && up.password_file.is_some() {
                 bail!(

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod backpressure;
 pub mod bounces;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod domain;
 pub mod limits;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mailgate::auth::{KeySource, TokenKeys};
+use mailgate::auth::{KeySource, TokenKeys, TokenPurpose};
 use mailgate::config::Settings;
 use mailgate::domain::auth::{Scopes, TenantId};
 use mailgate::startup::{Application, Prepared, Stopped};
@@ -33,6 +33,22 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Print a one-time sign-in link to the web console for a tenant.
+    ConsoleLink {
+        #[arg(long)]
+        tenant: String,
+        /// Space-separated scopes the session gets (default: every scope).
+        #[arg(long)]
+        scope: Option<String>,
+        /// How long the link can be used (once), e.g. 15m.
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// Who the session is for (the `sub` claim; an address fills "send a test").
+        #[arg(long, default_value = "console")]
+        sub: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Print the OpenAPI document (JSON) to stdout.
     Openapi,
@@ -107,6 +123,27 @@ fn issue(tenant: &str, scope: &str, ttl: &str, sub: &str, config: Option<&PathBu
     Ok(())
 }
 
+/// A `console-link` token in a URL under `http.public_url`: it signs in once and
+/// only at the console (the API refuses it).
+fn console_link(
+    tenant: &str,
+    scope: Option<&str>,
+    ttl: &str,
+    sub: &str,
+    config: Option<&PathBuf>,
+) -> anyhow::Result<()> {
+    let settings = load(config)?;
+    let tenant = TenantId::parse(tenant).map_err(|e| anyhow::anyhow!("--tenant: {e}"))?;
+    let scopes = match scope {
+        Some(scope) => Scopes::parse_strict(scope).map_err(|e| anyhow::anyhow!("--scope: {e}"))?,
+        None => Scopes::all(),
+    };
+    let ttl = humantime::parse_duration(ttl).with_context(|| format!("--ttl: `{ttl}` is not a duration like 15m"))?;
+    let token = TokenKeys::load(&settings)?.issue_for(TokenPurpose::ConsoleLink, &tenant, &scopes, ttl, sub)?;
+    println!("{}/console/login?link={token}", settings.http.public_base());
+    Ok(())
+}
+
 fn check_config(config: Option<&PathBuf>) -> anyhow::Result<()> {
     let settings = load(config)?;
     for warning in Prepared::check(&settings)? {
@@ -132,6 +169,13 @@ async fn main() -> ExitCode {
                     config,
                 },
         } => issue(tenant, scope, ttl, sub, config.as_ref()),
+        Command::ConsoleLink {
+            tenant,
+            scope,
+            ttl,
+            sub,
+            config,
+        } => console_link(tenant, scope.as_deref(), ttl, sub, config.as_ref()),
         Command::Openapi => serde_json::to_string_pretty(&mailgate::api::openapi_document())
             .map(|doc| println!("{doc}"))
             .context("Failed to serialize the OpenAPI document"),

@@ -316,6 +316,7 @@ impl Application {
                 })
                 .wrap(TracingLogger::default())
                 .app_data(state.clone())
+                .configure(crate::console::configure)
                 .configure(api::configure)
         })
         .client_request_timeout(http.header_timeout.0)

@@ -59,6 +59,11 @@ fn authenticate<S: RequiredScope>(req: &HttpRequest) -> Result<Authenticated<S>,
         .tokens
         .verify(token)
         .map_err(|err| ApiError::invalid_token(err.to_string()))?;
+    if principal.purpose != crate::auth::TokenPurpose::Api {
+        return Err(ApiError::invalid_token(
+            "console sign-in links and sessions are not API tokens",
+        ));
+    }
     if principal
         .jti
         .as_deref()

@@ -21,7 +21,7 @@ use crate::domain::ids::TemplateId;
 use crate::domain::message::{
     decode_base64, Attachment, Body, ContentId, Filename, MediaType, Message, NewMessage, SmtpReply,
 };
-use crate::domain::message::{Content, IdempotencyKey, ReadyContent, TemplateCall, TemplateUse};
+use crate::domain::message::{Content, IdempotencyKey, MessageFilter, ReadyContent, TemplateCall, TemplateUse};
 use crate::domain::status::{EventType, MessageStatus, RecipientStatus};
 use crate::domain::template::{TemplateKey, TemplateName};
 use crate::domain::text::{CustomHeader, Subject, Tag};
@@ -603,7 +603,7 @@ pub async fn send_message(
 }
 
 /// Validates, accepts (or replays) one message; the answer and whether it replays.
-async fn send_one(
+pub(crate) async fn send_one(
     state: &AppState,
     tenant: &TenantId,
     request: SendMessageRequest,
@@ -883,6 +883,8 @@ pub struct MessageQuery {
     pub tag: Option<String>,
     /// Only messages to this address (to, cc or bcc).
     pub recipient: Option<String>,
+    /// Only messages rendered from the template of this name.
+    pub template: Option<String>,
     /// 1 to 100, default 20.
     #[param(minimum = 1, maximum = 100, default = 20)]
     pub limit: Option<u32>,
@@ -915,9 +917,9 @@ pub struct MessageList {
 
 /// Messages examined per list call at most, so filters cannot turn a request into a
 /// scan of everything.
-const LIST_BUDGET: usize = 1_000;
+pub(crate) const LIST_BUDGET: usize = 1_000;
 
-/// List messages, newest first, optionally by status, tag or recipient.
+/// List messages, newest first, optionally by status, tag, recipient or template.
 #[utoipa::path(
     tag = "messages",
     params(MessageQuery),
@@ -938,18 +940,15 @@ pub async fn list_messages(
         Some(raw) => Some(MessageId::parse(raw).map_err(|_| invalid_cursor("cursor"))?),
         None => None,
     };
-    let (status, tag) = (query.status, query.tag.clone());
-    let recipient = query.recipient.as_deref().map(str::to_ascii_lowercase);
+    let filter = MessageFilter {
+        status: query.status,
+        tag: query.tag.clone(),
+        recipient: query.recipient.clone(),
+        template: query.template.clone(),
+    };
     let (found, next) = state
         .store_call(&auth.principal.tenant, move |store, tenant| {
-            let wanted = |m: &Message| {
-                status.is_none_or(|s| m.status == s)
-                    && tag.as_ref().is_none_or(|t| m.tags.contains(t))
-                    && recipient
-                        .as_ref()
-                        .is_none_or(|r| m.recipients.iter().any(|x| x.email.eq_ignore_ascii_case(r)))
-            };
-            store.list_messages(tenant, cursor.as_ref(), size, LIST_BUDGET, &wanted)
+            store.list_messages(tenant, cursor.as_ref(), size, LIST_BUDGET, &|m| filter.matches(m))
         })
         .await?;
     Ok(web::Json(MessageList {
@@ -989,14 +988,18 @@ pub async fn cancel_message(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<MessageView>, ApiError> {
-    let id = MessageId::parse(&path).map_err(|_| ApiError::not_found("the message"))?;
+    Ok(web::Json(cancel(&state, &auth.principal.tenant, &path).await?.into()))
+}
+
+/// Cancels message `id` of `tenant`, or says why not: what the API and the console's
+/// cancel button both answer.
+pub(crate) async fn cancel(state: &AppState, tenant: &TenantId, id: &str) -> Result<Message, ApiError> {
+    let id = MessageId::parse(id).map_err(|_| ApiError::not_found("the message"))?;
     match state
-        .store_call(&auth.principal.tenant, move |store, tenant| {
-            store.cancel(tenant, &id, Utc::now())
-        })
+        .store_call(tenant, move |store, tenant| store.cancel(tenant, &id, Utc::now()))
         .await?
     {
-        CancelOutcome::Cancelled(message) => Ok(web::Json((*message).into())),
+        CancelOutcome::Cancelled(message) => Ok(*message),
         CancelOutcome::NotFound => Err(ApiError::not_found("the message")),
         CancelOutcome::TooLate(status) => Err(ApiError::new(
             Kind::Conflict,

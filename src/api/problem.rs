@@ -348,7 +348,11 @@ impl ApiError {
             TemplatesError::Render(TemplateError::MissingVariables(missing)) => ApiError::unprocessable(
                 missing
                     .iter()
-                    .map(|m| FieldError::coded(format!("{data}{}", m.path), "missing_variable", m.to_string()))
+                    .map(|m| FieldError {
+                        line: m.line,
+                        column: m.column,
+                        ..FieldError::coded(format!("{data}{}", m.path), "missing_variable", m.to_string())
+                    })
                     .collect(),
             ),
             TemplatesError::Render(TemplateError::MissingPartial { .. }) => field(base.to_owned(), "partial_not_found"),

@@ -12,6 +12,7 @@ use super::problem::{ApiError, FieldError, Kind, Problem, PROBLEM_JSON};
 use super::query::Query;
 use super::AppState;
 use crate::domain::address::EmailAddress;
+use crate::domain::auth::TenantId;
 use crate::domain::suppression::{Suppression, SuppressionReason};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -119,9 +120,21 @@ pub async fn put_suppression(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<web::Json<Suppression>, ApiError> {
-    let email = address(&path)?;
-    let suppression = state
-        .store_call(&auth.principal.tenant, move |store, tenant| {
+    Ok(web::Json(suppress(&state, &auth.principal.tenant, &path, "api").await?))
+}
+
+/// Suppresses `raw` by hand for `tenant` (reason `manual`, noting where it came from);
+/// an address already suppressed keeps its entry. What the API's PUT and the console's
+/// form both call.
+pub(crate) async fn suppress(
+    state: &AppState,
+    tenant: &TenantId,
+    raw: &str,
+    source: &'static str,
+) -> Result<Suppression, ApiError> {
+    let email = address(raw)?;
+    state
+        .store_call(tenant, move |store, tenant| {
             if let Some(existing) = store.suppression(tenant, &email)? {
                 return Ok(existing);
             }
@@ -129,13 +142,12 @@ pub async fn put_suppression(
                 email,
                 reason: SuppressionReason::Manual,
                 created_at: Utc::now(),
-                source: "api".into(),
+                source: source.into(),
                 event_id: None,
             };
             store.put_suppression(tenant, &suppression).map(|()| suppression)
         })
-        .await?;
-    Ok(web::Json(suppression))
+        .await
 }
 
 /// Remove an address from the suppression list: mail to it is sent again.
@@ -154,14 +166,18 @@ pub async fn delete_suppression(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let email = address(&path).map_err(|_| not_found())?;
+    unsuppress(&state, &auth.principal.tenant, &path).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Takes `raw` off `tenant`'s suppression list, or says it was not on it.
+pub(crate) async fn unsuppress(state: &AppState, tenant: &TenantId, raw: &str) -> Result<(), ApiError> {
+    let email = address(raw).map_err(|_| not_found())?;
     let removed = state
-        .store_call(&auth.principal.tenant, move |store, tenant| {
-            store.delete_suppression(tenant, &email)
-        })
+        .store_call(tenant, move |store, tenant| store.delete_suppression(tenant, &email))
         .await?;
     if removed {
-        Ok(HttpResponse::NoContent().finish())
+        Ok(())
     } else {
         Err(not_found())
     }

@@ -152,11 +152,11 @@ fn event_types(raw: &[String], field: &str) -> Result<Vec<EventType>, ApiError> 
         .collect()
 }
 
-fn id(raw: &str) -> Result<WebhookId, ApiError> {
+pub(crate) fn id(raw: &str) -> Result<WebhookId, ApiError> {
     WebhookId::parse(raw).map_err(|_| problem(WebhooksError::NotFound))
 }
 
-fn problem(err: WebhooksError) -> ApiError {
+pub(crate) fn problem(err: WebhooksError) -> ApiError {
     match err {
         WebhooksError::NotFound => ApiError::new(Kind::NotFound, "webhook_not_found", err.to_string()),
         WebhooksError::EventNotFound => {

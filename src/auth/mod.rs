@@ -42,6 +42,42 @@ struct Claims {
     /// Lower send limits for this token (see `limits`); never higher ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     limits: Option<ClaimLimits>,
+    /// Set only on tokens the console mints (`console-link`, `console-session`): the
+    /// API refuses them, so a sign-in link or a session cookie is never an API key.
+    #[serde(default, rename = "mg_use", skip_serializing_if = "Option::is_none")]
+    purpose: Option<String>,
+}
+
+/// What a token may be used for. API tokens (no `mg_use` claim) work everywhere;
+/// console tokens only where the console accepts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPurpose {
+    Api,
+    /// A one-time sign-in link from `mailgate console-link`.
+    ConsoleLink,
+    /// The cookie of a console session started from a link.
+    ConsoleSession,
+    /// A claim value this version does not know: accepted nowhere.
+    Unknown,
+}
+
+impl TokenPurpose {
+    fn claim(self) -> Option<String> {
+        match self {
+            Self::Api | Self::Unknown => None,
+            Self::ConsoleLink => Some("console-link".into()),
+            Self::ConsoleSession => Some("console-session".into()),
+        }
+    }
+
+    fn of_claim(claim: Option<&str>) -> Self {
+        match claim {
+            None => Self::Api,
+            Some("console-link") => Self::ConsoleLink,
+            Some("console-session") => Self::ConsoleSession,
+            Some(_) => Self::Unknown,
+        }
+    }
 }
 
 /// The verified caller of one request.
@@ -54,6 +90,9 @@ pub struct Principal {
     pub jti: Option<String>,
     /// Send limits the token lowers for itself.
     pub limits: ClaimLimits,
+    pub purpose: TokenPurpose,
+    /// Unix seconds when the token expires.
+    pub expires: u64,
 }
 
 /// Revoked token ids, each until its token's `exp`: kept in memory for the request
@@ -317,11 +356,25 @@ impl TokenKeys {
             scopes: Scopes::parse_lenient(&claims.scope),
             jti: claims.jti,
             limits: claims.limits.unwrap_or_default(),
+            purpose: TokenPurpose::of_claim(claims.purpose.as_deref()),
+            expires: claims.exp,
         })
     }
 
-    /// Signs a token for `tenant` with `scopes`, valid for `ttl`.
+    /// Signs an API token for `tenant` with `scopes`, valid for `ttl`.
     pub fn issue(&self, tenant: &TenantId, scopes: &Scopes, ttl: Duration, subject: &str) -> anyhow::Result<String> {
+        self.issue_for(TokenPurpose::Api, tenant, scopes, ttl, subject)
+    }
+
+    /// Signs a token that only the console accepts (a sign-in link or a session).
+    pub fn issue_for(
+        &self,
+        purpose: TokenPurpose,
+        tenant: &TenantId,
+        scopes: &Scopes,
+        ttl: Duration,
+        subject: &str,
+    ) -> anyhow::Result<String> {
         let now = jsonwebtoken::get_current_timestamp();
         let claims = Claims {
             sub: subject.to_owned(),
@@ -334,6 +387,7 @@ impl TokenKeys {
             iss: self.issuer.clone(),
             aud: self.audience.clone().map(serde_json::Value::String),
             limits: None,
+            purpose: purpose.claim(),
         };
         let signing = self
             .signing

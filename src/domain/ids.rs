@@ -84,6 +84,16 @@ prefixed_id!(EventId, "evt_", "an event");
 prefixed_id!(TemplateId, "tpl_", "a template");
 prefixed_id!(WebhookId, "whk_", "a webhook");
 
+impl MessageId {
+    /// A bound that sorts after every message created before `at` and before every
+    /// one created from `at` on (UUIDv7 ids lead with their millisecond): a list
+    /// cursor for "created before this time".
+    pub fn bound_at(at: chrono::DateTime<chrono::Utc>) -> Self {
+        let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0) & 0xffff_ffff_ffff;
+        Self(format!("msg_{millis:012x}{:020x}", 0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -504,6 +504,33 @@ impl Message {
     }
 }
 
+/// What a list of messages is narrowed to: one definition for `GET /v1/messages` and
+/// the console's Activity page, so both find the same messages.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFilter {
+    pub status: Option<MessageStatus>,
+    pub tag: Option<String>,
+    /// Any of to, cc or bcc, compared without case.
+    pub recipient: Option<String>,
+    /// The name of the template the message was rendered from.
+    pub template: Option<String>,
+}
+
+impl MessageFilter {
+    pub fn matches(&self, m: &Message) -> bool {
+        self.status.is_none_or(|s| m.status == s)
+            && self.tag.as_ref().is_none_or(|t| m.tags.contains(t))
+            && self
+                .recipient
+                .as_ref()
+                .is_none_or(|r| m.recipients.iter().any(|x| x.email.eq_ignore_ascii_case(r)))
+            && self
+                .template
+                .as_ref()
+                .is_none_or(|t| m.template.as_ref().is_some_and(|used| &used.name == t))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

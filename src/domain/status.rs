@@ -49,6 +49,20 @@ pub enum RecipientStatus {
 }
 
 impl RecipientStatus {
+    /// The wire name, as the API's JSON spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Deferred => "deferred",
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Bounced => "bounced",
+            Self::Complained => "complained",
+            Self::Failed => "failed",
+            Self::Suppressed => "suppressed",
+        }
+    }
+
     /// Still waiting for a (re)try.
     pub fn is_pending(self) -> bool {
         matches!(self, RecipientStatus::Queued | RecipientStatus::Deferred)
@@ -132,6 +146,16 @@ mod tests {
         assert!(err.message.contains("`email.sent`"), "{err}");
         for known in EventType::ALL {
             assert!(err.message.contains(&format!("`{}`", known.as_str())), "{err}");
+        }
+    }
+
+    #[test]
+    fn recipient_status_names_are_the_json_names() {
+        use RecipientStatus::*;
+        for status in [
+            Queued, Deferred, Sent, Delivered, Bounced, Complained, Failed, Suppressed,
+        ] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
         }
     }
 }

@@ -12,6 +12,17 @@ pub enum SuppressionReason {
     Manual,
 }
 
+impl SuppressionReason {
+    /// The wire name (what the API's JSON says), for pages and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HardBounce => "hard_bounce",
+            Self::Complaint => "complaint",
+            Self::Manual => "manual",
+        }
+    }
+}
+
 /// One suppressed address (stored lowercased).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Suppression {

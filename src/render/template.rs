@@ -34,6 +34,9 @@ pub struct MissingVariable {
     pub part: Part,
     /// A JSON Pointer into the data, e.g. `/order/total`.
     pub path: String,
+    /// Where handlebars met it in the part's source, when it says (1-based).
+    pub line: Option<usize>,
+    pub column: Option<usize>,
 }
 
 /// Why rendering stopped.
@@ -496,6 +499,8 @@ fn classify(part: Part, err: &RenderError) -> TemplateError {
         RenderErrorReason::MissingVariable(path) => TemplateError::MissingVariables(vec![MissingVariable {
             part,
             path: pointer_of(path.as_deref().unwrap_or("?")),
+            line: err.line_no,
+            column: err.column_no,
         }]),
         RenderErrorReason::PartialNotFound(name) => TemplateError::MissingPartial {
             part,
@@ -567,7 +572,9 @@ mod tests {
             err,
             TemplateError::MissingVariables(vec![MissingVariable {
                 part: Part::Html,
-                path: "/order/total".into()
+                path: "/order/total".into(),
+                line: Some(1),
+                column: Some(1),
             }])
         );
         let each = sources("x", "{{#each items}}{{price}}{{/each}}", "x");

@@ -206,6 +206,27 @@ impl Templates {
         .await
     }
 
+    /// Renders sources that are not saved (the console's live preview) exactly as a
+    /// send of them would be rendered once saved as `name`: compiled the same way,
+    /// with the tenant's partials, strictly and within limits.
+    pub async fn render_draft(
+        &self,
+        tenant: &TenantId,
+        name: TemplateName,
+        sources: TemplateSources,
+        data: Value,
+    ) -> Result<RenderedParts, TemplatesError> {
+        let tenant = tenant.clone();
+        self.blocking(move |t| {
+            let main = Arc::new(compile(&sources)?);
+            let partials = t.partial_closure(&tenant, &name, &main)?;
+            let borrowed: Vec<(String, &CompiledParts)> =
+                partials.iter().map(|(n, c)| (n.clone(), c.as_ref())).collect();
+            checked_subject(render(&main, &borrowed, &data, t.limits)?)
+        })
+        .await
+    }
+
     /// Renders the given (or latest) version with `data`, strictly and within limits.
     #[tracing::instrument(skip_all, fields(tenant = %tenant))]
     pub async fn render(
@@ -456,16 +477,21 @@ impl Inner {
         let main = self.compiled(&template, &chosen)?;
         let partials = self.partial_closure(tenant, &template.name, &main)?;
         let borrowed: Vec<(String, &CompiledParts)> = partials.iter().map(|(n, c)| (n.clone(), c.as_ref())).collect();
-        let parts = render(&main, &borrowed, data, self.limits)?;
-        if parts.subject.as_deref().is_some_and(|s| s.contains(['\r', '\n', '\0'])) {
-            return Err(TemplatesError::SubjectLineBreak);
-        }
+        let parts = checked_subject(render(&main, &borrowed, data, self.limits)?)?;
         Ok(Rendering {
             version: chosen.version,
             template,
             parts,
         })
     }
+}
+
+/// Refuses a rendering whose subject would break the header it goes into.
+fn checked_subject(parts: RenderedParts) -> Result<RenderedParts, TemplatesError> {
+    if parts.subject.as_deref().is_some_and(|s| s.contains(['\r', '\n', '\0'])) {
+        return Err(TemplatesError::SubjectLineBreak);
+    }
+    Ok(parts)
 }
 
 /// A template name on a cycle of `edges` (name → names it includes), if any.

@@ -6,6 +6,7 @@ mod auth_and_input;
 mod bounces;
 mod cli;
 mod config_file;
+mod console;
 mod crash;
 mod delivery;
 mod events;
