@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): format and lint checks, a private Postfix upstream
 # on loopback, the whole suite, then the OpenAPI contract from outside (scripts/contract.sh:
-# generated Python and TypeScript clients, schemathesis). Installs Postfix from Debian and
-# its pinned PyPI / npm tools when they are missing.
+# generated Python and TypeScript clients, schemathesis) and the web console in headless
+# Chromium (scripts/browser.sh). Installs Postfix and Chromium from Debian and the pinned
+# PyPI / npm tools when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --locked --no-fail-fast
 fi
-# The suite built target/debug/mailgate; drive it through generated clients and schemathesis.
+# The suite built target/debug/mailgate; drive it through generated clients and schemathesis,
+# then the web console through headless Chromium (it prints where its screenshots are).
 MAILGATE_BIN=target/debug/mailgate scripts/contract.sh
+MAILGATE_BIN=target/debug/mailgate scripts/browser.sh
 echo "scripts/test.sh: passed in $(( $(date +%s) - started ))s"

@@ -5,7 +5,7 @@ use maud::{html, Markup};
 
 use crate::stats::report::BucketReport;
 
-const WIDTH: f64 = 720.0;
+const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 200.0;
 const LEFT: f64 = 44.0;
 const BOTTOM: f64 = 22.0;
@@ -50,7 +50,7 @@ pub fn lines(buckets: &[BucketReport], series: &[Series], label: &str) -> Markup
         .max()
         .unwrap_or(0)
         .max(1);
-    let plot_w = WIDTH - LEFT - 8.0;
+    let plot_w = WIDTH - LEFT - 28.0;
     let plot_h = HEIGHT - BOTTOM - 8.0;
     let step = plot_w / (buckets.len().max(2) - 1) as f64;
     let x = |i: usize| LEFT + step * i as f64;
@@ -60,7 +60,7 @@ pub fn lines(buckets: &[BucketReport], series: &[Series], label: &str) -> Markup
         figure.chart {
             svg viewBox={ "0 0 " (WIDTH) " " (HEIGHT) } role="img" aria-label="Delivery over time" {
                 @for tick in [0, top / 2, top] {
-                    line.grid x1=(LEFT) x2=(WIDTH - 8.0) y1=(y(tick)) y2=(y(tick)) {}
+                    line.grid x1=(LEFT) x2=(WIDTH - 28.0) y1=(y(tick)) y2=(y(tick)) {}
                     text.axis x=(LEFT - 6.0) y=(y(tick) + 4.0) text-anchor="end" { (tick) }
                 }
                 @for (i, b) in buckets.iter().enumerate() {

@@ -13,6 +13,7 @@ use super::session::ConsoleUser;
 use crate::api::auth::{MessagesRead, RequiredScope as _};
 use crate::api::problem::{ApiError, FieldError};
 use crate::api::AppState;
+use crate::delivery::pool::CircuitState;
 use crate::domain::auth::Scope;
 use crate::stats::buckets::Interval;
 use crate::stats::query::{RawQuery, StatsQuery};
@@ -58,6 +59,16 @@ fn cards(totals: &Summary) -> Markup {
     }
 }
 
+/// A relay's circuit as an operator reads it.
+fn circuit(state: CircuitState) -> Markup {
+    let (class, label) = match state {
+        CircuitState::Closed => ("sent", "healthy"),
+        CircuitState::HalfOpen => ("deferred", "probing"),
+        CircuitState::Open => ("failed", "failing, skipped"),
+    };
+    html! { span class={ "status " (class) } { (label) } }
+}
+
 fn operations(state: &AppState) -> Markup {
     let depth = state.queue.depth();
     html! {
@@ -73,7 +84,7 @@ fn operations(state: &AppState) -> Markup {
             tbody { @for u in state.upstreams.statuses() {
                 tr {
                     td { (u.name) }
-                    td { span class={ "status " (if matches!(u.state, crate::delivery::pool::CircuitState::Closed) { "sent" } else { "failed" }) } { (format!("{:?}", u.state).to_lowercase()) } }
+                    td { (circuit(u.state)) }
                     td.num { (u.in_flight) } td.num { (u.sent) } td.num { (u.deferred) } td.num { (u.bounced) }
                     td.num { (u.max_connections) }
                     td.num { @if u.rate_per_second == 0 { "∞" } @else { (u.rate_per_second) } }

@@ -42,7 +42,7 @@ fn head(title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             meta name="htmx-config" content=(HTMX_CONFIG);
-            meta name="referrer" content="no-referrer";
+            meta name="referrer" content="same-origin";
             title { (title) " · mailgate" }
             link rel="stylesheet" href="/console/assets/console.css";
             script src="/console/assets/htmx.min.js" defer {}
