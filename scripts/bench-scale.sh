@@ -7,7 +7,8 @@
 #   2. idle CPU over 10 s with all of them waiting;
 #   3. restart to serving: SIGTERM, start again, time until /healthz answers;
 #   4. the drain rate once they come due, into Postfix's smtp-sink (8 connections), then
-#      the latency of GET /v1/stats over 30 days with all of them stored;
+#      the latency of GET /v1/stats over 30 days with all of them stored, and of every
+#      console page (signed in by cookie);
 #   5. steady traffic (STEADY_RATE msg/s for STEADY_SECS s, default 400 and 120) with
 #      retention = 30s and mime_retention = 10s: disk use every 10 s, which levels off.
 # Asserts nothing; not part of the test suite. CACHE_BYTES sets storage.cache_bytes for
@@ -142,6 +143,31 @@ echo "   30 days by day:                       $(query_ms "/v1/stats?from=$month
 echo "   30 days by day, Europe/Paris, as CSV: $(query_ms "/v1/stats?from=$month_ago&timezone=Europe/Paris" text/csv)"
 echo "   30 days by day, group_by=upstream:    $(query_ms "/v1/stats?from=$month_ago&group_by=upstream")"
 echo "   30 days by hour:                      $(query_ms "/v1/stats?from=$month_ago&interval=hour")"
+
+# --- 4c. the console over what is stored ---------------------------------------------
+curl -s -o /dev/null -c "$work/console.jar" -H "Origin: http://127.0.0.1:$port" \
+  --data-urlencode "token=$token" "127.0.0.1:$port/console/login"
+page_ms() { # path: p50 and worst of 20 requests of a console page, signed in
+  for _ in $(seq 20); do
+    curl -s -o /dev/null -b "$work/console.jar" -w '%{http_code} %{time_total}\n' "127.0.0.1:$port$1"
+  done | sort -k2 -n | awk -v p="$1" '$1 != 200 { bad = $1 } { t[NR] = $2 * 1000 }
+    END { if (bad) { printf "HTTP %s for %s", bad, p; exit } printf "p50 %5.1f ms, max %5.1f ms", t[int((NR + 1) / 2)], t[NR] }'
+}
+newest=$(curl -s -H "Authorization: Bearer $token" "127.0.0.1:$port/v1/messages?limit=1" |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["id"])')
+echo "== 4c. console pages with $filled messages stored (time to last byte on loopback, 20 of each in a row)"
+echo "   overview, 24 h:                        $(page_ms /console)"
+echo "   overview, 30 days:                     $(page_ms '/console?range=30d')"
+echo "   activity, newest 50:                   $(page_ms /console/messages)"
+echo "   activity, by recipient (all match):    $(page_ms '/console/messages?recipient=ana%40example.test')"
+echo "   activity, by recipient (none match):   $(page_ms '/console/messages?recipient=nobody%40example.test&status=failed')"
+echo "   activity, created on or before a day:  $(page_ms "/console/messages?until=$(date -u -d yesterday +%Y-%m-%d)")"
+echo "   message page:                          $(page_ms "/console/messages/$newest")"
+echo "   message .eml:                          $(page_ms "/console/messages/$newest/eml")"
+echo "   templates:                             $(page_ms /console/templates)"
+echo "   template editor:                       $(page_ms /console/templates/welcome)"
+echo "   suppressions:                          $(page_ms /console/suppressions)"
+echo "   webhooks:                              $(page_ms /console/webhooks)"
 kill -TERM "$mailgate_pid"; wait "$mailgate_pid" 2>/dev/null || true
 
 # --- 5. steady traffic with retention ------------------------------------------------

@@ -653,6 +653,17 @@ mod tests {
     }
 
     #[test]
+    fn public_url_is_an_http_url_with_a_host_and_links_drop_its_last_slash() {
+        for bad in ["mail.example.com", "ftp://x", "https://", "https://x/?a=1"] {
+            let err = Settings::load(None, env(&[("MAILGATE_HTTP__PUBLIC_URL", bad)])).unwrap_err();
+            assert!(format!("{err:#}").contains("http.public_url"), "{bad}: {err:#}");
+        }
+        let s = Settings::load(None, env(&[("MAILGATE_HTTP__PUBLIC_URL", "https://mail.example.com/")])).unwrap();
+        assert_eq!(s.http.public_base(), "https://mail.example.com");
+        assert_eq!(Settings::default().http.public_base(), "http://127.0.0.1:8080");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = Settings::load(None, env(&[("MAILGATE_HTTP__LISTN", "x")])).unwrap_err();
         assert!(format!("{err:#}").contains("http.listn"), "{err:#}");
