@@ -50,7 +50,14 @@ pub async fn run_purger_until_stopped(store: Arc<dyn Store>, retention: Retentio
         let cutoffs = retention.cutoffs();
         let round = {
             let store = Arc::clone(&store);
-            tokio::task::spawn_blocking(move || store.purge(cutoffs, BATCH)).await
+            // Counter changes wait in the journal until folded into rows; folding first
+            // means a change past stats_retention is purged in this round, not the
+            // next one an idle interval later (the folder may not have run yet).
+            tokio::task::spawn_blocking(move || {
+                store.fold_stats(BATCH)?;
+                store.purge(cutoffs, BATCH)
+            })
+            .await
         };
         let more = match round {
             Ok(Ok(report)) => {

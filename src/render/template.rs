@@ -574,7 +574,7 @@ mod tests {
                 part: Part::Html,
                 path: "/order/total".into(),
                 line: Some(1),
-                column: Some(1),
+                column: Some(4),
             }])
         );
         let each = sources("x", "{{#each items}}{{price}}{{/each}}", "x");
