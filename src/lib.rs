@@ -12,6 +12,7 @@ pub mod bounces;
 pub mod config;
 pub mod console;
 pub mod delivery;
+pub mod dkim;
 pub mod domain;
 pub mod limits;
 pub mod metrics;
