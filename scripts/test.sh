@@ -16,6 +16,8 @@ cargo clippy --all-targets --locked -- -D warnings
 
 tests/support/postfix.sh start
 trap 'tests/support/postfix.sh stop' EXIT
+MAILGATE_TEST_PYTHON=$(tests/support/tools.sh)
+export MAILGATE_TEST_PYTHON
 
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast

@@ -171,6 +171,19 @@ pub struct UpstreamSettings {
     /// Pooled connections idle longer than this are closed.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: ConfigDuration,
+    /// Whether mailgate DKIM-signs what goes through this relay (`off` for relays
+    /// that sign themselves and refuse a second signature, as SES can).
+    #[serde(default)]
+    pub dkim: DkimMode,
+}
+
+/// `upstreams.dkim`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DkimMode {
+    #[default]
+    Sign,
+    Off,
 }
 
 fn default_port() -> u16 {
@@ -203,6 +216,9 @@ pub struct DeliverySettings {
     pub circuit_cooldown: ConfigDuration,
     /// Messages waiting or being sent beyond which new sends get 503 (0 = no bound).
     pub max_queue_depth: usize,
+    /// Refuse sends (`422 sender_domain_not_verified`) whose From domain is not a
+    /// verified sender domain of the tenant, or under one.
+    pub require_verified_domain: bool,
 }
 
 const PLACEHOLDER_RETURN_PATH_DOMAIN: &str = "bounces.mailgate.localhost";
@@ -227,6 +243,7 @@ impl Default for DeliverySettings {
             smtp_timeout: ConfigDuration(Duration::from_secs(60)),
             circuit_cooldown: ConfigDuration(Duration::from_secs(30)),
             max_queue_depth: 100_000,
+            require_verified_domain: false,
         }
     }
 }
@@ -376,6 +393,40 @@ pub struct MetricsSettings {
     pub tenant_labels: bool,
 }
 
+/// DNS lookups of sender domains' records.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsSettings {
+    /// Name servers to ask (`"127.0.0.1:5353"`, or an address for port 53); empty:
+    /// the system resolver (`/etc/resolv.conf`).
+    pub nameservers: Vec<String>,
+    /// How often every domain's records are checked again.
+    pub recheck: ConfigDuration,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            recheck: ConfigDuration(Duration::from_secs(3600)),
+        }
+    }
+}
+
+impl DnsSettings {
+    /// The name servers as socket addresses.
+    pub fn servers(&self) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+        self.nameservers
+            .iter()
+            .map(|raw| {
+                raw.parse::<std::net::SocketAddr>()
+                    .or_else(|_| raw.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                    .map_err(|_| anyhow::anyhow!("dns.nameservers: `{raw}` is not an address like 127.0.0.1:53"))
+            })
+            .collect()
+    }
+}
+
 /// The whole configuration, as documented in `spec/config.md` and the README.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -392,6 +443,7 @@ pub struct Settings {
     pub bounces: BounceSettings,
     pub log: LogSettings,
     pub metrics: MetricsSettings,
+    pub dns: DnsSettings,
 }
 
 const ENV_PREFIX: &str = "MAILGATE_";
@@ -432,6 +484,7 @@ impl Settings {
     }
 
     fn validate(&self) -> anyhow::Result<()> {
+        self.dns.servers()?;
         if let Some(url) = &self.http.public_url {
             let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
             let host = rest.map(|r| r.split('/').next().unwrap_or(""));

@@ -14,6 +14,7 @@ pub mod console;
 pub mod delivery;
 pub mod dkim;
 pub mod domain;
+pub mod domains;
 pub mod limits;
 pub mod metrics;
 pub mod render;

@@ -105,10 +105,12 @@ impl Prepared {
             .iter()
             .map(|up| {
                 let transport = Transport::smtp(up, smtp_timeout)?;
-                Ok(
-                    Member::new(transport, up.weight, up.max_connections, up.rate_per_second)
-                        .with_tenant_cap(up.tenant_max_connections),
-                )
+                let member = Member::new(transport, up.weight, up.max_connections, up.rate_per_second)
+                    .with_tenant_cap(up.tenant_max_connections);
+                Ok(match up.dkim {
+                    crate::config::DkimMode::Sign => member,
+                    crate::config::DkimMode::Off => member.without_dkim(),
+                })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let providers =
@@ -219,6 +221,15 @@ impl Application {
         {
             revocations.revoke(&jti, until);
         }
+        let dns = crate::domains::dns::Dns::new(&settings.dns.servers()?).context("Failed to set up DNS lookups")?;
+        let domains = crate::domains::Domains::new(
+            Arc::clone(&store),
+            dns,
+            crate::domains::records::RecordContext {
+                return_path_domain: delivery.return_path_domain.clone(),
+                relay_hosts: settings.upstreams.iter().map(|u| u.host.clone()).collect(),
+            },
+        );
         let writer = StoreWriter::start(Arc::clone(&store), Arc::clone(&upstreams) as Arc<dyn LeasePolicy>)
             .context("Failed to start the store writer")?;
         let worker = Worker {
@@ -232,6 +243,7 @@ impl Application {
             },
             return_path_domain: delivery.return_path_domain.clone(),
             metrics: Arc::clone(&metrics),
+            domains: domains.clone(),
         };
         let templates = Templates::new(
             Arc::clone(&store),
@@ -281,6 +293,7 @@ impl Application {
             limiter: Arc::new(crate::limits::Limiter::new(Arc::clone(&settings))),
             templates,
             webhooks,
+            domains,
             bounces: Bounces {
                 store,
                 providers: Arc::new(providers),

@@ -33,6 +33,7 @@ scope_marker!(MessagesRead, Scope::MessagesRead);
 scope_marker!(TemplatesRead, Scope::TemplatesRead);
 scope_marker!(TemplatesWrite, Scope::TemplatesWrite);
 scope_marker!(SuppressionsManage, Scope::SuppressionsManage);
+scope_marker!(DomainsManage, Scope::DomainsManage);
 scope_marker!(WebhooksManage, Scope::WebhooksManage);
 scope_marker!(BouncesWrite, Scope::BouncesWrite);
 scope_marker!(Admin, Scope::Admin);

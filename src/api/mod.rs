@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod body;
 pub mod bounces;
+pub mod domains;
 pub mod events;
 pub mod fallback;
 pub mod health;
@@ -66,6 +67,7 @@ pub struct AppState {
     pub sender: Sender,
     pub templates: Templates,
     pub webhooks: Webhooks,
+    pub domains: crate::domains::Domains,
     pub bounces: Bounces,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub revocations: Arc<crate::auth::Revocations>,
@@ -171,6 +173,7 @@ impl Modify for EventWebhooks {
         (name = "stats", description = "Delivery and bounce reports, counted as it happens"),
         (name = "suppressions", description = "Addresses that are never sent to"),
         (name = "webhooks", description = "Signed, durable, replayable event delivery to your endpoints"),
+        (name = "domains", description = "Sender domains: DNS records, checks, DKIM signing and key rotation"),
         (name = "tokens", description = "Token administration"),
         (name = "bounces", description = "Reports that arrive after delivery: DSNs, complaints, generic JSON"),
         (name = "operations", description = "Health and readiness"),
@@ -209,6 +212,12 @@ fn routes(cfg: &mut ServiceConfig) {
         .service(webhooks::rotate_webhook_secret)
         .service(webhooks::list_webhook_deliveries)
         .service(webhooks::replay_webhook)
+        .service(domains::create_domain)
+        .service(domains::list_domains)
+        .service(domains::get_domain)
+        .service(domains::delete_domain)
+        .service(domains::verify_domain)
+        .service(domains::rotate_domain_dkim)
         .service(bounces::ingest_dsn)
         .service(bounces::ingest_event)
         .service(bounces::ingest_mailgun)

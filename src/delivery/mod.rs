@@ -1,6 +1,7 @@
 //! Getting accepted messages to the upstreams: workers, the upstream pool, transports,
 //! retry policy.
 
+pub mod outgoing;
 pub mod pool;
 pub mod retry;
 pub mod smtp_client;

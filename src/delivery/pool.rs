@@ -170,6 +170,9 @@ pub struct Member {
     rate_per_second: u32,
     pace: Option<Pace>,
     tenant_slots: Option<TenantSlots>,
+    /// Whether mail through this relay carries mailgate's DKIM signatures
+    /// (`upstreams.dkim`).
+    signs: bool,
     circuit: Mutex<Circuit>,
     counters: Counters,
 }
@@ -187,12 +190,19 @@ impl Member {
                 next: Mutex::new(Instant::now()),
             }),
             tenant_slots: None,
+            signs: true,
             circuit: Mutex::new(Circuit::Closed { failures: 0 }),
             counters: Counters::default(),
         }
     }
 
     /// Caps one tenant's concurrent transactions on this relay (0 = no cap).
+    /// Sends the unsigned message through this relay (`upstreams.dkim = "off"`).
+    pub fn without_dkim(mut self) -> Self {
+        self.signs = false;
+        self
+    }
+
     pub fn with_tenant_cap(mut self, cap: u32) -> Self {
         self.tenant_slots = (cap > 0).then(|| TenantSlots {
             cap,
@@ -224,6 +234,15 @@ pub struct UpstreamStatus {
     pub rate_per_second: u32,
     /// One tenant's transactions at once at most; 0 = no cap.
     pub tenant_max_connections: u32,
+}
+
+/// The bytes of one transaction: as stored (plus per-recipient headers), and with
+/// DKIM signatures in front when the sender's domain signs. Each relay sends the one
+/// its `dkim` setting asks for.
+#[derive(Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub plain: &'a [u8],
+    pub signed: Option<&'a [u8]>,
 }
 
 /// Every relay mail can leave through (the sandbox counts as one).
@@ -352,7 +371,7 @@ impl Upstreams {
     /// Sends one transaction through the first relay that takes it; returns the outcome
     /// and the relay's name. When the tenant is at its cap on every relay that could
     /// take it, waits for a slot.
-    pub async fn send(&self, job: &TransportJob, mime: &[u8]) -> (DeliveryOutcome, String) {
+    pub async fn send(&self, job: &TransportJob, mime: Outgoing<'_>) -> (DeliveryOutcome, String) {
         loop {
             match self.try_send(job, mime).await {
                 Ok(sent) => return sent,
@@ -373,7 +392,7 @@ impl Upstreams {
         let _ = tokio::time::timeout(CAPPED_RECHECK, any).await;
     }
 
-    async fn try_send(&self, job: &TransportJob, mime: &[u8]) -> Result<(DeliveryOutcome, String), Capped> {
+    async fn try_send(&self, job: &TransportJob, mime: Outgoing<'_>) -> Result<(DeliveryOutcome, String), Capped> {
         let mut last: Option<(DeliveryOutcome, String)> = None;
         let mut capped = false;
         for member in self.candidates() {
@@ -394,7 +413,11 @@ impl Upstreams {
                 pace.wait().await;
             }
             member.counters.in_flight.fetch_add(1, Ordering::Relaxed);
-            let outcome = member.transport.send(job, mime).await;
+            let bytes = match mime.signed {
+                Some(signed) if member.signs => signed,
+                _ => mime.plain,
+            };
+            let outcome = member.transport.send(job, bytes).await;
             member.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
             let name = member.transport.name().to_owned();
@@ -471,6 +494,10 @@ fn reply_of(outcome: &DeliveryOutcome) -> &SmtpReply {
 mod tests {
     use super::*;
 
+    fn unsigned(plain: &[u8]) -> Outgoing<'_> {
+        Outgoing { plain, signed: None }
+    }
+
     #[test]
     fn a_circuit_opens_after_repeated_failures_and_one_probe_closes_it() {
         let start = Instant::now();
@@ -532,7 +559,7 @@ mod tests {
         };
         let started = Instant::now();
         for n in 0..6 {
-            let (outcome, name) = paced.send(&job(n), b"Subject: x\r\n\r\nx").await;
+            let (outcome, name) = paced.send(&job(n), unsigned(b"Subject: x\r\n\r\nx")).await;
             assert!(matches!(outcome, DeliveryOutcome::Sent(_)), "{outcome:?}");
             assert_eq!(name, "sandbox");
         }
@@ -582,7 +609,7 @@ mod tests {
             recipient: "r@x.test".into(),
             label: format!("{tenant}{n}"),
         };
-        let mime = b"Subject: x\r\n\r\nx";
+        let mime = unsigned(b"Subject: x\r\n\r\nx");
         let sent = |(outcome, _): (DeliveryOutcome, String)| matches!(outcome, DeliveryOutcome::Sent(_));
 
         let pool = Upstreams::new(

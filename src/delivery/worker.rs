@@ -9,7 +9,8 @@ use chrono::Utc;
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
-use super::pool::Upstreams;
+use super::outgoing;
+use super::pool::{Outgoing, Upstreams};
 use super::retry::RetryPolicy;
 use super::transport::TransportJob;
 use crate::bounces::verp;
@@ -44,6 +45,8 @@ pub struct Worker {
     pub policy: RetryPolicy,
     pub return_path_domain: String,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Sender domains: which keys sign a message and where its bounces go.
+    pub domains: crate::domains::Domains,
 }
 
 impl Worker {
@@ -90,14 +93,24 @@ impl Worker {
             }
         }
         let pending = message.pending_recipients();
+        let signing = self.signing_of(&message).await;
+        let return_path_domain = signing
+            .as_ref()
+            .map_or(self.return_path_domain.as_str(), |s| s.return_path_domain.as_str());
         for (n, index) in pending.iter().copied().enumerate() {
             let job = TransportJob {
                 tenant: message.tenant.as_str().to_owned(),
-                sender: verp::return_path(&message.id, index, &self.return_path_domain),
+                sender: verp::return_path(&message.id, index, return_path_domain),
                 recipient: message.recipients[index].email.clone(),
                 label: format!("{}-{index}", message.id),
             };
-            let (outcome, upstream) = self.upstreams.send(&job, &mime).await;
+            let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
+            let prepared = outgoing::prepare(&mime, b"", signing.as_deref(), now);
+            let bytes = Outgoing {
+                plain: &prepared.plain,
+                signed: prepared.signed.as_deref(),
+            };
+            let (outcome, upstream) = self.upstreams.send(&job, bytes).await;
             log_outcome(&job, &outcome, message.attempts, &upstream);
             self.count(&outcome, message.created_at, &upstream, message.tenant.as_str());
             message.record_outcome(index, outcome, &upstream, give_up, Utc::now());
@@ -113,6 +126,20 @@ impl Worker {
         message.finish_attempt(Some(retry_at));
         tracing::info!(status = ?message.status, attempts = message.attempts, next_attempt_at = ?message.next_attempt_at, "delivery attempt finished");
         self.persist(message, true).await
+    }
+
+    /// The verified domain that signs `message` (its From domain or a parent), if any;
+    /// a failure to read it sends the message unsigned rather than not at all.
+    async fn signing_of(&self, message: &Message) -> Option<Arc<crate::domains::DomainSigning>> {
+        let from = crate::domain::address::Mailbox::parse(&message.from).ok()?;
+        let domain = crate::domain::sender_domain::DomainName::parse(from.email().domain()).ok()?;
+        match self.domains.signing(&message.tenant, &domain).await {
+            Ok(signing) => signing,
+            Err(err) => {
+                tracing::warn!(error = %crate::telemetry::ErrorChain(&err), "could not read the sender domain's keys; sending unsigned");
+                None
+            }
+        }
     }
 
     /// Counts an outcome for /metrics.

@@ -68,7 +68,7 @@ fn check_local_part(local: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn ascii_domain(domain: &str) -> Result<String, ValidationError> {
+pub(super) fn ascii_domain(domain: &str) -> Result<String, ValidationError> {
     let invalid = || ValidationError::new(CODE, format!("`{domain}` is not a valid domain"));
     let ascii = idna::domain_to_ascii(domain).map_err(|_| invalid())?;
     let labels_ok = ascii.split('.').all(|label| {

@@ -58,18 +58,20 @@ pub enum Scope {
     TemplatesWrite,
     WebhooksManage,
     SuppressionsManage,
+    DomainsManage,
     BouncesWrite,
     Admin,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 8] = [
+    pub const ALL: [Scope; 9] = [
         Scope::MessagesSend,
         Scope::MessagesRead,
         Scope::TemplatesRead,
         Scope::TemplatesWrite,
         Scope::WebhooksManage,
         Scope::SuppressionsManage,
+        Scope::DomainsManage,
         Scope::BouncesWrite,
         Scope::Admin,
     ];
@@ -82,6 +84,7 @@ impl Scope {
             Scope::TemplatesWrite => "templates:write",
             Scope::WebhooksManage => "webhooks:manage",
             Scope::SuppressionsManage => "suppressions:manage",
+            Scope::DomainsManage => "domains:manage",
             Scope::BouncesWrite => "bounces:write",
             Scope::Admin => "admin",
         }

@@ -83,6 +83,7 @@ prefixed_id!(MessageId, "msg_", "a message");
 prefixed_id!(EventId, "evt_", "an event");
 prefixed_id!(TemplateId, "tpl_", "a template");
 prefixed_id!(WebhookId, "whk_", "a webhook");
+prefixed_id!(DomainId, "dom_", "a sender domain");
 
 impl MessageId {
     /// A bound that sorts after every message created before `at` and before every

@@ -9,6 +9,7 @@ pub mod bounce;
 pub mod event;
 pub mod ids;
 pub mod message;
+pub mod sender_domain;
 pub mod status;
 pub mod suppression;
 pub mod template;

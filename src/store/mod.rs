@@ -61,9 +61,10 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
-use crate::domain::ids::WebhookId;
+use crate::domain::ids::{DomainId, WebhookId};
 use crate::domain::ids::{MessageId, TemplateId};
 use crate::domain::message::{IdempotencyKey, IdempotencyRecord, Message};
+use crate::domain::sender_domain::SenderDomain;
 use crate::domain::status::EventType;
 use crate::domain::suppression::Suppression;
 use crate::domain::template::{Template, TemplateKey, TemplateVersion};
@@ -337,6 +338,25 @@ pub trait Store: Send + Sync {
 
     /// Removes a webhook; its queued deliveries are dropped when they come due.
     fn delete_webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError>;
+
+    /// Creates or replaces a sender domain (with its private keys), durably. Returns
+    /// `false`, writing nothing, when `create` is set and the tenant already has a
+    /// domain of that name.
+    fn put_domain(&self, domain: &SenderDomain, create: bool) -> Result<bool, StoreError>;
+
+    /// The tenant's domain by id or name; `None` for another tenant's.
+    fn domain(&self, tenant: &TenantId, id_or_name: &str) -> Result<Option<SenderDomain>, StoreError>;
+
+    /// The tenant's domains, oldest first; every tenant's with `None` (the scheduled
+    /// re-check and the signing cache).
+    fn domains(&self, tenant: Option<&TenantId>) -> Result<Vec<SenderDomain>, StoreError>;
+
+    /// Removes a domain and its keys, durably; `false` when there was none.
+    fn delete_domain(&self, tenant: &TenantId, id: &DomainId) -> Result<bool, StoreError>;
+
+    /// A named random secret of this installation (32 bytes), made on first use and
+    /// the same on every node afterwards: what keys unsubscribe tokens.
+    fn secret(&self, name: &str) -> Result<Vec<u8>, StoreError>;
 
     /// Queues deliveries (replays), durably.
     fn enqueue_deliveries(&self, entries: &[OutboxEntry]) -> Result<(), StoreError>;

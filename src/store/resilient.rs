@@ -26,8 +26,9 @@ use super::{
 };
 use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
-use crate::domain::ids::{MessageId, TemplateId, WebhookId};
+use crate::domain::ids::{DomainId, MessageId, TemplateId, WebhookId};
 use crate::domain::message::{IdempotencyRecord, Message};
+use crate::domain::sender_domain::SenderDomain;
 use crate::domain::status::EventType;
 use crate::domain::suppression::Suppression;
 use crate::domain::template::{Template, TemplateKey, TemplateVersion};
@@ -256,6 +257,26 @@ impl Store for ResilientStore {
 
     fn delete_webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError> {
         self.write(|s| s.delete_webhook(tenant, id))
+    }
+
+    fn put_domain(&self, domain: &SenderDomain, create: bool) -> Result<bool, StoreError> {
+        self.write(|s| s.put_domain(domain, create))
+    }
+
+    fn domain(&self, tenant: &TenantId, id_or_name: &str) -> Result<Option<SenderDomain>, StoreError> {
+        self.read(|s| s.domain(tenant, id_or_name))
+    }
+
+    fn domains(&self, tenant: Option<&TenantId>) -> Result<Vec<SenderDomain>, StoreError> {
+        self.read(|s| s.domains(tenant))
+    }
+
+    fn delete_domain(&self, tenant: &TenantId, id: &DomainId) -> Result<bool, StoreError> {
+        self.write(|s| s.delete_domain(tenant, id))
+    }
+
+    fn secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        self.write(|s| s.secret(name))
     }
 
     fn enqueue_deliveries(&self, entries: &[OutboxEntry]) -> Result<(), StoreError> {

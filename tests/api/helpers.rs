@@ -110,6 +110,7 @@ impl Postfix {
             tenant_max_connections: 0,
             weight: 1,
             idle_timeout: mailgate::config::ConfigDuration(Duration::from_secs(60)),
+            dkim: mailgate::config::DkimMode::Sign,
         }
     }
 

@@ -9,6 +9,7 @@ mod config_file;
 mod console;
 mod crash;
 mod delivery;
+mod domains;
 mod events;
 mod helpers;
 mod hostile;

@@ -25,9 +25,10 @@ mod retention;
 mod stats;
 use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
-use crate::domain::ids::WebhookId;
+use crate::domain::ids::{DomainId, WebhookId};
 use crate::domain::ids::{MessageId, TemplateId};
 use crate::domain::message::{IdempotencyKey, IdempotencyRecord, Message};
+use crate::domain::sender_domain::SenderDomain;
 use crate::domain::status::EventType;
 use crate::domain::status::MessageStatus;
 use crate::domain::suppression::Suppression;
@@ -49,6 +50,12 @@ pub struct SledStore {
     event_ids: Tree,
     suppressions: Tree,
     webhooks: Tree,
+    /// `tenant \0 domain id` → the sender domain with its keys.
+    domains: Tree,
+    /// `tenant \0 domain name` → its id.
+    domain_names: Tree,
+    /// Installation-wide values (`secret/<name>`).
+    meta: Tree,
     outbox: Tree,
     webhook_deliveries: Tree,
     reports: Tree,
@@ -511,6 +518,9 @@ impl SledStore {
             event_ids: db.open_tree("event_ids")?,
             suppressions: db.open_tree("suppressions")?,
             webhooks: db.open_tree("webhooks")?,
+            domains: db.open_tree("domains")?,
+            domain_names: db.open_tree("domain_names")?,
+            meta: db.open_tree("meta")?,
             outbox: db.open_tree("outbox")?,
             webhook_deliveries: db.open_tree("webhook_deliveries")?,
             reports: db.open_tree("reports")?,
@@ -957,6 +967,83 @@ impl Store for SledStore {
         let removed = self.webhooks.remove(tenant_key(tenant, id.as_str()))?.is_some();
         self.flush()?;
         Ok(removed)
+    }
+
+    fn put_domain(&self, domain: &SenderDomain, create: bool) -> Result<bool, StoreError> {
+        let key = tenant_key(&domain.tenant, domain.id.as_str());
+        let name = tenant_key(&domain.tenant, domain.name.as_str());
+        let value = serde_json::to_vec(domain)?;
+        let written = (&self.domains, &self.domain_names)
+            .transaction(|(domains, names)| {
+                match names.get(name.as_slice())? {
+                    Some(holder) if holder.as_ref() != domain.id.as_str().as_bytes() => return Ok(false),
+                    Some(_) if create => return Ok(false),
+                    _ => {}
+                }
+                names.insert(name.as_slice(), domain.id.as_str().as_bytes())?;
+                domains.insert(key.as_slice(), value.as_slice())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(true)
+            })
+            .map_err(flatten)?;
+        self.flush()?;
+        Ok(written)
+    }
+
+    fn domain(&self, tenant: &TenantId, id_or_name: &str) -> Result<Option<SenderDomain>, StoreError> {
+        let id = match self
+            .domain_names
+            .get(tenant_key(tenant, &id_or_name.to_ascii_lowercase()))?
+        {
+            Some(id) => String::from_utf8_lossy(&id).into_owned(),
+            None => id_or_name.to_owned(),
+        };
+        self.domains
+            .get(tenant_key(tenant, &id))?
+            .map(|raw| decode(&raw))
+            .transpose()
+    }
+
+    fn domains(&self, tenant: Option<&TenantId>) -> Result<Vec<SenderDomain>, StoreError> {
+        let prefix = tenant.map(|t| tenant_key(t, "")).unwrap_or_default();
+        self.domains
+            .scan_prefix(prefix)
+            .map(|entry| decode(&entry?.1))
+            .collect()
+    }
+
+    fn delete_domain(&self, tenant: &TenantId, id: &DomainId) -> Result<bool, StoreError> {
+        let Some(domain) = self.domain(tenant, id.as_str())? else {
+            return Ok(false);
+        };
+        let key = tenant_key(tenant, id.as_str());
+        let name = tenant_key(tenant, domain.name.as_str());
+        (&self.domains, &self.domain_names)
+            .transaction(|(domains, names)| {
+                domains.remove(key.as_slice())?;
+                names.remove(name.as_slice())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(flatten)?;
+        self.flush()?;
+        Ok(true)
+    }
+
+    fn secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let mut fresh = [0u8; 32];
+        rand::Rng::fill(&mut rand::rng(), &mut fresh);
+        // Compare-and-swap from nothing: two nodes (or threads) asking at once agree
+        // on whichever was written first.
+        let key = format!("secret/{name}");
+        match self
+            .meta
+            .compare_and_swap(key.as_bytes(), None::<&[u8]>, Some(&fresh[..]))?
+        {
+            Ok(()) => {
+                self.flush()?;
+                Ok(fresh.to_vec())
+            }
+            Err(existing) => Ok(existing.current.map(|v| v.to_vec()).unwrap_or_default()),
+        }
     }
 
     fn enqueue_deliveries(&self, entries: &[OutboxEntry]) -> Result<(), StoreError> {
