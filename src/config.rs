@@ -314,6 +314,9 @@ pub struct TenantSettings {
     /// The SNS topics whose SES notifications belong to this tenant, for
     /// `/v1/bounces/ses`; a verified notification from any other topic is refused.
     pub ses_topic_arns: Option<Vec<String>>,
+    /// Add one-click unsubscribe headers to this tenant's sends unless a send says
+    /// `"list_unsubscribe": false`.
+    pub list_unsubscribe: Option<bool>,
 }
 
 /// Provider bounce webhooks.
@@ -589,6 +592,14 @@ impl Settings {
     }
 
     /// Limits for `tenant`: its own overrides on top of `[limits]`.
+    /// Whether `tenant`'s sends carry one-click unsubscribe headers by default.
+    pub fn list_unsubscribe(&self, tenant: &str) -> bool {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| t.list_unsubscribe)
+            .unwrap_or(false)
+    }
+
     pub fn max_recipients(&self, tenant: &str) -> usize {
         self.tenants
             .get(tenant)

@@ -25,4 +25,5 @@ pub mod stats;
 pub mod store;
 pub mod telemetry;
 pub mod templates;
+pub mod unsubscribe;
 pub mod webhooks;

@@ -102,10 +102,16 @@ impl Sender {
         self.check_sender_domain(tenant, &new)?;
         let id = MessageId::generate();
         tracing::Span::current().record("message_id", tracing::field::display(&id));
-        let content = match &new.content {
+        let mut content = match &new.content {
             Content::Ready(ready) => ready.clone(),
             Content::Template(call) => self.render_template(tenant, call).await?,
         };
+        if let (true, Body::Html(html)) = (new.auto_text, &content.body) {
+            content.body = Body::Both {
+                text: crate::render::text::from_html(html),
+                html: html.clone(),
+            };
+        }
         let mime = render_mime(
             &new,
             &content,
@@ -113,7 +119,10 @@ impl Sender {
             &self.settings.delivery.message_id_domain,
             SystemTime::now(),
         )?;
-        let message = Message::accepted(id, tenant.clone(), &new, &content, Utc::now());
+        let mut message = Message::accepted(id, tenant.clone(), &new, &content, Utc::now());
+        message.list_unsubscribe = new
+            .list_unsubscribe
+            .unwrap_or_else(|| self.settings.list_unsubscribe(tenant.as_str()));
         // Suppressions are read on the writer thread just before the write; one added
         // after that still stops the send, because the worker reads them again with
         // the lease.
@@ -177,6 +186,8 @@ impl Sender {
             tags: Vec::new(),
             metadata: Default::default(),
             send_at: None,
+            list_unsubscribe: None,
+            auto_text: true,
         };
         Ok(render_mime(
             &new,

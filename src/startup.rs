@@ -230,6 +230,16 @@ impl Application {
                 relay_hosts: settings.upstreams.iter().map(|u| u.host.clone()).collect(),
             },
         );
+        let unsubscribe = Arc::new(crate::unsubscribe::UnsubscribeLinks::new(
+            store
+                .secret("unsubscribe")
+                .context("Failed to read the unsubscribe key")?,
+            match &settings.http.public_url {
+                Some(_) => settings.http.public_base(),
+                // The bound address, not `listen`: with port 0 only the socket knows.
+                None => format!("http://{}", listener.local_addr()?),
+            },
+        ));
         let writer = StoreWriter::start(Arc::clone(&store), Arc::clone(&upstreams) as Arc<dyn LeasePolicy>)
             .context("Failed to start the store writer")?;
         let worker = Worker {
@@ -244,6 +254,7 @@ impl Application {
             return_path_domain: delivery.return_path_domain.clone(),
             metrics: Arc::clone(&metrics),
             domains: domains.clone(),
+            unsubscribe: Arc::clone(&unsubscribe),
         };
         let templates = Templates::new(
             Arc::clone(&store),
@@ -294,6 +305,7 @@ impl Application {
             templates,
             webhooks,
             domains,
+            unsubscribe,
             bounces: Bounces {
                 store,
                 providers: Arc::new(providers),

@@ -113,6 +113,19 @@ pub struct SendMessageRequest {
     #[serde(default, deserialize_with = "rfc3339")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub send_at: Option<DateTime<Utc>>,
+    /// One-click unsubscribe (RFC 8058): each recipient's copy gets `List-Unsubscribe:
+    /// <https://…/u/{token}>` and `List-Unsubscribe-Post: List-Unsubscribe=One-Click`,
+    /// both DKIM-signed. A POST to that URL (what Gmail's and Yahoo's unsubscribe button
+    /// does) suppresses the recipient with reason `unsubscribe` and records a
+    /// `message.unsubscribed` event. Default: the tenant's setting
+    /// (`tenants.<t>.list_unsubscribe`), off unless set.
+    #[serde(default)]
+    pub list_unsubscribe: Option<bool>,
+    /// With `html` and no `text`, a text part is made from the HTML (links kept as
+    /// text), because multipart/alternative fares better with spam filters. `false`
+    /// sends the HTML alone. Default `true`.
+    #[serde(default)]
+    pub auto_text: Option<bool>,
 }
 
 /// Reads an optional RFC 3339 time (`invalid_send_at` otherwise).
@@ -377,6 +390,8 @@ pub fn to_new_message(req: SendMessageRequest, max_recipients: usize) -> Result<
         tags,
         metadata: req.metadata,
         send_at,
+        list_unsubscribe: req.list_unsubscribe,
+        auto_text: req.auto_text.unwrap_or(true),
     };
     let count = message.envelope_recipients().len();
     if count == 0 {

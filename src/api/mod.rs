@@ -18,6 +18,7 @@ pub mod stats;
 pub mod suppressions;
 pub mod templates;
 pub mod tokens;
+pub mod unsubscribe;
 pub mod upstreams;
 pub mod webhooks;
 
@@ -68,6 +69,7 @@ pub struct AppState {
     pub templates: Templates,
     pub webhooks: Webhooks,
     pub domains: crate::domains::Domains,
+    pub unsubscribe: Arc<crate::unsubscribe::UnsubscribeLinks>,
     pub bounces: Bounces,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub revocations: Arc<crate::auth::Revocations>,
@@ -257,6 +259,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .finish()
     })));
     routes(&mut ServiceConfig::new(cfg));
+    unsubscribe::configure(cfg);
     cfg.default_service(web::to(move |req: HttpRequest| {
         let known = Arc::clone(&known);
         async move { known.answer(&req) }

@@ -47,6 +47,8 @@ pub struct Worker {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Sender domains: which keys sign a message and where its bounces go.
     pub domains: crate::domains::Domains,
+    /// Each recipient's one-click unsubscribe link.
+    pub unsubscribe: Arc<crate::unsubscribe::UnsubscribeLinks>,
 }
 
 impl Worker {
@@ -105,7 +107,12 @@ impl Worker {
                 label: format!("{}-{index}", message.id),
             };
             let now = u64::try_from(Utc::now().timestamp()).unwrap_or(0);
-            let prepared = outgoing::prepare(&mime, b"", signing.as_deref(), now);
+            let headers = if message.list_unsubscribe {
+                self.unsubscribe.headers(&message.tenant, &message.id, index)
+            } else {
+                Vec::new()
+            };
+            let prepared = outgoing::prepare(&mime, &headers, signing.as_deref(), now);
             let bytes = Outgoing {
                 plain: &prepared.plain,
                 signed: prepared.signed.as_deref(),

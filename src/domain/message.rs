@@ -185,6 +185,10 @@ pub struct NewMessage {
     pub tags: Vec<Tag>,
     pub metadata: BTreeMap<String, String>,
     pub send_at: Option<DateTime<Utc>>,
+    /// One-click unsubscribe headers (RFC 8058); `None`: the tenant's default.
+    pub list_unsubscribe: Option<bool>,
+    /// Make a text part from an HTML-only body.
+    pub auto_text: bool,
 }
 
 impl NewMessage {
@@ -280,6 +284,9 @@ pub struct Message {
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub recipients: Vec<Recipient>,
     pub events: Vec<Event>,
+    /// Each recipient's delivery carries its own one-click unsubscribe link.
+    #[serde(default)]
+    pub list_unsubscribe: bool,
 }
 
 impl Message {
@@ -323,6 +330,7 @@ impl Message {
                 })
                 .collect(),
             events: Vec::new(),
+            list_unsubscribe: new.list_unsubscribe.unwrap_or(false),
         }
     }
 
@@ -548,6 +556,8 @@ mod tests {
             tags: vec![],
             metadata: BTreeMap::new(),
             send_at: None,
+            list_unsubscribe: None,
+            auto_text: true,
         }
     }
 

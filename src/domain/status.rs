@@ -88,10 +88,12 @@ pub enum EventType {
     Suppressed,
     #[serde(rename = "message.cancelled")]
     Cancelled,
+    #[serde(rename = "message.unsubscribed")]
+    Unsubscribed,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 9] = [
         EventType::Sent,
         EventType::Delivered,
         EventType::Deferred,
@@ -100,6 +102,7 @@ impl EventType {
         EventType::Failed,
         EventType::Suppressed,
         EventType::Cancelled,
+        EventType::Unsubscribed,
     ];
 
     /// Reads a wire name such as `message.bounced`. An unknown name is refused with
@@ -130,6 +133,7 @@ impl EventType {
             EventType::Failed => "message.failed",
             EventType::Suppressed => "message.suppressed",
             EventType::Cancelled => "message.cancelled",
+            EventType::Unsubscribed => "message.unsubscribed",
         }
     }
 }

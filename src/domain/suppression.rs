@@ -10,6 +10,8 @@ pub enum SuppressionReason {
     HardBounce,
     Complaint,
     Manual,
+    /// The recipient used the message's one-click unsubscribe link.
+    Unsubscribe,
 }
 
 impl SuppressionReason {
@@ -19,6 +21,7 @@ impl SuppressionReason {
             Self::HardBounce => "hard_bounce",
             Self::Complaint => "complaint",
             Self::Manual => "manual",
+            Self::Unsubscribe => "unsubscribe",
         }
     }
 }
@@ -36,7 +39,8 @@ pub struct Suppression {
 }
 
 impl Suppression {
-    /// The suppression an event implies: a hard bounce or a complaint, else none.
+    /// The suppression an event implies: a hard bounce, a complaint or an
+    /// unsubscribe, else none.
     pub fn caused_by(event: &super::event::PublishedEvent) -> Option<Self> {
         use super::bounce::BounceKind;
         use super::status::EventType;
@@ -48,6 +52,7 @@ impl Suppression {
             (EventType::Bounced, Some(b)) if b.kind == BounceKind::Hard => {
                 (SuppressionReason::HardBounce, b.source.as_str())
             }
+            (EventType::Unsubscribed, _) => (SuppressionReason::Unsubscribe, "list-unsubscribe"),
             _ => return None,
         };
         Some(Self {

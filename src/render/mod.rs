@@ -4,5 +4,6 @@
 mod helpers;
 pub mod mime;
 pub mod template;
+pub mod text;
 
 pub use mime::{render_mime, RenderError};

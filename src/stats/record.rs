@@ -191,6 +191,7 @@ fn count_of(event: &Event) -> Count {
         EventType::Failed => Count::Failed,
         EventType::Suppressed => Count::Suppressed,
         EventType::Cancelled => Count::Cancelled,
+        EventType::Unsubscribed => Count::Unsubscribed,
     }
 }
 

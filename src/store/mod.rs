@@ -43,6 +43,8 @@ pub(crate) mod test_support {
             tags: vec![],
             metadata: BTreeMap::new(),
             send_at: None,
+            list_unsubscribe: None,
+            auto_text: true,
         };
         Message::accepted(
             MessageId::generate(),

@@ -179,6 +179,7 @@ async fn send_from_domain(app: &TestApp, token: &str, subject: &str) -> String {
                 "subject": subject,
                 "text": "Hello Ana,\n\nyour order has shipped.\n",
                 "html": "<p>Hello Ana,</p><p>your order has <b>shipped</b>.</p>",
+                "list_unsubscribe": true,
             }),
         )
         .await;
@@ -238,6 +239,13 @@ async fn a_domain_verifies_when_its_records_are_published_and_its_mail_is_signed
     assert!(
         out.contains("rsa-sha256 pass") && out.contains("ed25519-sha256 pass"),
         "{out}"
+    );
+    let unfolded = text.replace("\n\t", "").replace("\n ", " ");
+    assert!(
+        unfolded.contains(
+            "h=from:from:to:subject:subject:date:message-id:mime-version:content-type:list-unsubscribe:list-unsubscribe-post;"
+        ),
+        "From and Subject over-signed, the unsubscribe headers signed: {text}"
     );
 
     let tampered = text.replacen("Your order has shipped", "Your order was cancelled", 1);

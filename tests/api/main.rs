@@ -19,5 +19,6 @@ mod retention;
 mod sandbox;
 mod stats;
 mod templates;
+mod unsubscribe;
 mod upstreams;
 mod webhooks;
