@@ -26,6 +26,11 @@ use crate::templates::{Templates, TemplatesError};
 pub enum SendError {
     #[error("the sender domain `{0}` is not allowed for this tenant")]
     SenderDomainNotAllowed(String),
+    /// `delivery.require_verified_domain` is on and no verified domain covers `from`.
+    #[error("the sender domain `{0}` is not a verified domain of this tenant")]
+    SenderDomainNotVerified(String),
+    #[error("the sender domains could not be read")]
+    Domains(#[from] crate::domains::DomainsError),
     #[error("the template could not be used")]
     Template(#[from] TemplatesError),
     /// The template rendered, but not into a sendable subject and body.
@@ -68,6 +73,8 @@ pub struct Sender {
     pub settings: Arc<Settings>,
     pub templates: Templates,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// For `delivery.require_verified_domain`.
+    pub domains: crate::domains::Domains,
 }
 
 impl Sender {
@@ -100,6 +107,16 @@ impl Sender {
             }
         }
         self.check_sender_domain(tenant, &new)?;
+        if self.settings.delivery.require_verified_domain {
+            let from = new.from.email().domain();
+            let verified = match crate::domain::sender_domain::DomainName::parse(from) {
+                Ok(name) => self.domains.signing(tenant, &name).await?.is_some(),
+                Err(_) => false,
+            };
+            if !verified {
+                return Err(SendError::SenderDomainNotVerified(from.to_owned()));
+            }
+        }
         let id = MessageId::generate();
         tracing::Span::current().record("message_id", tracing::field::display(&id));
         let mut content = match &new.content {

@@ -38,6 +38,8 @@ pub struct Application {
     tokens: Arc<TokenKeys>,
     dispatcher: Dispatcher,
     retention: Retention,
+    /// `[dns] recheck`.
+    domain_recheck: std::time::Duration,
 }
 
 /// How long workers may take to finish their step before a restart that reopens the store.
@@ -230,6 +232,7 @@ impl Application {
                 relay_hosts: settings.upstreams.iter().map(|u| u.host.clone()).collect(),
             },
         );
+        let domain_recheck = settings.dns.recheck.0;
         let unsubscribe = Arc::new(crate::unsubscribe::UnsubscribeLinks::new(
             store
                 .secret("unsubscribe")
@@ -298,6 +301,7 @@ impl Application {
                 settings: Arc::clone(&settings),
                 templates: templates.clone(),
                 metrics: Arc::clone(&metrics),
+                domains: domains.clone(),
             },
             metrics: Arc::clone(&metrics),
             revocations,
@@ -367,6 +371,7 @@ impl Application {
             tokens,
             dispatcher,
             retention,
+            domain_recheck,
         })
     }
 
@@ -413,6 +418,11 @@ impl Application {
         )));
         workers.push(tokio::spawn(crate::stats::folding::run_stats_folder_until_stopped(
             Arc::clone(&self.worker.store),
+            stopped.clone(),
+        )));
+        workers.push(tokio::spawn(crate::domains::run_domain_checks_until_stopped(
+            self.worker.domains.clone(),
+            self.domain_recheck,
             stopped.clone(),
         )));
         workers.push(tokio::spawn(run_purger_until_stopped(

@@ -294,6 +294,13 @@ impl From<SendError> for ApiError {
                     format!("this tenant may not send from `{domain}`"),
                 ),
             )]),
+            SendError::SenderDomainNotVerified(domain) => ApiError::unprocessable(vec![FieldError::new(
+                "/from",
+                &ValidationError::new(
+                    "sender_domain_not_verified",
+                    format!("`{domain}` is not a verified sender domain of this tenant (see POST /v1/domains)"),
+                ),
+            )]),
             SendError::Template(err) => ApiError::from_templates(err, TemplateContext::Send),
             SendError::KeyReused => ApiError::new(
                 Kind::Conflict,

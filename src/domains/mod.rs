@@ -301,6 +301,28 @@ impl Domains {
     }
 }
 
+/// Re-checks every domain every `interval` until `stopped` turns true, so a record
+/// that disappears turns its domain `failing` (and its mail unsigned) without anyone
+/// asking, and a rotation's new record takes over once published.
+pub async fn run_domain_checks_until_stopped(
+    domains: Domains,
+    interval: Duration,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stopped.changed() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match domains.check_all().await {
+            Ok(checked) => tracing::debug!(checked, "sender domains re-checked"),
+            Err(err) => {
+                tracing::warn!(error = %crate::telemetry::ErrorChain(&err), "re-checking sender domains failed")
+            }
+        }
+    }
+}
+
 /// The active keys of every verified domain, loaded into ring.
 fn load_signing(store: &dyn Store) -> Result<HashMap<(String, String), Arc<DomainSigning>>, DomainsError> {
     let mut loaded = HashMap::new();

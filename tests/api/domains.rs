@@ -364,3 +364,56 @@ async fn domains_belong_to_their_tenant_and_need_their_scope() {
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
+
+/// `[delivery] require_verified_domain` and `[dns] recheck` from a config file: sends
+/// need a verified domain, and the schedule notices records come and go by itself.
+#[tokio::test]
+async fn with_verified_domains_required_the_scheduled_check_opens_and_closes_sending() {
+    let mut dns = Dnsmasq::start();
+    let app = spawn_binary(&format!(
+        "[dns]\nnameservers = [\"127.0.0.1:{}\"]\nrecheck = \"300ms\"\n[delivery]\nrequire_verified_domain = true\n",
+        dns.port
+    ))
+    .await;
+    let token = mint(&app.keys, "acme", "domains:manage messages:send messages:read");
+    let refused = |answer: Value| {
+        assert_eq!(answer["code"], "sender_domain_not_verified", "{answer}");
+        assert_eq!(answer["errors"][0]["field"], "/from", "{answer}");
+    };
+    let body =
+        json!({"from": format!("hello@mail.{DOMAIN}"), "to": ["ana@example.test"], "subject": "Hi", "text": "Hi"});
+    let answer = app.send_as(&token, &body).await;
+    assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    refused(answer.json().await.unwrap());
+
+    let (_, created) = post(&app, &token, "/v1/domains", json!({"name": DOMAIN})).await;
+    let published = records(&created);
+    dns.serve(&published.iter().collect::<Vec<_>>());
+    let status_becomes = |wanted: &'static str| {
+        let (app, token) = (&app, &token);
+        async move {
+            let deadline = std::time::Instant::now() + WAIT;
+            loop {
+                let (_, domain) = call(app, token, reqwest::Method::GET, &format!("/v1/domains/{DOMAIN}"), None).await;
+                if domain["status"] == wanted {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "never {wanted}: {domain}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    status_becomes("verified").await;
+    let answer = app.send_as(&token, &body).await;
+    assert_eq!(
+        answer.status(),
+        StatusCode::ACCEPTED,
+        "a subdomain of a verified domain may send"
+    );
+
+    dns.serve(&published.iter().filter(|r| r["purpose"] != "dkim").collect::<Vec<_>>());
+    status_becomes("failing").await;
+    let answer = app.send_as(&token, &body).await;
+    assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    refused(answer.json().await.unwrap());
+}
