@@ -127,6 +127,35 @@ fn dkim_verify(dir: &Path, message: &[u8], records: &[Value]) -> (i32, String) {
     )
 }
 
+/// The rules SpamAssassin (`spamassassin -t -L`: local tests only) hits on `message`.
+fn spamassassin_rules(message: &[u8]) -> Vec<String> {
+    use std::io::Write as _;
+    let mut child = Command::new("spamassassin")
+        .args(["-t", "-L"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run spamassassin (the test command installs it)");
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    let details = report.split("Content analysis details:").nth(1).unwrap_or_default();
+    details
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let score = words.next()?;
+            let rule = words.next()?;
+            (score.parse::<f64>().is_ok()
+                && rule
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .then(|| rule.to_owned())
+        })
+        .collect()
+}
+
 async fn call(
     app: &TestApp,
     token: &str,
@@ -248,6 +277,27 @@ async fn a_domain_verifies_when_its_records_are_published_and_its_mail_is_signed
         "From and Subject over-signed, the unsubscribe headers signed: {text}"
     );
 
+    // An HTML-only send, as most are: its text part is made for it.
+    let answer = app
+        .send_as(
+            &token,
+            &json!({"from": format!("Acme <hello@{DOMAIN}>"), "to": ["ana@example.test"], "subject": "Receipt",
+                    "html": "<h1>Thanks</h1><p>Your receipt is <a href=\"https://acme.test/r/1\">here</a>.</p>"}),
+        )
+        .await;
+    let html_only = answer.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let rules = spamassassin_rules(&delivered(&app, &html_only).await);
+    for rule in ["HEADER_FROM_DIFFERENT_DOMAINS", "MIME_HTML_ONLY"] {
+        assert!(!rules.iter().any(|r| r == rule), "SpamAssassin hit {rule}: {rules:?}");
+    }
+    let header_or_mime: Vec<&String> = rules
+        .iter()
+        .filter(|r| {
+            r.starts_with("HEADER_") || r.starts_with("MIME_") || r.contains("MISSING") || r.starts_with("INVALID")
+        })
+        .collect();
+    assert!(header_or_mime.is_empty(), "header or MIME rules hit: {rules:?}");
+
     let tampered = text.replacen("Your order has shipped", "Your order was cancelled", 1);
     let (code, out) = dkim_verify(app.data.path(), tampered.as_bytes(), &published);
     assert_eq!(code, 1, "a changed subject must fail: {out}");
@@ -258,8 +308,14 @@ async fn a_domain_verifies_when_its_records_are_published_and_its_mail_is_signed
     let failing = verify(&app, &token).await;
     assert_eq!(failing["status"], "failing", "{failing}");
     let id = send_from_domain(&app, &token, "After the record went").await;
-    let (code, out) = dkim_verify(app.data.path(), &delivered(&app, &id).await, &published);
+    let unsigned = delivered(&app, &id).await;
+    let (code, out) = dkim_verify(app.data.path(), &unsigned, &published);
     assert_eq!(code, 2, "unsigned once failing: {out}");
+    let rules = spamassassin_rules(&unsigned);
+    assert!(
+        rules.iter().any(|r| r == "HEADER_FROM_DIFFERENT_DOMAINS"),
+        "the check can fail: with the global return path it does ({rules:?})"
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the integration tests run beside the Postfix harness, when missing:
-# Debian's dnsmasq (an authoritative DNS server for the sender-domain tests) and the
+# Debian's dnsmasq (an authoritative DNS server for the sender-domain tests),
+# SpamAssassin (its local rules judge the headers and MIME of delivered mail) and the
 # pinned Python tools of tests/support/requirements.txt (dkimpy, an independent DKIM
 # verifier) in the tools venv. Prints the venv's python for MAILGATE_TEST_PYTHON.
 set -euo pipefail
@@ -11,6 +12,7 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo=sudo
 pkgs=""
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || pkgs="$pkgs dnsmasq-base"
+command -v spamassassin >/dev/null || pkgs="$pkgs spamassassin"
 python3 -c 'import ensurepip, venv' 2>/dev/null || pkgs="$pkgs python3-venv"
 if [ -n "$pkgs" ]; then
   echo "tools.sh: installing$pkgs from Debian" >&2
