@@ -4,6 +4,9 @@
 #   (b) mailgate end to end into Postfix's smtp-sink over N messages (default 20,000);
 #   (c) the reference: smtp-source → Postfix → smtp-sink, the same N messages, 8 sessions;
 #   (d) the physical limit: smtp-source → smtp-sink directly, 8 persistent sessions;
+#   (e) (a) and (b) again with every message DKIM-signed (RSA-2048) for a verified
+#       sender domain (dnsmasq serves its records), and the cost of one signature
+#       (`cargo bench --bench dkim`);
 # and the ratios. Release build, default settings (every 202 fsynced), 2 KB messages,
 # one recipient each. Not part of the test suite; asserts nothing.
 #
@@ -59,9 +62,38 @@ text=$(head -c 1500 /dev/zero | tr '\0' 'x' | fold -w 72 | paste -sd' ')
 
 # --- (a) and (b): mailgate into smtp-sink -------------------------------------------
 start_sink
-# Runs (a) and (b) against the binary $1 (label $2); sets accept_rate and e2e_rate.
+# A verified sender domain for the signed run: dnsmasq answers for it on $dns_port.
+dns_port=$(free_port)
+sign_domain=bench-mail.net
+verify_domain() { # token: creates $sign_domain, publishes its records, verifies it
+  local answer
+  answer=$(curl -s -H "Authorization: Bearer $1" -H 'Content-Type: application/json' \
+    -d "{\"name\":\"$sign_domain\"}" "127.0.0.1:$port/v1/domains")
+  python3 - "$answer" "$work/dnsmasq.conf" <<'PY'
+import json, sys
+domain = json.loads(sys.argv[1])
+lines = ["local=/bench-mail.net/", "local=/bounces.bench.test/", "host-record=bounces.bench.test,127.0.0.1"]
+for r in domain["records"]:
+    if r["type"] == "TXT":
+        v = r["value"]
+        lines.append("txt-record=%s,%s" % (r["name"], ",".join('"%s"' % v[i:i + 255] for i in range(0, len(v), 255))))
+    else:
+        lines.append("cname=%s,%s" % (r["name"], r["value"]))
+open(sys.argv[2], "w").write("\n".join(lines) + "\n")
+PY
+  dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces --listen-address=127.0.0.1 \
+    --user=root --pid-file --port="$dns_port" --conf-file="$work/dnsmasq.conf" 2>/dev/null &
+  pids+=($!)
+  dnsmasq_pid=$!
+  sleep 0.3
+  curl -s -X POST -H "Authorization: Bearer $1" "127.0.0.1:$port/v1/domains/$sign_domain/verify" |
+    python3 -c 'import json, sys; s = json.load(sys.stdin)["status"]; print("   sender domain:", s); sys.exit(s != "verified")'
+}
+
+# Runs (a) and (b) against the binary $1 (label $2), DKIM-signing when $3 is "signed";
+# sets accept_rate and e2e_rate.
 run_mailgate() {
-  local bin=$1 label=$2 data=$work/data-$2-$RANDOM
+  local bin=$1 label=$2 signed=${3:-} data=$work/data-$2-$RANDOM
   port=$(free_port)
   cat >"$work/mailgate.toml" <<TOML
 [storage]
@@ -76,7 +108,12 @@ max_connections = $sessions
 
 [limits]
 messages_per_second = 0
+
+[delivery]
+return_path_domain = "bounces.bench.test"
 TOML
+  # Only the signed run names [dns]: a BASELINE from before sender domains refuses it.
+  if [ "$signed" = signed ]; then printf '\n[dns]\nnameservers = ["127.0.0.1:%s"]\n' "$dns_port" >>"$work/mailgate.toml"; fi
   MAILGATE_HTTP__LISTEN="127.0.0.1:$port" MAILGATE_LOG__LEVEL=warn \
     "$bin" serve --config "$work/mailgate.toml" >"$work/stdout" 2>"$work/stderr" &
   pids+=($!)
@@ -84,7 +121,12 @@ TOML
   for _ in $(seq 100); do curl -sf "127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
   local token
   token=$(sed -n '/Dev token/{n;p}' "$work/stdout")
-  local body="{\"from\":\"Bench <bench@acme.test>\",\"to\":[\"ana@example.test\"],\"subject\":\"Bench\",\"text\":\"$text\"}"
+  local from=bench@acme.test
+  if [ "$signed" = signed ]; then
+    verify_domain "$token"
+    from=bench@$sign_domain
+  fi
+  local body="{\"from\":\"Bench <$from>\",\"to\":[\"ana@example.test\"],\"subject\":\"Bench\",\"text\":\"$text\"}"
   post_lua "$work/post.lua" "$token" "$body"
 
   echo "== (a) $label accept rate: wrk, 2 threads, 64 connections, 10 s (delivery into smtp-sink running)"
@@ -122,6 +164,7 @@ TOML
     -v hz="$(getconf CLK_TCK)" -v n="$total" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
   echo "   writer thread CPU: $writer_us µs per message (accepted, leased and recorded), over $total"
   kill "$mailgate_pid" && wait "$mailgate_pid" 2>/dev/null || true
+  if [ "$signed" = signed ]; then kill "$dnsmasq_pid" && wait "$dnsmasq_pid" 2>/dev/null || true; fi
   rm -rf "$data"
 }
 
@@ -142,6 +185,14 @@ else
   done
   accept_rate=$best_accept e2e_rate=$best_e2e
 fi
+
+# --- (e) the same with DKIM signing -------------------------------------------------
+plain_accept=$accept_rate plain_e2e=$e2e_rate
+run_mailgate target/release/mailgate signed signed
+signed_accept=$accept_rate signed_e2e=$e2e_rate
+accept_rate=$plain_accept e2e_rate=$plain_e2e
+echo "== (e) cost of one DKIM signature (cargo bench --bench dkim)"
+cargo bench --locked --bench dkim 2>/dev/null | grep -E 'µs per message'
 
 # --- (c) reference: smtp-source → Postfix → smtp-sink --------------------------------
 echo "== (c) reference: smtp-source ($sessions sessions) → Postfix → smtp-sink, $n messages of 2 KB"
@@ -171,11 +222,16 @@ printf '%-52s %8s msg/s\n' "(a) mailgate accept, 64 clients" "$accept_rate" \
   "(b) mailgate end to end into smtp-sink" "$e2e_rate" \
   "(c) Postfix accept (smtp-source, $sessions sessions)" "$postfix_accept" \
   "(c) Postfix end to end into smtp-sink" "$postfix_relay" \
-  "(d) smtp-source → smtp-sink directly" "$direct"
+  "(d) smtp-source → smtp-sink directly" "$direct" \
+  "(e) mailgate accept, DKIM-signed (RSA-2048)" "$signed_accept" \
+  "(e) mailgate end to end, DKIM-signed (RSA-2048)" "$signed_e2e"
 awk -v a="$accept_rate" -v b="$e2e_rate" -v pa="$postfix_accept" -v pr="$postfix_relay" -v d="$direct" 'BEGIN {
   printf "accept ratio   mailgate / Postfix = %.2f (target ≥ 5)\n", a / pa
   printf "e2e ratio      mailgate / Postfix = %.2f (target ≥ 4)\n", b / pr
   printf "e2e / physical limit              = %.2f\n", b / d
+}'
+awk -v a="$accept_rate" -v b="$e2e_rate" -v sa="$signed_accept" -v sb="$signed_e2e" 'BEGIN {
+  printf "signed / unsigned: accept %.2f, end to end %.2f\n", sa / a, sb / b
 }'
 if [ -n "$baseline" ]; then
   echo

@@ -473,3 +473,29 @@ async fn with_verified_domains_required_the_scheduled_check_opens_and_closes_sen
     assert_eq!(answer.status(), StatusCode::UNPROCESSABLE_ENTITY);
     refused(answer.json().await.unwrap());
 }
+
+/// `upstreams.dkim = "off"` from a config file: that relay gets the message unsigned
+/// (it signs itself), with the return path still under the verified domain.
+#[tokio::test]
+async fn a_relay_with_dkim_off_gets_mail_unsigned() {
+    let mut dns = Dnsmasq::start();
+    let data = tempfile::tempdir().unwrap();
+    let postfix = crate::helpers::Postfix::shared();
+    let relay = postfix.relay(data.path(), "postfix", postfix.port, "starttls", "dkim = \"off\"");
+    let app = crate::helpers::spawn_binary_on(
+        data,
+        &format!("{relay}\n[dns]\nnameservers = [\"127.0.0.1:{}\"]\n", dns.port),
+        &[],
+    )
+    .await;
+    let token = mint(&app.keys, "acme", "domains:manage messages:send messages:read");
+    let (_, created) = post(&app, &token, "/v1/domains", json!({"name": DOMAIN})).await;
+    let published = records(&created);
+    dns.serve(&published.iter().collect::<Vec<_>>());
+    assert_eq!(verify(&app, &token).await["status"], "verified");
+    let id = send_from_domain(&app, &token, "Through a relay that signs").await;
+    let mime = delivered(&app, &id).await;
+    let (code, out) = dkim_verify(app.data.path(), &mime, &published);
+    assert_eq!(code, 2, "no signature of ours: {out}");
+    assert!(String::from_utf8_lossy(&mime).contains(&format!("@bounces.{DOMAIN}>")));
+}
