@@ -50,12 +50,21 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# A name server on loopback that answers NXDOMAIN to everything: domain checks
+# (POST /v1/domains/{id}/verify) get a fast answer and never leave the machine.
+start_dns() {
+  dns_port=$(free_port)
+  dnsmasq --keep-in-foreground --no-resolv --no-hosts --bind-interfaces --listen-address=127.0.0.1 \
+    --user=root --pid-file --port="$dns_port" --address=/#/ 2>/dev/null &
+  pids+=($!)
+}
+
 # start_mailgate NAME [TOML...]: runs mailgate with its own data dir; sets $url and $token.
 start_mailgate() {
   local name=$1 dir="$work/$1"
   shift
   mkdir -p "$dir"
-  printf '[storage]\npath = "%s"\n%s\n' "$dir/data" "$*" >"$dir/mailgate.toml"
+  printf '[storage]\npath = "%s"\n[dns]\nnameservers = ["127.0.0.1:%s"]\n%s\n' "$dir/data" "$dns_port" "$*" >"$dir/mailgate.toml"
   local port
   port=$(free_port)
   MAILGATE_HTTP__LISTEN="127.0.0.1:$port" "$bin" serve --config "$dir/mailgate.toml" \
@@ -68,7 +77,7 @@ start_mailgate() {
   done
   curl -fsS "$url/readyz" >/dev/null || { cat "$dir/stderr.log"; return 1; }
   token=$("$bin" token issue --config "$dir/mailgate.toml" --tenant "$name" \
-    --scope "messages:send messages:read templates:read templates:write webhooks:manage suppressions:manage bounces:write admin")
+    --scope "messages:send messages:read templates:read templates:write webhooks:manage suppressions:manage domains:manage bounces:write admin")
 }
 
 check_clients() {
@@ -138,6 +147,7 @@ daily_quota = 0"
 }
 
 install_tools
+start_dns
 check_examples
 check_clients
 check_schemathesis

@@ -232,21 +232,22 @@ impl Domains {
     async fn check(&self, mut domain: SenderDomain) -> Result<SenderDomain, DomainsError> {
         let before = domain.status;
         let mut checked = records::expected(&domain, &self.inner.context);
-        for record in &mut checked {
+        // All lookups at once: a slow or silent name server costs one timeout, not one
+        // per record.
+        let dns = &self.inner.dns;
+        let lookups = checked.iter().map(|record| async move {
+            match record.purpose {
+                RecordPurpose::ReturnPath => dns.cname(&record.name).await.map(|t| t.into_iter().collect()),
+                _ => dns.txt(&record.name).await,
+            }
+        });
+        let answers = futures_util::future::join_all(lookups).await;
+        for (record, found) in checked.iter_mut().zip(answers) {
             let previous = domain
                 .records
                 .iter()
                 .find(|r| r.name == record.name && r.value == record.value)
                 .map_or(DomainStatus::Pending, |r| r.status);
-            let found = match record.purpose {
-                RecordPurpose::ReturnPath => self
-                    .inner
-                    .dns
-                    .cname(&record.name)
-                    .await
-                    .map(|t| t.into_iter().collect()),
-                _ => self.inner.dns.txt(&record.name).await,
-            };
             record.status = match found {
                 Ok(values) => records::next_status(previous, records::matches(record, &values)),
                 Err(err) => {
