@@ -13,6 +13,7 @@ mod activity;
 mod assets;
 mod chart;
 mod diff;
+mod domains;
 mod failure;
 mod message;
 mod overview;
@@ -53,6 +54,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/suppressions", web::get().to(suppressions::list))
             .route("/suppressions", web::post().to(suppressions::add))
             .route("/suppressions/remove", web::post().to(suppressions::remove))
+            .route("/domains", web::get().to(domains::list))
+            .route("/domains/{id}/verify", web::post().to(domains::verify))
             .route("/webhooks", web::get().to(webhooks::list))
             .route("/webhooks/{id}", web::get().to(webhooks::show))
             .route("/webhooks/{id}/replay", web::post().to(webhooks::replay))

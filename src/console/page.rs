@@ -26,14 +26,16 @@ pub enum Section {
     Templates,
     Suppressions,
     Webhooks,
+    Domains,
 }
 
-const SECTIONS: [(Section, &str, &str); 5] = [
+const SECTIONS: [(Section, &str, &str); 6] = [
     (Section::Overview, "/console", "Overview"),
     (Section::Activity, "/console/messages", "Activity"),
     (Section::Templates, "/console/templates", "Templates"),
     (Section::Suppressions, "/console/suppressions", "Suppressions"),
     (Section::Webhooks, "/console/webhooks", "Webhooks"),
+    (Section::Domains, "/console/domains", "Domains"),
 ];
 
 fn head(title: &str) -> Markup {

@@ -325,3 +325,34 @@ async fn a_console_link_from_the_cli_signs_in_once_and_is_no_api_token() {
     assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
     assert!(again.text().await.unwrap().contains("already used"));
 }
+
+#[tokio::test]
+async fn the_domains_page_lists_each_domain_with_its_records_to_publish() {
+    let app = spawn_app().await;
+    let token = mint(&app.keys, "acme", "domains:manage");
+    let created = app
+        .client
+        .post(format!("{}/v1/domains", app.address))
+        .bearer_auth(&token)
+        .json(&json!({"name": "console-domain.test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let cookie = sign_in(&app, &token).await;
+    let shown = page(&app, &cookie, "/console/domains").await.text().await.unwrap();
+    assert!(
+        shown.contains("console-domain.test") && shown.contains("_domainkey.console-domain.test"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("bounces.console-domain.test") && shown.contains(">pending<"),
+        "{shown}"
+    );
+    let other = sign_in(&app, &mint(&app.keys, "globex", "domains:manage")).await;
+    let theirs = page(&app, &other, "/console/domains").await.text().await.unwrap();
+    assert!(
+        !theirs.contains("console-domain.test"),
+        "another tenant sees none of it"
+    );
+}
