@@ -343,7 +343,7 @@ impl Application {
                         Ok(response)
                     }
                 })
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<crate::api::request_span::RedactedRootSpan>::new())
                 .app_data(state.clone())
                 .configure(crate::console::configure)
                 .configure(api::configure)

@@ -13,6 +13,7 @@ pub mod messages;
 pub mod pagination;
 pub mod problem;
 pub mod query;
+pub mod request_span;
 mod shared_responses;
 pub mod stats;
 pub mod suppressions;

@@ -110,6 +110,19 @@ impl Revocations {
         map.insert(jti.to_owned(), until);
     }
 
+    /// Revokes `jti` unless it already was: `true` for the one caller that revoked it,
+    /// so two requests racing with the same one-time link cannot both use it.
+    pub fn revoke_once(&self, jti: &str, until: u64) -> bool {
+        let mut map = self.until.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = jsonwebtoken::get_current_timestamp();
+        map.retain(|_, exp| *exp >= now);
+        if map.contains_key(jti) {
+            return false;
+        }
+        map.insert(jti.to_owned(), until);
+        true
+    }
+
     pub fn is_revoked(&self, jti: &str) -> bool {
         let map = self.until.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         map.get(jti)

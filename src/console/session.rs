@@ -185,11 +185,13 @@ pub async fn login(req: HttpRequest, form: web::Form<LoginForm>) -> Result<HttpR
                 return refused("the sign-in link has no id, so it cannot be used once");
             };
             let until = principal.expires;
+            if !state.revocations.revoke_once(&jti, until) {
+                return refused("this sign-in link was already used; print a new one");
+            }
             let revoke = jti.clone();
             state
                 .store_call(&principal.tenant, move |store, _| store.revoke_token(&revoke, until))
                 .await?;
-            state.revocations.revoke(&jti, until);
             let session = state
                 .tokens
                 .issue_for(

@@ -63,15 +63,18 @@ pub fn header(field: &[u8]) -> Vec<u8> {
     let mut out: Vec<u8> = trim_wsp(&field[..colon]).to_ascii_lowercase();
     out.push(b':');
     let value = field.get(colon + 1..).unwrap_or_default();
+    // Whitespace before the value's first character goes; inside it, a run is one space.
+    let mut started = false;
     let mut pending_space = false;
     for &b in value {
         match b {
             b'\r' | b'\n' => {}
             b' ' | b'\t' => pending_space = true,
             _ => {
-                if pending_space && !out.ends_with(b":") {
+                if pending_space && started {
                     out.push(b' ');
                 }
+                started = true;
                 pending_space = false;
                 out.push(b);
             }
@@ -128,6 +131,8 @@ mod tests {
         let refolded = header(b"SUBJECT : A long subject");
         assert_eq!(sent, b"subject:A long subject");
         assert_eq!(refolded, sent);
+        assert_eq!(header(b"Subject: Re:  hello: again"), b"subject:Re: hello: again");
+        assert_eq!(header(b"X-Empty:   "), b"x-empty:");
     }
 
     #[test]

@@ -36,6 +36,10 @@ const STRUCTURAL_HEADERS: &[&str] = &[
     "mime-version",
     "return-path",
     "sender",
+    // Set per recipient at delivery (one-click unsubscribe) or by the DKIM signer.
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "dkim-signature",
 ];
 
 /// A custom header a caller may add (e.g. `X-Entity-Ref-ID`).

@@ -65,6 +65,9 @@ struct Inner {
     dns: Dns,
     context: RecordContext,
     cache: Mutex<SigningCache>,
+    /// Held while a domain is read, changed and written back (rotate, a check's
+    /// conclusion, delete), so two changes cannot overwrite each other on this node.
+    writes: Mutex<()>,
 }
 
 /// A selector that sorts by creation and names its algorithm (`mg1796419534r`),
@@ -106,6 +109,7 @@ impl Domains {
                 dns,
                 context,
                 cache: Mutex::new(SigningCache::default()),
+                writes: Mutex::new(()),
             }),
         }
     }
@@ -181,6 +185,7 @@ impl Domains {
         let domain = self.get(tenant, id_or_name).await?;
         let tenant = tenant.clone();
         self.blocking(move |inner| {
+            let _write = inner.writes.lock().unwrap_or_else(PoisonError::into_inner);
             if inner.store.delete_domain(&tenant, &domain.id)? {
                 Ok(())
             } else {
@@ -195,17 +200,28 @@ impl Domains {
     /// Publishes a new key beside each active one; it signs once its record verifies
     /// (a check after it is published), and the old key retires then.
     pub async fn rotate(&self, tenant: &TenantId, id_or_name: &str) -> Result<SenderDomain, DomainsError> {
-        let mut domain = self.get(tenant, id_or_name).await?;
-        if domain.keys.iter().any(|k| k.state == KeyState::Pending) {
+        let snapshot = self.get(tenant, id_or_name).await?;
+        if snapshot.keys.iter().any(|k| k.state == KeyState::Pending) {
             return Err(DomainsError::RotationPending);
         }
         self.blocking(move |inner| {
             let now = Utc::now();
-            let algorithms: Vec<Algorithm> = domain.active_keys().map(|k| k.algorithm).collect();
-            for algorithm in algorithms {
-                let key = new_key(algorithm, KeyState::Pending, now, &domain.keys)?;
-                domain.keys.push(key);
+            // Keys first (an RSA key takes a while), then the change under the lock on
+            // the domain as it is now.
+            let mut fresh_keys: Vec<DkimKey> = Vec::new();
+            for key in snapshot.active_keys() {
+                let taken: Vec<DkimKey> = snapshot.keys.iter().chain(&fresh_keys).cloned().collect();
+                fresh_keys.push(new_key(key.algorithm, KeyState::Pending, now, &taken)?);
             }
+            let _write = inner.writes.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut domain = inner
+                .store
+                .domain(&snapshot.tenant, snapshot.id.as_str())?
+                .ok_or(DomainsError::NotFound)?;
+            if domain.keys.iter().any(|k| k.state == KeyState::Pending) {
+                return Err(DomainsError::RotationPending);
+            }
+            domain.keys.extend(fresh_keys);
             let previous = std::mem::take(&mut domain.records);
             domain.records = records::expected(&domain, &inner.context)
                 .into_iter()
@@ -216,7 +232,9 @@ impl Domains {
                     r
                 })
                 .collect();
-            inner.store.put_domain(&domain, false)?;
+            if !inner.store.put_domain(&domain, false)? {
+                return Err(DomainsError::NotFound);
+            }
             Ok(domain)
         })
         .await
@@ -229,8 +247,7 @@ impl Domains {
         self.check(domain).await
     }
 
-    async fn check(&self, mut domain: SenderDomain) -> Result<SenderDomain, DomainsError> {
-        let before = domain.status;
+    async fn check(&self, domain: SenderDomain) -> Result<SenderDomain, DomainsError> {
         let mut checked = records::expected(&domain, &self.inner.context);
         // All lookups at once: a slow or silent name server costs one timeout, not one
         // per record.
@@ -256,15 +273,30 @@ impl Domains {
                 }
             };
         }
-        records::conclude(&mut domain, checked, &self.inner.context, Utc::now());
-        if before == DomainStatus::Verified && domain.status == DomainStatus::Failing {
-            tracing::warn!(tenant = %domain.tenant, domain = domain.name.as_str(), "a verified sender domain is failing its DNS check: mail from it is no longer signed");
-        }
-        let saved = domain.clone();
-        self.blocking(move |inner| Ok(inner.store.put_domain(&saved, false)?))
+        // The lookups took a while: apply what they found to the domain as it is now, so
+        // a rotation or a delete made meanwhile is neither undone nor resurrected (the
+        // records are matched by name and value, whatever the keys are now).
+        let (tenant, id) = (domain.tenant.clone(), domain.id.clone());
+        let concluded = self
+            .blocking(move |inner| {
+                let _write = inner.writes.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut fresh = inner
+                    .store
+                    .domain(&tenant, id.as_str())?
+                    .ok_or(DomainsError::NotFound)?;
+                let before = fresh.status;
+                records::conclude(&mut fresh, checked, &inner.context, Utc::now());
+                if !inner.store.put_domain(&fresh, false)? {
+                    return Err(DomainsError::NotFound);
+                }
+                if before == DomainStatus::Verified && fresh.status == DomainStatus::Failing {
+                    tracing::warn!(tenant = %fresh.tenant, domain = fresh.name.as_str(), "a verified sender domain is failing its DNS check: mail from it is no longer signed");
+                }
+                Ok(fresh)
+            })
             .await?;
         self.forget_signing();
-        Ok(domain)
+        Ok(concluded)
     }
 
     /// Checks every tenant's domains (the schedule of `[dns] recheck`).
@@ -272,7 +304,10 @@ impl Domains {
         let all = self.blocking(|inner| Ok(inner.store.domains(None)?)).await?;
         let count = all.len();
         for domain in all {
-            self.check(domain).await?;
+            match self.check(domain).await {
+                Ok(_) | Err(DomainsError::NotFound) => {}
+                Err(err) => return Err(err),
+            }
         }
         Ok(count)
     }
@@ -333,13 +368,20 @@ fn load_signing(store: &dyn Store) -> Result<HashMap<(String, String), Arc<Domai
         }
         let mut keys = Vec::new();
         for key in domain.active_keys() {
-            let der = base64::engine::general_purpose::STANDARD
+            // One unreadable key costs its own signature, not every domain's.
+            let loaded = base64::engine::general_purpose::STANDARD
                 .decode(&key.private_pkcs8)
-                .map_err(|_| KeyError::Unusable(key.algorithm))?;
-            keys.push(SigningKey {
-                selector: key.selector.clone(),
-                key: LoadedKey::load(key.algorithm, &der)?,
-            });
+                .map_err(|_| KeyError::Unusable(key.algorithm))
+                .and_then(|der| LoadedKey::load(key.algorithm, &der));
+            match loaded {
+                Ok(loaded) => keys.push(SigningKey {
+                    selector: key.selector.clone(),
+                    key: loaded,
+                }),
+                Err(err) => {
+                    tracing::error!(domain = domain.name.as_str(), selector = %key.selector, error = %err, "a stored DKIM key cannot be loaded; mail goes without its signature")
+                }
+            }
         }
         // RSA first: a verifier that stops at the first signature it can check gets
         // the one every verifier supports.

@@ -341,9 +341,9 @@ pub trait Store: Send + Sync {
     /// Removes a webhook; its queued deliveries are dropped when they come due.
     fn delete_webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError>;
 
-    /// Creates or replaces a sender domain (with its private keys), durably. Returns
-    /// `false`, writing nothing, when `create` is set and the tenant already has a
-    /// domain of that name.
+    /// Creates (`create`) or replaces a sender domain (with its private keys), durably.
+    /// Returns `false`, writing nothing, when creating a name the tenant already has,
+    /// or replacing a domain that no longer exists.
     fn put_domain(&self, domain: &SenderDomain, create: bool) -> Result<bool, StoreError>;
 
     /// The tenant's domain by id or name; `None` for another tenant's.

@@ -324,6 +324,9 @@ async fn a_console_link_from_the_cli_signs_in_once_and_is_no_api_token() {
     let again = post_login(&app, token).await;
     assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
     assert!(again.text().await.unwrap().contains("already used"));
+    let log = app.stderr();
+    assert!(log.contains("console sign-in"), "the sign-in was logged");
+    assert!(!log.contains(token), "the link never reaches the log");
 }
 
 #[tokio::test]

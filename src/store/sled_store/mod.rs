@@ -978,6 +978,8 @@ impl Store for SledStore {
                 match names.get(name.as_slice())? {
                     Some(holder) if holder.as_ref() != domain.id.as_str().as_bytes() => return Ok(false),
                     Some(_) if create => return Ok(false),
+                    // An update of a domain deleted meanwhile does not bring it back.
+                    None if !create => return Ok(false),
                     _ => {}
                 }
                 names.insert(name.as_slice(), domain.id.as_str().as_bytes())?;
