@@ -256,7 +256,7 @@ async fn a_domain_verifies_when_its_records_are_published_and_its_mail_is_signed
     assert_eq!(checked["status"], "verified", "{checked}");
     assert!(records(&checked).iter().all(|r| r["status"] == "verified"), "{checked}");
 
-    let id = send_from_domain(&app, &token, "Your order has shipped").await;
+    let id = send_from_domain(&app, &token, "Re: Your order has shipped").await;
     let mime = delivered(&app, &id).await;
     let text = String::from_utf8_lossy(&mime).into_owned();
     assert!(
