@@ -3,7 +3,8 @@
 #   (a) the accept rate of POST /v1/messages with 64 concurrent clients, p50 / p99;
 #   (b) mailgate end to end into Postfix's smtp-sink over N messages (default 20,000);
 #   (c) the reference: smtp-source → Postfix → smtp-sink, the same N messages, 8 sessions;
-#   (d) the physical limit: smtp-source → smtp-sink directly, 8 persistent sessions;
+#   (d) the physical limit: smtp-source -d → smtp-sink directly, 8 persistent sessions
+#       (each connection reused for message after message, as mailgate reuses its own);
 #   (e) (a) and (b) again with every message DKIM-signed (RSA-2048) for a verified
 #       sender domain (dnsmasq serves its records), and the cost of one signature
 #       (`cargo bench --bench dkim`);
@@ -209,9 +210,9 @@ postfix_relay=$(rate "$n" "$start" "$end")
 echo "Postfix accepted $postfix_accept msg/s, relayed end to end $postfix_relay msg/s"
 
 # --- (d) physical limit: smtp-source → smtp-sink ---------------------------------------
-echo "== (d) smtp-source → smtp-sink directly, $sessions sessions, $n messages"
+echo "== (d) smtp-source -d → smtp-sink directly, $sessions persistent sessions, $n messages"
 start=$(now)
-smtp-source -s "$sessions" -m "$n" -l 2048 -f bench@acme.test -t ana@example.test "127.0.0.1:$sink_port"
+smtp-source -d -s "$sessions" -m "$n" -l 2048 -f bench@acme.test -t ana@example.test "127.0.0.1:$sink_port"
 end=$(now)
 direct=$(rate "$n" "$start" "$end")
 echo "$direct msg/s"
@@ -222,7 +223,7 @@ printf '%-52s %8s msg/s\n' "(a) mailgate accept, 64 clients" "$accept_rate" \
   "(b) mailgate end to end into smtp-sink" "$e2e_rate" \
   "(c) Postfix accept (smtp-source, $sessions sessions)" "$postfix_accept" \
   "(c) Postfix end to end into smtp-sink" "$postfix_relay" \
-  "(d) smtp-source → smtp-sink directly" "$direct" \
+  "(d) smtp-source -d → smtp-sink, persistent sessions" "$direct" \
   "(e) mailgate accept, DKIM-signed (RSA-2048)" "$signed_accept" \
   "(e) mailgate end to end, DKIM-signed (RSA-2048)" "$signed_e2e"
 awk -v a="$accept_rate" -v b="$e2e_rate" -v pa="$postfix_accept" -v pr="$postfix_relay" -v d="$direct" 'BEGIN {
