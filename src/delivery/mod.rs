@@ -5,6 +5,7 @@ pub mod outgoing;
 pub mod pool;
 pub mod retry;
 pub mod smtp_client;
+pub mod smtp_session;
 mod starttls;
 pub mod tls;
 pub mod transport;

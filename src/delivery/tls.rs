@@ -2,10 +2,10 @@
 //! its optional `ca_file` and its optional `tls_fingerprint_sha256`.
 //!
 //! Both STARTTLS and implicit TLS are handshaken by us with rustls over a socket we
-//! opened (with `TCP_NODELAY`: lettre's own connector leaves Nagle's algorithm on, and
-//! then every `<CRLF>.<CRLF>` waits for the relay's delayed ACK), then lettre speaks SMTP
-//! on the encrypted stream. Doing STARTTLS ourselves is also what lets one verifier
-//! serve both modes: lettre's STARTTLS only takes trust roots, and a self-signed relay
+//! opened (with `TCP_NODELAY`, or every `<CRLF>.<CRLF>` waits for the relay's delayed
+//! ACK), then `smtp_session` speaks SMTP on the encrypted stream. Doing STARTTLS
+//! ourselves is also what lets one verifier serve both modes: a library's STARTTLS
+//! usually only takes trust roots, and a self-signed relay
 //! certificate made by `openssl req -x509` is marked `CA:TRUE`, which Web PKI refuses as
 //! a server certificate (`CaUsedAsEndEntity`) even when it is a trusted root. So a
 //! certificate found as it is in `ca_file` is *pinned*: that exact certificate is
@@ -13,13 +13,11 @@
 //! names. Anything else must chain to the Web PKI roots or to a CA in `ca_file`.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use anyhow::Context;
-use lettre::transport::smtp::client::AsyncTokioStream;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -270,11 +268,12 @@ fn ca_certificates(pem: &[u8]) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// A TLS stream over a socket we opened, in the shape lettre speaks SMTP on.
+/// A TLS stream over a socket we opened, for `smtp_session` to speak SMTP on.
 ///
-/// After our own STARTTLS the relay does not greet again, but lettre starts every
+/// After our own STARTTLS the relay does not greet again, but a session starts every
 /// connection by reading a greeting: `greeting` holds a `220` line for it to read before
-/// the relay's bytes, and lettre then sends the `EHLO` that RFC 3207 requires after TLS.
+/// the relay's bytes, and the session then sends the `EHLO` that RFC 3207 requires
+/// after TLS.
 #[derive(Debug)]
 pub struct TlsSocket {
     stream: TlsStream<TcpStream>,
@@ -341,12 +340,6 @@ impl AsyncWrite for TlsSocket {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
-
-impl AsyncTokioStream for TlsSocket {
-    fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.stream.get_ref().0.peer_addr()
     }
 }
 

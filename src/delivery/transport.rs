@@ -5,13 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
-use lettre::address::Envelope;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::Address;
-
-use super::smtp_client::{SmtpClient, SmtpFailure, SmtpTarget};
+use super::smtp_client::{Credentials, SmtpClient, SmtpFailure, SmtpTarget};
 use super::tls::{Encryption, Trust};
+use anyhow::Context;
 
 use crate::config::{read_secret, UpstreamSettings};
 use crate::domain::message::{DeliveryOutcome, SmtpReply};
@@ -63,7 +59,10 @@ impl Transport {
                 let password = read_secret(upstream.password_file.as_deref(), upstream.password_env.as_deref())
                     .with_context(|| format!("upstream {}: password", upstream.name))?
                     .unwrap_or_default();
-                Some(Credentials::new(username.clone(), password))
+                Some(Credentials {
+                    username: username.clone(),
+                    password,
+                })
             }
             None => None,
         };
@@ -140,29 +139,22 @@ fn local_failure(diagnostic: String) -> SmtpReply {
 }
 
 async fn send_smtp(client: &SmtpClient, job: &TransportJob, mime: &[u8]) -> DeliveryOutcome {
-    let envelope = match (job.sender.parse::<Address>(), job.recipient.parse::<Address>()) {
-        (Ok(from), Ok(to)) => Envelope::new(Some(from), vec![to]),
-        _ => return DeliveryOutcome::Bounced(local_failure(format!("invalid envelope address {}", job.recipient))),
-    };
-    let envelope = match envelope {
-        Ok(envelope) => envelope,
-        Err(err) => return DeliveryOutcome::Bounced(local_failure(format!("invalid envelope: {err}"))),
-    };
-    match client.send(&envelope, mime).await {
-        Ok(response) => {
-            let text = response.message().collect::<Vec<_>>().join(" ");
-            DeliveryOutcome::Sent(reply(response.code().to_string().parse().ok(), text))
-        }
+    // Addresses are checked at acceptance; one with a byte that would break the command
+    // line cannot reach here, but is refused rather than sent if it ever does.
+    let unsafe_address = |a: &str| a.contains(['<', '>', '\r', '\n', ' ']);
+    if unsafe_address(&job.sender) || unsafe_address(&job.recipient) {
+        return DeliveryOutcome::Bounced(local_failure(format!("invalid envelope address {}", job.recipient)));
+    }
+    match client.send(&job.sender, &[job.recipient.as_str()], mime).await {
+        Ok(done) => DeliveryOutcome::Sent(reply(Some(done.code), done.text)),
         Err(SmtpFailure::Connect(text)) => DeliveryOutcome::Deferred(local_failure(text)),
-        Err(SmtpFailure::Smtp(err)) => {
-            let code: Option<u16> = err.status().and_then(|c| c.to_string().parse().ok());
-            let text = std::error::Error::source(&err).map_or_else(|| err.to_string(), ToString::to_string);
-            match code {
-                Some(code) if err.is_permanent() && !GATEWAY_PROBLEM_CODES.contains(&code) => {
-                    DeliveryOutcome::Bounced(reply(Some(code), text))
-                }
-                Some(code) => DeliveryOutcome::Deferred(reply(Some(code), text)),
-                None => DeliveryOutcome::Deferred(local_failure(error_chain(&err))),
+        Err(SmtpFailure::Rejected(refused)) => {
+            let permanent = refused.code / 100 == 5 && !GATEWAY_PROBLEM_CODES.contains(&refused.code);
+            let outcome = reply(Some(refused.code), refused.text);
+            if permanent {
+                DeliveryOutcome::Bounced(outcome)
+            } else {
+                DeliveryOutcome::Deferred(outcome)
             }
         }
     }
@@ -189,20 +181,6 @@ fn is_enhanced_code(word: &str) -> bool {
         && parts[1..]
             .iter()
             .all(|p| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

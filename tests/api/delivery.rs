@@ -423,3 +423,50 @@ async fn a_queue_over_its_bound_gets_503_and_keeps_what_it_accepted() {
     assert_eq!(problem["code"], "queue_full");
     assert_eq!(app.stored_messages().await, ids.len(), "everything accepted is kept");
 }
+
+/// One connection (`max_connections = 1`) through a refused, a deferred and an accepted
+/// recipient, in turn, on the harness port that offers PIPELINING and on the one that
+/// does not (`BASE + 6`, `smtpd_discard_ehlo_keywords = pipelining`): each outcome is
+/// the relay's, and the connection goes on to the next transaction.
+#[tokio::test]
+async fn every_outcome_holds_with_and_without_pipelining_on_one_reused_connection() {
+    let postfix = Postfix::shared();
+    for port in [postfix.port, postfix.port + 6] {
+        let app = spawn_app_with(|s| {
+            s.upstreams[0].port = port;
+            s.upstreams[0].max_connections = 1;
+        })
+        .await;
+        let mut ids = Vec::new();
+        for to in [
+            "first@example.test",
+            "reject@example.test",
+            "defer@example.test",
+            "last@example.test",
+        ] {
+            ids.push(app.send_ok(&simple_message(to)).await);
+        }
+        let outcome = |id: &String, wanted: &'static str| {
+            let app = &app;
+            let id = id.clone();
+            async move {
+                let message = app
+                    .wait_for(&id, WAIT, |m| m["recipients"][0]["status"] == wanted)
+                    .await;
+                message["recipients"][0]["smtp_code"].clone()
+            }
+        };
+        assert_eq!(outcome(&ids[0], "sent").await, 250, "port {port}");
+        assert_eq!(outcome(&ids[1], "bounced").await, 550, "port {port}");
+        assert_eq!(outcome(&ids[2], "deferred").await, 451, "port {port}");
+        assert_eq!(outcome(&ids[3], "sent").await, 250, "port {port}");
+        for id in [&ids[0], &ids[3]] {
+            let delivered = app.postfix.wait_delivered(id, 1, WAIT).await;
+            assert!(lf(&delivered[0]).contains("plain body"), "port {port}");
+        }
+        assert!(
+            app.postfix.delivered(&ids[1]).is_empty(),
+            "no body for a refused recipient"
+        );
+    }
+}

@@ -10,6 +10,8 @@
 #                real providers send (`Diagnostic-Code: smtp; 550 …`, `Remote-MTA`)
 # BASE_PORT + 5  like BASE_PORT, but presenting a self-signed certificate made the most
 #                common way (`openssl req -x509`, which marks it CA:TRUE): DIR/tls/selfsigned.pem
+# BASE_PORT + 6  like BASE_PORT, but without PIPELINING in its EHLO answer
+#                (`smtpd_discard_ehlo_keywords = pipelining`): clients must go lock-step
 # BASE_PORT + 3  plain SMTP for loopback clients, no TLS or AUTH: the benchmark's
 #                reference path (smtp-source → Postfix → smtp-sink); mail to `@sink.bench`
 #                is relayed to BASE_PORT + 4, where scripts/bench-delivery.sh runs smtp-sink
@@ -125,6 +127,8 @@ $((base + 1)) inet  n       -       n       -       -       smtpd
 $((base + 5)) inet  n       -       n       -       -       smtpd
   -o smtpd_tls_cert_file=$dir/tls/selfsigned.pem
   -o smtpd_tls_key_file=$dir/tls/selfsigned.key
+$((base + 6)) inet  n       -       n       -       -       smtpd
+  -o smtpd_discard_ehlo_keywords=pipelining
 cleanup    unix  n       -       n       -       0       cleanup
 qmgr       unix  n       -       n       300     1       qmgr
 tlsmgr     unix  -       -       n       1000?   1       tlsmgr
