@@ -5,7 +5,8 @@
 #   (c) the reference: smtp-source → Postfix → smtp-sink, the same N messages, 8 sessions;
 #   (d) the physical limit: smtp-source -d → smtp-sink directly, 8 persistent sessions
 #       (each connection reused for message after message, as mailgate reuses its own);
-#   (e) (a) and (b) again with every message DKIM-signed (RSA-2048) for a verified
+#   (e) batch accept: POST /v1/messages/batch of 100 messages, 16 connections;
+#   (g) (a) and (b) again with every message DKIM-signed (RSA-2048) for a verified
 #       sender domain (dnsmasq serves its records), and the cost of one signature
 #       (`cargo bench --bench dkim`);
 # and the ratios. Release build, default settings (every 202 fsynced), 2 KB messages,
@@ -23,6 +24,7 @@ cd "$(dirname "$0")/.."
 n=${1:-20000}
 baseline=${BASELINE:-}
 rounds=${ROUNDS:-2}
+batch_rate=0
 sessions=8
 base=${MAILGATE_TEST_POSTFIX_PORT:-10587}
 postfix_dir=${MAILGATE_TEST_POSTFIX_DIR:-/tmp/mailgate-postfix}
@@ -112,6 +114,7 @@ messages_per_second = 0
 
 [delivery]
 return_path_domain = "bounces.bench.test"
+max_queue_depth = 0
 TOML
   # Only the signed run names [dns]: a BASELINE from before sender domains refuses it.
   if [ "$signed" = signed ]; then printf '\n[dns]\nnameservers = ["127.0.0.1:%s"]\n' "$dns_port" >>"$work/mailgate.toml"; fi
@@ -164,6 +167,20 @@ TOML
   writer_us=$(awk -v t="$(awk '{ print $14 + $15 }' "/proc/$mailgate_pid/task/$writer/stat")" \
     -v hz="$(getconf CLK_TCK)" -v n="$total" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
   echo "   writer thread CPU: $writer_us µs per message (accepted, leased and recorded), over $total"
+  if [ -z "$signed" ] && [ "$label" = current ]; then
+    # (e) the fast lane: the same message 100 times per POST /v1/messages/batch.
+    while [ "$(counter mailgate_recipients_total)" -lt "$(counter mailgate_messages_accepted_total)" ]; do sleep 0.2; done
+    local batch before_batch batch_start
+    batch=$(python3 -c 'import json, sys; m = json.loads(sys.argv[1]); print(json.dumps({"messages": [m] * 100}))' "$body")
+    post_lua "$work/batch.lua" "$token" "$batch"
+    echo "== (e) $label batch accept: POST /v1/messages/batch of 100, wrk, 2 threads, 16 connections, 10 s"
+    before_batch=$(counter mailgate_messages_accepted_total)
+    batch_start=$(now)
+    wrk -t2 -c16 -d10s --latency -s "$work/batch.lua" "http://127.0.0.1:$port/v1/messages/batch" >"$work/wrk-e.txt"
+    batch_rate=$(rate "$(( $(counter mailgate_messages_accepted_total) - before_batch ))" "$batch_start" "$(now)")
+    grep -E 'Requests/sec|50%|99%|Non-2xx' "$work/wrk-e.txt"
+    echo "$batch_rate messages/s accepted in batches of 100"
+  fi
   kill "$mailgate_pid" && wait "$mailgate_pid" 2>/dev/null || true
   if [ "$signed" = signed ]; then kill "$dnsmasq_pid" && wait "$dnsmasq_pid" 2>/dev/null || true; fi
   rm -rf "$data"
@@ -187,12 +204,12 @@ else
   accept_rate=$best_accept e2e_rate=$best_e2e
 fi
 
-# --- (e) the same with DKIM signing -------------------------------------------------
+# --- (g) the same with DKIM signing -------------------------------------------------
 plain_accept=$accept_rate plain_e2e=$e2e_rate
 run_mailgate target/release/mailgate signed signed
 signed_accept=$accept_rate signed_e2e=$e2e_rate
 accept_rate=$plain_accept e2e_rate=$plain_e2e
-echo "== (e) cost of one DKIM signature (cargo bench --bench dkim)"
+echo "== (g) cost of one DKIM signature (cargo bench --bench dkim)"
 cargo bench --locked --bench dkim 2>/dev/null | grep -E 'µs per message'
 
 # --- (c) reference: smtp-source → Postfix → smtp-sink --------------------------------
@@ -224,14 +241,16 @@ printf '%-52s %8s msg/s\n' "(a) mailgate accept, 64 clients" "$accept_rate" \
   "(c) Postfix accept (smtp-source, $sessions sessions)" "$postfix_accept" \
   "(c) Postfix end to end into smtp-sink" "$postfix_relay" \
   "(d) smtp-source -d → smtp-sink, persistent sessions" "$direct" \
-  "(e) mailgate accept, DKIM-signed (RSA-2048)" "$signed_accept" \
-  "(e) mailgate end to end, DKIM-signed (RSA-2048)" "$signed_e2e"
+  "(e) mailgate batch accept (100 per request)" "$batch_rate" \
+  "(g) mailgate accept, DKIM-signed (RSA-2048)" "$signed_accept" \
+  "(g) mailgate end to end, DKIM-signed (RSA-2048)" "$signed_e2e"
 awk -v a="$accept_rate" -v b="$e2e_rate" -v pa="$postfix_accept" -v pr="$postfix_relay" -v d="$direct" 'BEGIN {
   printf "accept ratio   mailgate / Postfix = %.2f (target ≥ 5)\n", a / pa
   printf "e2e ratio      mailgate / Postfix = %.2f (target ≥ 4)\n", b / pr
   printf "e2e / physical limit              = %.2f\n", b / d
 }'
-awk -v a="$accept_rate" -v b="$e2e_rate" -v sa="$signed_accept" -v sb="$signed_e2e" 'BEGIN {
+awk -v a="$accept_rate" -v b="$e2e_rate" -v sa="$signed_accept" -v sb="$signed_e2e" -v ba="$batch_rate" 'BEGIN {
+  printf "batch / single accept             = %.2f (target ≥ 2)\n", ba / a
   printf "signed / unsigned: accept %.2f, end to end %.2f\n", sa / a, sb / b
 }'
 if [ -n "$baseline" ]; then
