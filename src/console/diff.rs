@@ -33,6 +33,9 @@ pub fn side_by_side(old: &str, new: &str, a: u32, b: u32) -> Markup {
     let old: Vec<&str> = old.lines().collect();
     let new: Vec<&str> = new.lines().collect();
     let rows = rows(&old, &new);
+    if rows.is_empty() {
+        return html! { p.muted { "Empty in both versions." } };
+    }
     html! {
         @if rows.iter().all(|r| !r.changed) {
             p.muted { "No change." }
