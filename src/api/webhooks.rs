@@ -108,11 +108,7 @@ impl From<Webhook> for WebhookView {
         Self {
             id: w.id.to_string(),
             url: w.url.as_str().to_owned(),
-            events: if w.events.is_empty() {
-                vec!["*".into()]
-            } else {
-                w.events.iter().map(|e| e.as_str().to_owned()).collect()
-            },
+            events: w.event_names(),
             description: w.description,
             enabled: w.enabled,
             disabled_reason: w.disabled_reason,

@@ -103,19 +103,22 @@ pub struct Revocations {
 }
 
 impl Revocations {
-    pub fn revoke(&self, jti: &str, until: u64) {
+    /// The map for writing, without the entries whose tokens have expired anyway.
+    fn pruned(&self) -> std::sync::RwLockWriteGuard<'_, std::collections::HashMap<String, u64>> {
         let mut map = self.until.write().unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = jsonwebtoken::get_current_timestamp();
         map.retain(|_, exp| *exp >= now);
-        map.insert(jti.to_owned(), until);
+        map
+    }
+
+    pub fn revoke(&self, jti: &str, until: u64) {
+        self.pruned().insert(jti.to_owned(), until);
     }
 
     /// Revokes `jti` unless it already was: `true` for the one caller that revoked it,
     /// so two requests racing with the same one-time link cannot both use it.
     pub fn revoke_once(&self, jti: &str, until: u64) -> bool {
-        let mut map = self.until.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = jsonwebtoken::get_current_timestamp();
-        map.retain(|_, exp| *exp >= now);
+        let mut map = self.pruned();
         if map.contains_key(jti) {
             return false;
         }

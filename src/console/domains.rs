@@ -22,14 +22,6 @@ fn status_class(status: DomainStatus) -> &'static str {
     }
 }
 
-fn status_name(status: DomainStatus) -> &'static str {
-    match status {
-        DomainStatus::Verified => "verified",
-        DomainStatus::Pending => "pending",
-        DomainStatus::Failing => "failing",
-    }
-}
-
 /// `GET /console/domains`.
 pub async fn list(ConsoleUser(user): ConsoleUser, state: web::Data<AppState>) -> Result<HttpResponse, Failure> {
     page::require(&user, DomainsManage::SCOPE)?;
@@ -39,7 +31,7 @@ pub async fn list(ConsoleUser(user): ConsoleUser, state: web::Data<AppState>) ->
         p.hint { "Add a domain with " code { "POST /v1/domains" } ". Mail from a verified domain (or a subdomain) is DKIM-signed at delivery and its bounces return under it." }
         @for d in &domains {
             div.panel {
-                h2 { (d.name.as_str()) " " span class={ "status " (status_class(d.status)) } { (status_name(d.status)) } }
+                h2 { (d.name.as_str()) " " span class={ "status " (status_class(d.status)) } { (d.status.as_str()) } }
                 p.muted {
                     code { (d.id) }
                     @if let Some(at) = &d.checked_at { " · checked " (page::when(at)) }
@@ -52,12 +44,12 @@ pub async fn list(ConsoleUser(user): ConsoleUser, state: web::Data<AppState>) ->
                             td { code { (r.record_type) } }
                             td { code { (r.name) } }
                             td { code.value { (r.value) } }
-                            td { (format!("{:?}", r.purpose).to_lowercase()) @if !r.required { " (advice)" } }
-                            td { span class={ "status " (status_class(r.status)) } { (status_name(r.status)) } }
+                            td { (r.purpose.as_str()) @if !r.required { " (advice)" } }
+                            td { span class={ "status " (status_class(r.status)) } { (r.status.as_str()) } }
                         }
                     } }
                 }
-                p { "Keys: " @for k in &d.keys { code { (k.selector) } " " (format!("{:?}", k.algorithm).to_lowercase()) " " (format!("{:?}", k.state).to_lowercase()) "; " } }
+                p { "Keys: " @for k in &d.keys { code { (k.selector) } " " (k.algorithm.tag()) " " (k.state.as_str()) "; " } }
                 form.inline method="post" action={ "/console/domains/" (d.id) "/verify" } {
                     button.secondary type="submit" { "Check DNS now" }
                 }

@@ -23,11 +23,7 @@ use crate::webhooks::Replay;
 const ATTEMPTS: usize = 100;
 
 fn events_of(hook: &Webhook) -> String {
-    if hook.events.is_empty() {
-        "*".to_owned()
-    } else {
-        hook.events.iter().map(|e| e.as_str()).collect::<Vec<_>>().join(", ")
-    }
+    hook.event_names().join(", ")
 }
 
 /// `GET /console/webhooks`.

@@ -67,6 +67,17 @@ pub enum DomainStatus {
     Failing,
 }
 
+impl DomainStatus {
+    /// The wire name, as the API's JSON spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Verified => "verified",
+            Self::Failing => "failing",
+        }
+    }
+}
+
 /// Where a DKIM key is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -77,6 +88,16 @@ pub enum KeyState {
     Pending,
     /// Replaced; its record can be removed after `retire_after`.
     Retired,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Pending => "pending",
+            Self::Retired => "retired",
+        }
+    }
 }
 
 /// One DKIM key of a domain.
@@ -103,6 +124,17 @@ pub enum RecordPurpose {
     Spf,
     ReturnPath,
     Dmarc,
+}
+
+impl RecordPurpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dkim => "dkim",
+            Self::Spf => "spf",
+            Self::ReturnPath => "return_path",
+            Self::Dmarc => "dmarc",
+        }
+    }
 }
 
 /// One DNS record to publish, and what the last check found.
@@ -155,5 +187,23 @@ mod tests {
         );
         assert!(DomainName::parse("localhost").is_err());
         assert!(DomainName::parse("a b.com").is_err());
+    }
+
+    #[test]
+    fn names_shown_on_pages_are_the_json_names() {
+        for status in [DomainStatus::Pending, DomainStatus::Verified, DomainStatus::Failing] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        for state in [KeyState::Active, KeyState::Pending, KeyState::Retired] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        for purpose in [
+            RecordPurpose::Dkim,
+            RecordPurpose::Spf,
+            RecordPurpose::ReturnPath,
+            RecordPurpose::Dmarc,
+        ] {
+            assert_eq!(serde_json::to_value(purpose).unwrap(), purpose.as_str());
+        }
     }
 }

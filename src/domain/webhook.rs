@@ -85,6 +85,15 @@ pub struct Webhook {
 }
 
 impl Webhook {
+    /// The event types it receives as the API names them: `["*"]` for every type.
+    pub fn event_names(&self) -> Vec<String> {
+        if self.events.is_empty() {
+            vec!["*".into()]
+        } else {
+            self.events.iter().map(|e| e.as_str().to_owned()).collect()
+        }
+    }
+
     pub fn wants(&self, event: &PublishedEvent) -> bool {
         self.enabled && (self.events.is_empty() || self.events.contains(&event.event_type))
     }

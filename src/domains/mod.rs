@@ -65,6 +65,7 @@ struct Inner {
     dns: Dns,
     context: RecordContext,
     cache: Mutex<SigningCache>,
+    reloading: tokio::sync::Mutex<()>,
     /// Held while a domain is read, changed and written back (rotate, a check's
     /// conclusion, delete), so two changes cannot overwrite each other on this node.
     writes: Mutex<()>,
@@ -109,6 +110,7 @@ impl Domains {
                 dns,
                 context,
                 cache: Mutex::new(SigningCache::default()),
+                reloading: tokio::sync::Mutex::new(()),
                 writes: Mutex::new(()),
             }),
         }
@@ -319,15 +321,20 @@ impl Domains {
         tenant: &TenantId,
         from_domain: &DomainName,
     ) -> Result<Option<Arc<DomainSigning>>, DomainsError> {
-        let fresh = {
+        let fresh = || {
             let cache = self.inner.cache.lock().unwrap_or_else(PoisonError::into_inner);
             cache.loaded_at.is_some_and(|at| at.elapsed() < SIGNING_REFRESH)
         };
-        if !fresh {
-            let loaded = self.blocking(|inner| load_signing(inner.store.as_ref())).await?;
-            let mut cache = self.inner.cache.lock().unwrap_or_else(PoisonError::into_inner);
-            cache.by_name = loaded;
-            cache.loaded_at = Some(Instant::now());
+        if !fresh() {
+            // One reload at a time: the workers that found the keys stale together wait
+            // for it instead of each reading every domain and parsing every key.
+            let _reloading = self.inner.reloading.lock().await;
+            if !fresh() {
+                let loaded = self.blocking(|inner| load_signing(inner.store.as_ref())).await?;
+                let mut cache = self.inner.cache.lock().unwrap_or_else(PoisonError::into_inner);
+                cache.by_name = loaded;
+                cache.loaded_at = Some(Instant::now());
+            }
         }
         let cache = self.inner.cache.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(from_domain

@@ -352,6 +352,10 @@ async fn the_domains_page_lists_each_domain_with_its_records_to_publish() {
         shown.contains("bounces.console-domain.test") && shown.contains(">pending<"),
         "{shown}"
     );
+    assert!(
+        shown.contains(">return_path"),
+        "purposes as the API names them: {shown}"
+    );
     let other = sign_in(&app, &mint(&app.keys, "globex", "domains:manage")).await;
     let theirs = page(&app, &other, "/console/domains").await.text().await.unwrap();
     assert!(

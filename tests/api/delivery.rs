@@ -431,7 +431,18 @@ async fn a_queue_over_its_bound_gets_503_and_keeps_what_it_accepted() {
 #[tokio::test]
 async fn every_outcome_holds_with_and_without_pipelining_on_one_reused_connection() {
     let postfix = Postfix::shared();
-    for port in [postfix.port, postfix.port + 6] {
+    for (port, offers) in [(postfix.port, true), (postfix.port + 6, false)] {
+        // What the relay's EHLO says, before TLS (Postfix lists the same keywords after).
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let session = mailgate::delivery::smtp_session::Session::open(Box::new(tcp), "test.local")
+            .await
+            .unwrap();
+        assert_eq!(
+            session.pipelines(),
+            offers,
+            "port {port} advertises PIPELINING: {offers}"
+        );
+        session.quit().await;
         let app = spawn_app_with(|s| {
             s.upstreams[0].port = port;
             s.upstreams[0].max_connections = 1;
