@@ -45,7 +45,12 @@ fn read_limited(req: &HttpRequest, payload: &mut Payload) -> LocalBoxFuture<'sta
             return Err(too_large(limit));
         }
         let read = async {
-            let mut body = web::BytesMut::new();
+            // The chunks are kept as they arrive and joined once at the end: a body in
+            // one chunk (the usual case) is never copied, and a growing buffer never
+            // holds its old and new allocation at once (peak memory for a refused
+            // chunked body is the limit, not twice it).
+            let mut chunks: Vec<web::Bytes> = Vec::new();
+            let mut len = 0;
             while let Some(chunk) = payload.next().await {
                 let chunk = chunk.map_err(|_| {
                     ApiError::new(
@@ -54,12 +59,20 @@ fn read_limited(req: &HttpRequest, payload: &mut Payload) -> LocalBoxFuture<'sta
                         "the request body could not be read",
                     )
                 })?;
-                if body.len() + chunk.len() > limit {
+                len += chunk.len();
+                if len > limit {
                     return Err(too_large(limit));
                 }
-                body.extend_from_slice(&chunk);
+                chunks.push(chunk);
             }
-            Ok(body.freeze())
+            Ok(match chunks.len() {
+                0 | 1 => chunks.pop().unwrap_or_default(),
+                _ => {
+                    let mut body = web::BytesMut::with_capacity(len);
+                    chunks.iter().for_each(|chunk| body.extend_from_slice(chunk));
+                    body.freeze()
+                }
+            })
         };
         // A client trickling its body (slowloris) holds a connection and a buffer; the
         // whole body must arrive within `http.body_timeout`.
