@@ -12,10 +12,10 @@
 //! message that is still alive would otherwise publish them again at its next write.
 
 use chrono::{DateTime, TimeZone, Utc};
-use sled::transaction::{ConflictableTransactionError, Transactional};
+use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
 use sled::{IVec, Tree};
 
-use super::{decode, flatten, SledStore};
+use super::{decode, flatten, MimeRef, SledStore};
 use crate::domain::event::PublishedEvent;
 use crate::domain::message::{IdempotencyRecord, Message};
 use crate::domain::status::MessageStatus;
@@ -158,18 +158,26 @@ impl SledStore {
                 return Ok(false);
             }
             let listed = super::tenant_key(&message.tenant, message.id.as_str());
-            (&self.messages, &self.mime, &self.tenant_messages, &self.leases)
-                .transaction(|(messages, mime, listing, leases)| {
+            let (deleted, dead) = (
+                &self.messages,
+                &self.mime,
+                &self.tenant_messages,
+                &self.leases,
+                &self.counters,
+            )
+                .transaction(|(messages, mime, listing, leases, counters)| {
                     // Leased, or changed by a report since the read: kept for a later round.
                     if leases.get(key)?.is_some() || messages.get(key)?.as_ref() != Some(value) {
-                        return Ok(false);
+                        return Ok((false, None));
                     }
                     messages.remove(key)?;
-                    mime.remove(key)?;
+                    let dead = remove_mime(mime, counters, key)?;
                     listing.remove(listed.as_slice())?;
-                    Ok::<_, ConflictableTransactionError<StoreError>>(true)
+                    Ok::<_, ConflictableTransactionError<StoreError>>((true, dead))
                 })
-                .map_err(flatten)
+                .map_err(flatten)?;
+            self.delete_dead_segments(dead.as_slice())?;
+            Ok(deleted)
         })
     }
 
@@ -177,20 +185,22 @@ impl SledStore {
     fn purge_mime(&self, cutoff: DateTime<Utc>, round: &mut Round) -> Result<(), StoreError> {
         let resume = &mut self.resume().mime;
         walk_oldest_first(&self.mime, resume, round, younger_than(cutoff), |key, _| {
-            (&self.messages, &self.mime, &self.leases)
-                .transaction(|(messages, mime, leases)| {
+            let (deleted, dead) = (&self.messages, &self.mime, &self.leases, &self.counters)
+                .transaction(|(messages, mime, leases, counters)| {
                     let finished = match messages.get(key)? {
                         Some(value) => decode::<Message>(&value).is_ok_and(|m| is_finished(&m)),
                         // Its message is gone (purged with it, or never written): nothing needs it.
                         None => true,
                     };
                     if !finished || leases.get(key)?.is_some() {
-                        return Ok(false);
+                        return Ok((false, None));
                     }
-                    mime.remove(key)?;
-                    Ok::<_, ConflictableTransactionError<StoreError>>(true)
+                    let dead = remove_mime(mime, counters, key)?;
+                    Ok::<_, ConflictableTransactionError<StoreError>>((true, dead))
                 })
-                .map_err(flatten)
+                .map_err(flatten)?;
+            self.delete_dead_segments(dead.as_slice())?;
+            Ok(deleted)
         })
     }
 
@@ -230,6 +240,20 @@ fn younger_than(cutoff: DateTime<Utc>) -> impl Fn(&[u8]) -> bool {
 /// Walks `tree` from `resume` on until `young(key)` says the rest is too recent, giving
 /// each row to `delete` (which deletes what it may and says whether it did); when the
 /// budget runs out first, `resume` is where the next round carries on.
+/// Removes a message's MIME inside the caller's transaction, counting it out of its
+/// segment; the segment when nothing points into it any more (to delete once committed).
+fn remove_mime(
+    mime: &TransactionalTree,
+    counters: &TransactionalTree,
+    key: &[u8],
+) -> Result<Option<u32>, ConflictableTransactionError<StoreError>> {
+    let Some(at) = mime.remove(key)?.as_deref().and_then(MimeRef::decode) else {
+        return Ok(None);
+    };
+    let live = super::count_segment(counters, at.segment, -1)?;
+    Ok((live <= 0).then_some(at.segment))
+}
+
 fn walk_oldest_first(
     tree: &Tree,
     resume: &mut Option<IVec>,
