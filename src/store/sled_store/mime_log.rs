@@ -148,11 +148,12 @@ impl MimeLog {
 
     /// Appends each of `mimes` with one write per segment touched; durable after the
     /// next [`Self::sync`].
-    pub fn append<'m>(&self, mimes: impl IntoIterator<Item = &'m [u8]>) -> std::io::Result<Vec<MimeRef>> {
+    pub fn append(&self, mimes: &[&[u8]]) -> std::io::Result<Vec<MimeRef>> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut pending = Vec::new();
-        let mut refs = Vec::new();
-        for mime in mimes {
+        let total = mimes.iter().map(|mime| mime.len()).sum::<usize>();
+        let mut pending = Vec::with_capacity(total.min(SEGMENT_BYTES as usize));
+        let mut refs = Vec::with_capacity(mimes.len());
+        for mime in mimes.iter().copied() {
             let len = u32::try_from(mime.len())
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "MIME over 4 GiB"))?;
             let end = current.len + pending.len() as u64;
@@ -273,7 +274,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = MimeLog::open(dir.path(), |_| true).unwrap();
         let [first, second] = log
-            .append([&b"Subject: one\r\n\r\nbody"[..], b"Subject: two\r\n\r\nbody"])
+            .append(&[b"Subject: one\r\n\r\nbody", b"Subject: two\r\n\r\nbody"])
             .unwrap()[..]
         else {
             panic!("two references")
@@ -298,7 +299,7 @@ mod tests {
     fn damaged_or_deleted_bytes_read_as_none_and_dead_segments_go_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let log = MimeLog::open(dir.path(), |_| true).unwrap();
-        let kept = log.append([&b"kept"[..]]).unwrap()[0];
+        let kept = log.append(&[b"kept"]).unwrap()[0];
         log.sync().unwrap();
         let mut wrong = kept;
         wrong.crc ^= 1;

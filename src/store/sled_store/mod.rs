@@ -538,7 +538,7 @@ impl SledStore {
         if mimes.is_empty() {
             return Ok(vec![None; writes.len()]);
         }
-        let mut refs = self.mime_log.append(mimes).map_err(sled::Error::Io)?.into_iter();
+        let mut refs = self.mime_log.append(&mimes).map_err(sled::Error::Io)?.into_iter();
         self.mime_log.sync().map_err(sled::Error::Io)?;
         Ok(writes
             .iter()
