@@ -72,10 +72,17 @@ use crate::domain::suppression::Suppression;
 use crate::domain::template::{Template, TemplateKey, TemplateVersion};
 use crate::domain::webhook::{DeliveryAttempt, OutboxEntry, Webhook};
 
+/// What went wrong in a store, in terms every backend shares: callers tell a full or
+/// failing disk (`Io`) from a damaged record, a lost race or a refused write, never
+/// the engine underneath.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage I/O failed")]
-    Io(#[from] sled::Error),
+    Io(#[source] std::io::Error),
+    /// The storage engine failed in a way that is not an I/O error (it reports itself
+    /// corrupt, say); the engine's own words.
+    #[error("the storage engine failed: {0}")]
+    Engine(String),
     #[error("a stored record could not be decoded")]
     Corrupt(#[from] serde_json::Error),
     #[error("the record {0} is missing")]
@@ -111,7 +118,7 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Io(_) | StoreError::Unavailable(_) | StoreError::Batch(_)
+            StoreError::Io(_) | StoreError::Engine(_) | StoreError::Unavailable(_) | StoreError::Batch(_)
         )
     }
 }

@@ -108,10 +108,10 @@ impl ResilientStore {
 }
 
 /// `ENOSPC` or `EDQUOT`: the disk (or the quota) is full.
-fn out_of_space(err: &sled::Error) -> bool {
+fn out_of_space(err: &std::io::Error) -> bool {
     const ENOSPC: i32 = 28;
     const EDQUOT: i32 = 122;
-    matches!(err, sled::Error::Io(io) if matches!(io.raw_os_error(), Some(ENOSPC | EDQUOT)))
+    matches!(err.raw_os_error(), Some(ENOSPC | EDQUOT))
 }
 
 impl Drop for ResilientStore {

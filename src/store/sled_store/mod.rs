@@ -185,6 +185,17 @@ fn queued_as(value: &[u8]) -> (&[u8], &str) {
     (status, tenant)
 }
 
+/// sled's errors in the store's terms: an I/O error stays one (so a full disk is
+/// recognised), anything else is the engine's.
+impl From<sled::Error> for StoreError {
+    fn from(err: sled::Error) -> Self {
+        match err {
+            sled::Error::Io(io) => StoreError::Io(io),
+            other => StoreError::Engine(other.to_string()),
+        }
+    }
+}
+
 /// One write's outcome from `SledStore::commit_all`: written, or why not
 /// ([`StoreError::Conflict`] when it lost a claim or a compare-and-swap).
 fn wrote(outcome: Result<bool, StoreError>) -> Result<(), StoreError> {
@@ -205,7 +216,7 @@ fn id_of_queue_key(key: &[u8]) -> Result<MessageId, StoreError> {
 fn flatten<E: Into<StoreError>>(err: TransactionError<E>) -> StoreError {
     match err {
         TransactionError::Abort(e) => e.into(),
-        TransactionError::Storage(e) => StoreError::Io(e),
+        TransactionError::Storage(e) => e.into(),
     }
 }
 
@@ -538,8 +549,8 @@ impl SledStore {
         if mimes.is_empty() {
             return Ok(vec![None; writes.len()]);
         }
-        let mut refs = self.mime_log.append(&mimes).map_err(sled::Error::Io)?.into_iter();
-        self.mime_log.sync().map_err(sled::Error::Io)?;
+        let mut refs = self.mime_log.append(&mimes).map_err(StoreError::Io)?.into_iter();
+        self.mime_log.sync().map_err(StoreError::Io)?;
         Ok(writes
             .iter()
             .map(|(_, change)| match change {
@@ -554,7 +565,7 @@ impl SledStore {
         let Some(at) = MimeRef::decode(value) else {
             return Ok(Some(value.to_vec()));
         };
-        let mime = self.mime_log.read(&at).map_err(sled::Error::Io)?;
+        let mime = self.mime_log.read(&at).map_err(StoreError::Io)?;
         if mime.is_none() {
             tracing::error!(message_id = %id, segment = at.segment, "the MIME log does not hold this message's MIME");
         }
@@ -574,7 +585,7 @@ impl SledStore {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for segment in dead {
             if live_count(&self.counters, *segment)? <= 0 {
-                self.mime_log.delete(*segment).map_err(sled::Error::Io)?;
+                self.mime_log.delete(*segment).map_err(StoreError::Io)?;
             }
         }
         Ok(())
@@ -656,7 +667,7 @@ impl SledStore {
         let db = sled::Config::new().path(path).cache_capacity(cache_bytes).open()?;
         let counters = db.open_tree("counters")?;
         let live = |segment| live_count(&counters, segment).map_or(true, |count| count > 0);
-        let mime_log = MimeLog::open(&path.join("mime-log"), live).map_err(sled::Error::Io)?;
+        let mime_log = MimeLog::open(&path.join("mime-log"), live).map_err(StoreError::Io)?;
         let store = Self {
             messages: db.open_tree("messages")?,
             mime: db.open_tree("mime")?,
@@ -860,7 +871,7 @@ impl Store for SledStore {
             }
             match self.lease_candidate(&key) {
                 Ok(candidate) => candidates.push(candidate),
-                Err(StoreError::Io(err)) => return Err(StoreError::Io(err)),
+                Err(err @ (StoreError::Io(_) | StoreError::Engine(_))) => return Err(err),
                 Err(unusable) => self.park(&key, &unusable)?,
             }
         }
