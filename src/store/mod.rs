@@ -1,11 +1,13 @@
 //! Durable state behind one trait, so that sled today and PostgreSQL later share one
-//! contract (and one contract test suite).
+//! contract (and one contract test suite: [`contract`], which each backend runs).
 //!
 //! Every method is synchronous and may block on disk: call it from a blocking
 //! context (`web::block`, `spawn_blocking`), never directly on an async executor. The
 //! hot path (accepting, leasing, recording attempts) goes through [`writer`] instead,
 //! which batches those calls on one thread.
 
+#[cfg(test)]
+pub(crate) mod contract;
 mod depth;
 mod group_flush;
 mod resilient;

@@ -1481,29 +1481,19 @@ mod tests {
         panic!("the store could not be reopened");
     }
 
-    #[test]
-    fn a_lease_is_exclusive_and_survives_a_restart_as_a_queued_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let msg = message();
-        {
-            let store = SledStore::open(dir.path()).unwrap();
-            store.accept(&msg, b"mime", None).unwrap();
-            let lease = store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().remove(0);
-            assert_eq!(lease.message.id, msg.id);
-            assert_eq!(lease.message.status, MessageStatus::Sending);
-            let seen = store.message(&msg.tenant, &msg.id).unwrap().unwrap();
-            assert_eq!(seen.status, MessageStatus::Sending, "readers see the lease");
-            assert!(
-                store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().is_empty(),
-                "a leased message is not handed out twice"
-            );
-            store.db.flush().unwrap();
+    /// A temporary data directory; each store opened over it sees what the last wrote.
+    struct SledBackend(tempfile::TempDir);
+
+    impl crate::store::contract::Backend for SledBackend {
+        fn open(&self) -> Box<dyn Store> {
+            Box::new(reopen(self.0.path()))
         }
-        let store = reopen(dir.path());
-        assert_eq!(store.recover_leases().unwrap(), 1);
-        let again = store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().remove(0);
-        assert_eq!(again.message.id, msg.id);
-        assert_eq!(again.mime, b"mime");
+    }
+
+    mod contract {
+        use super::SledBackend;
+
+        crate::store_contract_tests!(SledBackend(tempfile::tempdir().unwrap()));
     }
 
     fn assert_counted(store: &SledStore, step: &str) {
@@ -1737,54 +1727,6 @@ mod tests {
     }
 
     #[test]
-    fn revocations_survive_a_restart_until_they_expire() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let store = SledStore::open(dir.path()).unwrap();
-            store.revoke_token("live", 2_000).unwrap();
-            store.revoke_token("expired", 500).unwrap();
-        }
-        let store = reopen(dir.path());
-        assert_eq!(store.revoked_tokens(1_000).unwrap(), [("live".to_owned(), 2_000)]);
-    }
-
-    #[test]
-    fn another_tenant_cannot_read_a_message() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let msg = message();
-        store.accept(&msg, b"mime", None).unwrap();
-        let other = TenantId::parse("other").unwrap();
-        assert!(store.message(&other, &msg.id).unwrap().is_none());
-        assert!(store.mime(&other, &msg.id).unwrap().is_none());
-        assert!(store.message(&msg.tenant, &msg.id).unwrap().is_some());
-    }
-
-    #[test]
-    fn leases_come_in_due_order_up_to_the_number_asked_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        let mut ids = Vec::new();
-        for age in [3, 1, 2] {
-            let mut msg = message();
-            msg.next_attempt_at = Some(Utc::now() - chrono::Duration::seconds(age));
-            store.accept(&msg, b"mime", None).unwrap();
-            ids.push((age, msg.id));
-        }
-        ids.sort();
-        let leased: Vec<MessageId> = store
-            .lease_due(Utc::now(), 2, &mut |_| true)
-            .unwrap()
-            .into_iter()
-            .map(|l| l.message.id)
-            .collect();
-        assert_eq!(leased, [ids[2].1.clone(), ids[1].1.clone()]);
-        let rest = store.lease_due(Utc::now(), 5, &mut |_| true).unwrap();
-        assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].message.id, ids[0].1);
-    }
-
-    #[test]
     fn a_lease_does_not_hand_out_a_copy_older_than_a_report_applied_meanwhile() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path()).unwrap();
@@ -1833,19 +1775,6 @@ mod tests {
         assert!(written[1].is_ok());
         assert!(store.message(&broken.tenant, &broken.id).unwrap().is_none());
         assert!(store.message(&fine.tenant, &fine.id).unwrap().is_some());
-    }
-
-    #[test]
-    fn a_released_message_is_due_again_only_at_its_retry_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        store.accept(&message(), b"mime", None).unwrap();
-        let mut lease = store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().remove(0);
-        let retry_at = Utc::now() + chrono::Duration::seconds(60);
-        lease.message.next_attempt_at = Some(retry_at);
-        store.release(&lease.message).unwrap();
-        assert!(store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().is_empty());
-        assert!(!store.lease_due(retry_at, 1, &mut |_| true).unwrap().is_empty());
     }
 }
 
