@@ -1,5 +1,5 @@
 //! Durable state behind one trait, so that sled today and PostgreSQL later share one
-//! contract (and one contract test suite: [`contract`], which each backend runs).
+//! contract (and one contract test suite: `contract` (test builds), which each backend runs).
 //!
 //! Every method is synchronous and may block on disk: call it from a blocking
 //! context (`web::block`, `spawn_blocking`), never directly on an async executor. The
