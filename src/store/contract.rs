@@ -7,10 +7,12 @@
 use chrono::Utc;
 
 use super::test_support::message;
-use super::Store;
+use super::{CancelOutcome, MessageWrite, Store, StoreError};
 use crate::domain::auth::TenantId;
 use crate::domain::ids::MessageId;
+use crate::domain::message::IdempotencyKey;
 use crate::domain::status::MessageStatus;
+use crate::domain::suppression::{Suppression, SuppressionReason};
 
 /// Opens stores over one storage for a test: each [`Backend::open`] after the last store
 /// was dropped sees what it wrote, as a restarted process would.
@@ -30,6 +32,11 @@ macro_rules! store_contract_tests {
             a_released_message_is_due_again_only_at_its_retry_time,
             another_tenant_cannot_read_a_message,
             revocations_survive_a_restart_until_they_expire,
+            a_held_idempotency_key_refuses_a_second_accept_of_the_same_tenant_only,
+            a_cancelled_message_is_never_leased_and_a_leased_one_is_too_late,
+            events_reach_the_stream_once_in_position_order_per_tenant,
+            suppressions_are_per_tenant_and_case_blind,
+            the_installation_secret_is_made_once_and_kept,
         );
     };
     (@each $backend:expr; $($name:ident),* $(,)?) => {
@@ -116,4 +123,98 @@ pub(crate) fn revocations_survive_a_restart_until_they_expire(backend: &impl Bac
     }
     let store = backend.open();
     assert_eq!(store.revoked_tokens(1_000).unwrap(), [("live".to_owned(), 2_000)]);
+}
+
+pub(crate) fn a_held_idempotency_key_refuses_a_second_accept_of_the_same_tenant_only(backend: &impl Backend) {
+    let store = backend.open();
+    let key = IdempotencyKey {
+        key: "order-1".into(),
+        request_hash: "h".into(),
+    };
+    let first = message();
+    store.accept(&first, b"m", Some(&key)).unwrap();
+    let second = message();
+    assert!(matches!(
+        store.accept(&second, b"m", Some(&key)),
+        Err(StoreError::Conflict)
+    ));
+    assert!(
+        store.message(&second.tenant, &second.id).unwrap().is_none(),
+        "nothing written"
+    );
+    let held = store.idempotency(&first.tenant, "order-1").unwrap().unwrap();
+    assert_eq!(held.accepted.id, first.id);
+    let mut elsewhere = message();
+    elsewhere.tenant = TenantId::parse("other").unwrap();
+    store.accept(&elsewhere, b"m", Some(&key)).unwrap();
+}
+
+pub(crate) fn a_cancelled_message_is_never_leased_and_a_leased_one_is_too_late(backend: &impl Backend) {
+    let store = backend.open();
+    let (cancelled, leased) = (message(), message());
+    store.accept(&cancelled, b"m", None).unwrap();
+    let outcome = store.cancel(&cancelled.tenant, &cancelled.id, Utc::now()).unwrap();
+    assert!(matches!(outcome, CancelOutcome::Cancelled(m) if m.status == MessageStatus::Cancelled));
+    assert!(store.lease_due(Utc::now(), 10, &mut |_| true).unwrap().is_empty());
+    store.accept(&leased, b"m", None).unwrap();
+    assert_eq!(store.lease_due(Utc::now(), 10, &mut |_| true).unwrap().len(), 1);
+    assert!(matches!(
+        store.cancel(&leased.tenant, &leased.id, Utc::now()).unwrap(),
+        CancelOutcome::TooLate(MessageStatus::Sending)
+    ));
+    let other = TenantId::parse("other").unwrap();
+    assert!(matches!(
+        store.cancel(&other, &leased.id, Utc::now()).unwrap(),
+        CancelOutcome::NotFound
+    ));
+}
+
+pub(crate) fn events_reach_the_stream_once_in_position_order_per_tenant(backend: &impl Backend) {
+    let store = backend.open();
+    let (mut first, mut second) = (message(), message());
+    first.suppress(0, Utc::now());
+    second.suppress(0, Utc::now());
+    store.accept(&first, b"m", None).unwrap();
+    store.accept(&second, b"m", None).unwrap();
+    // Written again with the same events (a later save of the message): no new ones.
+    store.write_messages(&[MessageWrite::Progress(&first)]).unwrap()[0]
+        .as_ref()
+        .unwrap();
+    let (events, last) = store.events(&first.tenant, None, &[], 10).unwrap();
+    let ids: Vec<&str> = events.iter().map(|e| e.data.message_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [first.id.as_str(), second.id.as_str()],
+        "each event once, in order"
+    );
+    let (after, _) = store.events(&first.tenant, last, &[], 10).unwrap();
+    assert!(after.is_empty(), "nothing after the last position");
+    let other = TenantId::parse("other").unwrap();
+    assert!(store.events(&other, None, &[], 10).unwrap().0.is_empty());
+}
+
+pub(crate) fn suppressions_are_per_tenant_and_case_blind(backend: &impl Backend) {
+    let store = backend.open();
+    let tenant = message().tenant;
+    let suppression = Suppression {
+        email: "ana@example.test".into(),
+        reason: SuppressionReason::Manual,
+        created_at: Utc::now(),
+        source: "api".into(),
+        event_id: None,
+    };
+    store.put_suppression(&tenant, &suppression).unwrap();
+    let asked = ["Ana@Example.test".to_owned(), "bo@example.test".to_owned()];
+    assert_eq!(store.suppressed(&tenant, &asked).unwrap(), ["Ana@Example.test"]);
+    let other = TenantId::parse("other").unwrap();
+    assert!(store.suppressed(&other, &asked).unwrap().is_empty());
+    assert!(store.delete_suppression(&tenant, "ana@example.test").unwrap());
+    assert!(store.suppressed(&tenant, &asked).unwrap().is_empty());
+}
+
+pub(crate) fn the_installation_secret_is_made_once_and_kept(backend: &impl Backend) {
+    let made = backend.open().secret("unsubscribe").unwrap();
+    assert_eq!(made.len(), 32);
+    assert_eq!(backend.open().secret("unsubscribe").unwrap(), made);
+    assert_ne!(backend.open().secret("other").unwrap(), made);
 }
