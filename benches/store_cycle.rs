@@ -94,7 +94,10 @@ fn main() {
         "  writer  {:7.1}  (the three together, without fsync)",
         per_message(accept + lease + release, count)
     );
-    println!("  fsync   {:7.1}  (two per batch)", per_message(sync, count));
+    println!(
+        "  sync    {:7.1}  (the store's sync after each batch; accept also syncs its MIME)",
+        per_message(sync, count)
+    );
     if let Some(bytes) = bytes_written() {
         println!(
             "{:.0} bytes written to disk per message (2,048 of them MIME)",

@@ -25,6 +25,65 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
+/// Bytes of a body that arrives in several chunks are copied into blocks of this size.
+const BODY_BLOCK: usize = 64 * 1024;
+
+/// A request body as it arrives. A body in one chunk (the usual case) is kept as it is,
+/// never copied. Otherwise the chunks are copied into fixed-size blocks, joined once at
+/// the end: memory stays the body's size however the client chunks it (a million
+/// one-byte chunks cost a million bytes, not a million buffers), and a growing buffer
+/// never holds its old and new allocation at once.
+#[derive(Default)]
+struct BodyBuffer {
+    only: Option<web::Bytes>,
+    full: Vec<web::Bytes>,
+    block: Vec<u8>,
+    len: usize,
+}
+
+impl BodyBuffer {
+    fn push(&mut self, chunk: web::Bytes) {
+        self.len += chunk.len();
+        if self.full.is_empty() && self.block.is_empty() && self.only.is_none() {
+            self.only = Some(chunk);
+            return;
+        }
+        if let Some(first) = self.only.take() {
+            self.copy(&first);
+        }
+        self.copy(&chunk);
+    }
+
+    fn copy(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.block.len() == BODY_BLOCK {
+                let full = std::mem::replace(&mut self.block, Vec::with_capacity(BODY_BLOCK));
+                self.full.push(web::Bytes::from(full));
+            }
+            if self.block.capacity() == 0 {
+                self.block.reserve_exact(BODY_BLOCK);
+            }
+            let take = (BODY_BLOCK - self.block.len()).min(data.len());
+            let (now, rest) = data.split_at(take);
+            self.block.extend_from_slice(now);
+            data = rest;
+        }
+    }
+
+    fn finish(self) -> web::Bytes {
+        if let Some(only) = self.only {
+            return only;
+        }
+        if self.full.is_empty() {
+            return web::Bytes::from(self.block);
+        }
+        let mut body = web::BytesMut::with_capacity(self.len);
+        self.full.iter().for_each(|block| body.extend_from_slice(block));
+        body.extend_from_slice(&self.block);
+        body.freeze()
+    }
+}
+
 /// Reads the whole body, refusing it (413) past the configured limit — up front from
 /// `Content-Length`, or while streaming a chunked body — and (408) when it takes longer
 /// than `http.body_timeout` to arrive.
@@ -45,12 +104,7 @@ fn read_limited(req: &HttpRequest, payload: &mut Payload) -> LocalBoxFuture<'sta
             return Err(too_large(limit));
         }
         let read = async {
-            // The chunks are kept as they arrive and joined once at the end: a body in
-            // one chunk (the usual case) is never copied, and a growing buffer never
-            // holds its old and new allocation at once (peak memory for a refused
-            // chunked body is the limit, not twice it).
-            let mut chunks: Vec<web::Bytes> = Vec::new();
-            let mut len = 0;
+            let mut body = BodyBuffer::default();
             while let Some(chunk) = payload.next().await {
                 let chunk = chunk.map_err(|_| {
                     ApiError::new(
@@ -59,20 +113,12 @@ fn read_limited(req: &HttpRequest, payload: &mut Payload) -> LocalBoxFuture<'sta
                         "the request body could not be read",
                     )
                 })?;
-                len += chunk.len();
-                if len > limit {
+                if body.len + chunk.len() > limit {
                     return Err(too_large(limit));
                 }
-                chunks.push(chunk);
+                body.push(chunk);
             }
-            Ok(match chunks.len() {
-                0 | 1 => chunks.pop().unwrap_or_default(),
-                _ => {
-                    let mut body = web::BytesMut::with_capacity(len);
-                    chunks.iter().for_each(|chunk| body.extend_from_slice(chunk));
-                    body.freeze()
-                }
-            })
+            Ok(body.finish())
         };
         // A client trickling its body (slowloris) holds a connection and a buffer; the
         // whole body must arrive within `http.body_timeout`.
@@ -295,6 +341,26 @@ fn pointer_of(path: &serde_path_to_error::Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_body_keeps_its_size_in_memory_however_it_is_chunked() {
+        let one = web::Bytes::from_static(b"{\"a\":1}");
+        let mut body = BodyBuffer::default();
+        body.push(one.clone());
+        assert_eq!(body.finish().as_ptr(), one.as_ptr(), "one chunk is not copied");
+
+        let mut body = BodyBuffer::default();
+        let expected: Vec<u8> = (0..200_000u32).map(|n| (n % 251) as u8).collect();
+        for byte in &expected {
+            body.push(web::Bytes::copy_from_slice(&[*byte]));
+        }
+        assert_eq!(
+            body.full.len(),
+            200_000 / BODY_BLOCK,
+            "full blocks, not a buffer per chunk"
+        );
+        assert_eq!(body.finish(), expected);
+    }
 
     #[derive(Debug, serde::Deserialize)]
     #[serde(deny_unknown_fields)]

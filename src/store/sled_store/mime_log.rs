@@ -12,7 +12,7 @@
 //! run is never appended to. A segment is deleted once no stored reference points into
 //! it (the live counts are kept by the store, in its transactions).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -20,8 +20,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// A segment is closed once it holds this much, so that retention can delete whole
-/// files instead of rewriting them.
-const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// files instead of rewriting them. Small enough that disk use under a short
+/// `mime_retention` trails it by a few MiB (a segment goes only once all of it has
+/// expired), large enough that rotating (two fsyncs) is rare: every ~4,000 2 KB messages.
+const SEGMENT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Closed segments kept open for reading, at most: a file handle per segment for as
+/// long as retention keeps it would run into the open-file limit.
+const OPEN_READERS: usize = 16;
 
 /// Marks a stored value as a reference: raw MIME (stored by earlier versions) starts
 /// with a header name, never with a NUL.
@@ -79,13 +85,17 @@ struct Current {
     len: u64,
     /// Appended since the last sync.
     dirty: bool,
+    /// A write failed and the file's length could not be read back: where the next
+    /// bytes land is unknown, so the next append starts a new segment.
+    broken: bool,
 }
 
 pub(super) struct MimeLog {
     dir: PathBuf,
     current: Mutex<Current>,
-    /// Open handles of segments read recently (closed segments are read-only).
-    readers: Mutex<HashMap<u32, Arc<File>>>,
+    /// Open handles of segments read recently (closed segments are read-only), the
+    /// newest [`OPEN_READERS`] of them.
+    readers: Mutex<BTreeMap<u32, Arc<File>>>,
 }
 
 fn segment_path(dir: &Path, number: u32) -> PathBuf {
@@ -136,6 +146,7 @@ impl MimeLog {
                 file,
                 len: 0,
                 dirty: false,
+                broken: false,
             }),
             readers: Mutex::default(),
         })
@@ -157,7 +168,7 @@ impl MimeLog {
             let len = u32::try_from(mime.len())
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "MIME over 4 GiB"))?;
             let end = current.len + pending.len() as u64;
-            if end > 0 && end + u64::from(len) > SEGMENT_BYTES {
+            if current.broken || (end > 0 && end + u64::from(len) > SEGMENT_BYTES) {
                 self.write_out(&mut current, &mut pending)?;
                 current.file.sync_data()?;
                 let number = current.number.saturating_add(1);
@@ -166,6 +177,7 @@ impl MimeLog {
                     file: create_segment(&self.dir, number)?,
                     len: 0,
                     dirty: false,
+                    broken: false,
                 };
             }
             refs.push(MimeRef {
@@ -186,17 +198,20 @@ impl MimeLog {
         }
         current.dirty = true;
         let written = (&*current.file).write_all(pending);
+        let pending_len = pending.len() as u64;
         pending.clear();
         match written {
             Ok(()) => {
-                current.len = current.file.metadata()?.len();
+                current.len += pending_len;
                 Ok(())
             }
             Err(err) => {
                 // A full disk can leave part of the batch written: later offsets count
-                // from where the file really ends (the part is never referenced).
-                if let Ok(meta) = current.file.metadata() {
-                    current.len = meta.len();
+                // from where the file really ends (the part is never referenced), or
+                // from a new segment when that cannot be read.
+                match current.file.metadata() {
+                    Ok(meta) => current.len = meta.len(),
+                    Err(_) => current.broken = true,
                 }
                 Err(err)
             }
@@ -241,6 +256,9 @@ impl MimeLog {
         match File::open(segment_path(&self.dir, segment)) {
             Ok(file) => {
                 let file = Arc::new(file);
+                if readers.len() >= OPEN_READERS {
+                    readers.pop_first();
+                }
                 readers.insert(segment, Arc::clone(&file));
                 Ok(Some(file))
             }
@@ -254,10 +272,10 @@ impl MimeLog {
         if segment == self.current_segment() {
             return Ok(());
         }
-        self.readers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&segment);
+        // Unlinked under the readers' lock, so no reader can open it meanwhile and
+        // keep a handle to a deleted file.
+        let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        readers.remove(&segment);
         match std::fs::remove_file(segment_path(&self.dir, segment)) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
             _ => Ok(()),

@@ -741,7 +741,13 @@ impl SledStore {
             .mime
             .get(id.as_str())?
             .map(|value| self.resolve_mime(&id, &value))
-            .transpose()?
+            .transpose()
+            // One segment that cannot be read parks its messages instead of stopping
+            // every lease scan at them.
+            .map_err(|err| match err {
+                StoreError::Io(io) => StoreError::Missing(format!("the MIME of {id} (unreadable: {io})")),
+                other => other,
+            })?
             .flatten()
             .ok_or_else(|| StoreError::Missing(format!("mime of {id}")))?;
         let bytes = self

@@ -237,9 +237,6 @@ fn younger_than(cutoff: DateTime<Utc>) -> impl Fn(&[u8]) -> bool {
     move |key| time_of_id(key).is_none_or(|at| at >= cutoff)
 }
 
-/// Walks `tree` from `resume` on until `young(key)` says the rest is too recent, giving
-/// each row to `delete` (which deletes what it may and says whether it did); when the
-/// budget runs out first, `resume` is where the next round carries on.
 /// Removes a message's MIME inside the caller's transaction, counting it out of its
 /// segment; the segment when nothing points into it any more (to delete once committed).
 fn remove_mime(
@@ -254,6 +251,9 @@ fn remove_mime(
     Ok((live <= 0).then_some(at.segment))
 }
 
+/// Walks `tree` from `resume` on until `young(key)` says the rest is too recent, giving
+/// each row to `delete` (which deletes what it may and says whether it did); when the
+/// budget runs out first, `resume` is where the next round carries on.
 fn walk_oldest_first(
     tree: &Tree,
     resume: &mut Option<IVec>,
