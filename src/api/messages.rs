@@ -737,6 +737,12 @@ const MAX_BATCH: usize = 500;
 /// items are stored durably (before this answer) even when others fail, and each
 /// result — `{"id", …}` or `{"error": <problem>}` with pointers like
 /// `/messages/3/to/0` — is in request order.
+///
+/// The items are accepted concurrently (their writes share one fsync, which makes a
+/// batch of 100 about twice as fast per message as single sends), so two items with the
+/// same `idempotency_key` meet as two concurrent requests would: with the same body
+/// both answer the one message's id; with different bodies one is accepted and the
+/// other refused `idempotency_key_reused` — which one is not defined.
 #[utoipa::path(
     tag = "messages",
     request_body = SendBatchRequest,

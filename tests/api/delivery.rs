@@ -394,6 +394,50 @@ async fn a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_i
     assert_eq!(app.stored_messages().await, 3);
 }
 
+/// Items of a batch are accepted concurrently, so two items with one key meet as two
+/// concurrent requests do: the same body gets the one message, another body is refused.
+#[tokio::test]
+async fn items_of_one_batch_sharing_a_key_store_one_message() {
+    let app = spawn_app().await;
+    let mut same = simple_message("twin@example.test");
+    same["idempotency_key"] = json!("twins");
+    let mut other = simple_message("other@example.test");
+    other["idempotency_key"] = json!("cousins");
+    let mut cousin = simple_message("cousin@example.test");
+    cousin["idempotency_key"] = json!("cousins");
+    let response = app
+        .client
+        .post(format!("{}/v1/messages/batch", app.address))
+        .bearer_auth(&app.token)
+        .json(&json!({"messages": [same.clone(), same, other, cousin]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let results: serde_json::Value = response.json().await.unwrap();
+    let data = results["data"].as_array().unwrap();
+    assert!(data[0]["id"].is_string());
+    assert_eq!(
+        data[0]["id"], data[1]["id"],
+        "the same body with the same key: one message"
+    );
+    let cousins = [&data[2], &data[3]];
+    assert_eq!(
+        cousins.iter().filter(|item| item["id"].is_string()).count(),
+        1,
+        "{cousins:?}"
+    );
+    assert_eq!(
+        cousins
+            .iter()
+            .filter(|item| item["error"]["code"] == "idempotency_key_reused")
+            .count(),
+        1,
+        "{cousins:?}"
+    );
+    assert_eq!(app.stored_messages().await, 2);
+}
+
 #[tokio::test]
 async fn a_queue_over_its_bound_gets_503_and_keeps_what_it_accepted() {
     let app = spawn_binary("[delivery]\nmax_queue_depth = 3\n").await;
