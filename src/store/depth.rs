@@ -1,7 +1,9 @@
 //! Queue depth by state as counters in the `counters` tree, changed in the same sled
 //! transaction as the queue and lease entries they count. Reading the depth is four
 //! key lookups whatever the queue holds, so `/metrics` and back-pressure cost the same
-//! with ten messages queued or ten million, and an idle node does no work.
+//! with ten messages queued or ten million, and an idle node does no work. The
+//! `counters` tree's read-modify-write ([`add`], [`value`]) lives here too, and also
+//! keeps the MIME log's live count per segment.
 
 use std::cell::Cell;
 
@@ -51,12 +53,28 @@ impl DepthDelta {
     pub(super) fn apply(&self, counters: &TransactionalTree) -> Result<(), ConflictableTransactionError<StoreError>> {
         for (key, change) in KEYS.iter().zip(self.0.get()) {
             if change != 0 {
-                let now = counters.get(key)?.map_or(0, |v| decode(&v));
-                counters.insert(*key, &(now + change).to_be_bytes())?;
+                add(counters, key, change)?;
             }
         }
         Ok(())
     }
+}
+
+/// Adds `by` to the counter at `key` (a big-endian `i64`, zero when absent) inside the
+/// caller's transaction; the new value. The `counters` tree's one read-modify-write.
+pub(super) fn add(
+    counters: &TransactionalTree,
+    key: &[u8],
+    by: i64,
+) -> Result<i64, ConflictableTransactionError<StoreError>> {
+    let now = counters.get(key)?.map_or(0, |v| decode(&v)) + by;
+    counters.insert(key, &now.to_be_bytes())?;
+    Ok(now)
+}
+
+/// The counter at `key` as committed (zero when absent).
+pub(super) fn value(counters: &Tree, key: &[u8]) -> Result<i64, StoreError> {
+    Ok(counters.get(key)?.map_or(0, |v| decode(&v)))
 }
 
 fn decode(bytes: &[u8]) -> i64 {
@@ -68,8 +86,7 @@ fn decode(bytes: &[u8]) -> i64 {
 pub(super) fn read(counters: &Tree) -> Result<QueueDepth, StoreError> {
     let mut counts = [0usize; 4];
     for (count, key) in counts.iter_mut().zip(KEYS) {
-        let value = counters.get(key)?.map_or(0, |v| decode(&v));
-        *count = usize::try_from(value.max(0)).unwrap_or(0);
+        *count = usize::try_from(value(counters, key)?.max(0)).unwrap_or(0);
     }
     let [queued, scheduled, deferred, sending] = counts;
     Ok(QueueDepth {

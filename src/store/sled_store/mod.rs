@@ -45,7 +45,7 @@ use std::path::Path;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional, TransactionalTree};
-use sled::{Db, IVec, Tree};
+use sled::{Db, Tree};
 
 use super::depth::{self, DepthDelta};
 use super::{
@@ -264,23 +264,14 @@ fn segment_key(segment: u32) -> [u8; 17] {
     key
 }
 
-fn decode_count(value: Option<IVec>) -> i64 {
-    value
-        .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes))
-        .unwrap_or(0)
-}
-
 /// Adds `by` to a segment's live count inside the caller's transaction; the new count.
 fn count_segment(counters: &TransactionalTree, segment: u32, by: i64) -> Staged<i64> {
-    let key = segment_key(segment);
-    let now = decode_count(counters.get(key)?) + by;
-    counters.insert(&key, &now.to_be_bytes())?;
-    Ok(now)
+    depth::add(counters, &segment_key(segment), by)
 }
 
 /// A segment's live count as committed.
 fn live_count(counters: &Tree, segment: u32) -> Result<i64, StoreError> {
-    Ok(decode_count(counters.get(segment_key(segment))?))
+    depth::value(counters, &segment_key(segment))
 }
 
 /// sled's page cache unless configured (`storage.cache_bytes`).
