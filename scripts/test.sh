@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): format and lint checks, a private Postfix upstream
-# on loopback, the whole suite, then the OpenAPI contract from outside (scripts/contract.sh:
+# and a private PostgreSQL on loopback, the whole suite (the store contract runs on sled
+# and on PostgreSQL), then the OpenAPI contract from outside (scripts/contract.sh:
 # generated Python and TypeScript clients, schemathesis) and the web console in headless
 # Chromium (scripts/browser.sh). Installs Postfix and Chromium from Debian and the pinned
 # PyPI / npm tools when they are missing.
@@ -15,7 +16,10 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 
 tests/support/postfix.sh start
-trap 'tests/support/postfix.sh stop' EXIT
+tests/support/postgres.sh start
+trap 'tests/support/postfix.sh stop; tests/support/postgres.sh stop' EXIT
+MAILGATE_TEST_PG_URL=$(tests/support/postgres.sh url)
+export MAILGATE_TEST_PG_URL
 MAILGATE_TEST_PYTHON=$(tests/support/tools.sh)
 export MAILGATE_TEST_PYTHON
 

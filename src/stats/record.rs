@@ -324,6 +324,67 @@ impl StatsDelta {
     }
 }
 
+/// The rows of one series in a range of slots as a store reads them: the counter rows
+/// in the key range, plus what journal batches not yet folded add to it. Both backends
+/// read a report this way.
+pub struct SeriesRows {
+    prefix: Vec<u8>,
+    /// The first key of the range and the first key past it.
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
+    rows: std::collections::BTreeMap<Vec<u8>, Tally>,
+}
+
+impl SeriesRows {
+    pub fn new(tenant: &str, series: &super::Series, slots: std::ops::Range<u32>) -> Self {
+        let filter = series.filter.as_ref().map(|(d, v)| (*d, v.as_str()));
+        let prefix = series_prefix(tenant, filter, series.group);
+        let bound = |slot: u32| {
+            let mut key = prefix.clone();
+            key.extend_from_slice(&slot.to_be_bytes());
+            key
+        };
+        Self {
+            start: bound(slots.start),
+            end: bound(slots.end),
+            prefix,
+            rows: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// A counter row read from the range (one that does not decode is left out).
+    pub fn row(&mut self, key: &[u8], value: &[u8]) {
+        if let Some(tally) = Tally::decode(value) {
+            self.rows.insert(key.to_vec(), tally);
+        }
+    }
+
+    /// A journal entry: what it adds to rows in the range.
+    pub fn journal(&mut self, entry: &[u8]) {
+        let Some(batch) = StatsDelta::decode(entry) else {
+            return;
+        };
+        for (key, tally) in batch.rows() {
+            if key >= self.start.as_slice() && key < self.end.as_slice() {
+                self.rows.entry(key.to_vec()).or_default().add(tally);
+            }
+        }
+    }
+
+    /// The rows in key order.
+    pub fn finish(self) -> Vec<super::StatsRow> {
+        let at = self.prefix.len();
+        self.rows
+            .into_iter()
+            .filter_map(|(key, tally)| {
+                let slot = u32::from_be_bytes(key.get(at..at + 4)?.try_into().ok()?);
+                let group = String::from_utf8_lossy(&key[at + 4..]).into_owned();
+                Some(super::StatsRow { slot, group, tally })
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

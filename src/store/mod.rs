@@ -6,10 +6,12 @@
 //! hot path (accepting, leasing, recording attempts) goes through [`writer`] instead,
 //! which batches those calls on one thread.
 
+mod consequences;
 #[cfg(test)]
 pub(crate) mod contract;
 mod depth;
 mod group_flush;
+mod postgres;
 mod resilient;
 mod sled_store;
 pub mod writer;
@@ -58,6 +60,7 @@ pub(crate) mod test_support {
     }
 }
 
+pub use postgres::PgStore;
 pub use resilient::ResilientStore;
 pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
 
@@ -472,4 +475,16 @@ pub trait Store: Send + Sync {
     fn health(&self) -> StoreHealth {
         StoreHealth::Writable
     }
+
+    /// Whether this process may open an SMTP transaction for a message it leased now.
+    /// A node sharing a database with others says no once it has lost touch with it
+    /// long enough that its leases may soon be handed to another node: what it starts
+    /// must end before then, so that no message is sent by two live nodes.
+    fn may_deliver(&self) -> bool {
+        true
+    }
+
+    /// Registers what to call when another process queued work that is due now (a
+    /// shared database announces it), so idle workers wake before their next poll.
+    fn on_new_work(&self, _wake: std::sync::Arc<dyn Fn() + Send + Sync>) {}
 }

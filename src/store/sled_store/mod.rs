@@ -39,14 +39,14 @@
 //! keep the trees consistent; `flush` makes a write durable.
 
 use std::cell::RefCell;
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional, TransactionalTree};
 use sled::{Db, Tree};
 
+use super::consequences::{self, Consequences, HookCache};
 use super::depth::{self, DepthDelta};
 use super::{
     CancelOutcome, Lease, MessageWrite, PurgeCutoffs, PurgeReport, QueueDepth, ReportTarget, Store, StoreError,
@@ -288,13 +288,11 @@ struct Candidate {
     lease: Lease,
 }
 
-/// What a write of a message adds besides the message (see `SledStore::consequences`).
-struct Consequences {
-    fresh: Vec<(u64, PublishedEvent)>,
-    /// What the fresh events add to the report counters.
-    stats: StatsDelta,
-    implied: Vec<Suppression>,
-    deliveries: Vec<OutboxEntry>,
+/// What a write of a message adds besides the message, with the stream position of
+/// each of its fresh events (see `SledStore::consequences`).
+struct Positioned {
+    positions: Vec<u64>,
+    planned: Consequences,
 }
 
 /// The trees a message write touches, inside one transaction.
@@ -325,7 +323,7 @@ impl Staging<'_> {
         &self,
         message: &Message,
         change: &Commit<'_>,
-        planned: &Consequences,
+        positioned: &Positioned,
         stored: Option<&MimeRef>,
     ) -> Staged<bool> {
         let tenant = &message.tenant;
@@ -342,7 +340,6 @@ impl Staging<'_> {
                 self.mimes.insert(message.id.as_str(), &stored.encode())?;
                 *self.segments.borrow_mut().entry(stored.segment).or_default() += 1;
                 self.by_tenant.insert(tenant_key(tenant, message.id.as_str()), &[])?;
-                self.stats.borrow_mut().accepted(message);
                 true
             }
             Commit::Progress => false,
@@ -380,7 +377,8 @@ impl Staging<'_> {
             }
             self.depth.queue_entry(&value, 1);
         }
-        for (position, event) in &planned.fresh {
+        let planned = &positioned.planned;
+        for (position, event) in positioned.positions.iter().zip(&planned.fresh) {
             self.events.insert(stream_key(tenant, *position), encode_json(event)?)?;
             self.event_ids.insert(event.id.as_str(), &position.to_be_bytes())?;
         }
@@ -439,10 +437,14 @@ impl SledStore {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut planned_ids = HashSet::new();
-        let mut hooks = HashMap::new();
-        let planned: Vec<Result<Consequences, StoreError>> = writes
+        let read_hooks = |tenant: &TenantId| self.webhooks(tenant);
+        let mut hooks = HookCache::new(&read_hooks);
+        let planned: Vec<Result<Positioned, StoreError>> = writes
             .iter()
-            .map(|(message, _)| self.consequences(message, &mut planned_ids, &mut hooks))
+            .map(|(message, change)| {
+                let accepted = matches!(change, Commit::Accept { .. });
+                self.consequences(message, accepted, &mut planned_ids, &mut hooks)
+            })
             .collect();
         // The batch's MIME goes to the log and to disk before any reference to it
         // commits (see `mime_log`).
@@ -589,55 +591,29 @@ impl SledStore {
             .map_or(Err(StoreError::Conflict), wrote)
     }
 
-    /// What writing `message` adds besides itself: its events not yet in the stream
-    /// (nor in `planned`, the events of earlier writes of the same batch) with their
-    /// positions, the suppressions they imply, the webhook deliveries they queue.
-    /// `hooks` holds each tenant's webhooks as read once for the batch, so a batch of
-    /// outcomes decodes a tenant's endpoints once, not once per message.
+    /// What writing `message` adds besides itself (see `consequences`), with a stream
+    /// position for each new event: its events not yet in the stream (nor in `planned`,
+    /// the events of earlier writes of the same batch).
     fn consequences(
         &self,
         message: &Message,
+        accepted: bool,
         planned: &mut HashSet<String>,
-        hooks: &mut HashMap<TenantId, Vec<Webhook>>,
-    ) -> Result<Consequences, StoreError> {
+        hooks: &mut HookCache<'_>,
+    ) -> Result<Positioned, StoreError> {
         let mut fresh = Vec::new();
-        let mut counted = StatsDelta::default();
         for event in &message.events {
             if !self.event_ids.contains_key(event.id.as_str())? && planned.insert(event.id.as_str().to_owned()) {
-                fresh.push((self.db.generate_id()?, PublishedEvent::of(message, event)));
-                counted.event(message, event);
+                fresh.push(event);
             }
         }
-        let implied: Vec<Suppression> = fresh.iter().filter_map(|(_, e)| Suppression::caused_by(e)).collect();
-        let tenant = &message.tenant;
-        let deliveries: Vec<OutboxEntry> = if fresh.is_empty() {
-            Vec::new()
-        } else {
-            let now = Utc::now();
-            let hooks = match hooks.entry(tenant.clone()) {
-                Entry::Occupied(read) => read.into_mut(),
-                Entry::Vacant(slot) => slot.insert(self.webhooks(tenant)?),
-            };
-            fresh
-                .iter()
-                .flat_map(|(_, event)| hooks.iter().filter(|h| h.wants(event)).map(move |h| (h, event)))
-                .map(|(hook, event)| OutboxEntry {
-                    entry_id: uuid::Uuid::now_v7().simple().to_string(),
-                    webhook_id: hook.id.clone(),
-                    tenant: tenant.clone(),
-                    event: event.clone(),
-                    attempts: 0,
-                    first_queued_at: now,
-                    due_at: now,
-                })
-                .collect()
-        };
-        Ok(Consequences {
-            fresh,
-            stats: counted,
-            implied,
-            deliveries,
-        })
+        let planned = consequences::plan(message, fresh.into_iter(), accepted, hooks)?;
+        let positions = planned
+            .fresh
+            .iter()
+            .map(|_| self.db.generate_id())
+            .collect::<Result<_, _>>()?;
+        Ok(Positioned { positions, planned })
     }
 
     /// [`Self::commit`], then durable.

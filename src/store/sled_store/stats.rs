@@ -13,14 +13,13 @@
 //! group value active in each slot — and never a message. Retention deletes the old
 //! end of each series and jumps to the next one at the first young row.
 
-use std::collections::BTreeMap;
 use std::ops::Range;
 
 use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
 use sled::Tree;
 
 use crate::domain::auth::TenantId;
-use crate::stats::record::series_prefix;
+use crate::stats::record::SeriesRows;
 use crate::stats::{Series, StatsDelta, StatsRow, Tally};
 use crate::store::StoreError;
 
@@ -76,40 +75,15 @@ pub(super) fn read(
     series: &Series,
     slots: Range<u32>,
 ) -> Result<Vec<StatsRow>, StoreError> {
-    let filter = series.filter.as_ref().map(|(d, v)| (*d, v.as_str()));
-    let prefix = series_prefix(tenant.as_str(), filter, series.group);
-    let bound = |slot: u32| {
-        let mut key = prefix.clone();
-        key.extend_from_slice(&slot.to_be_bytes());
-        key
-    };
-    let (start, end) = (bound(slots.start), bound(slots.end));
-    let mut rows: BTreeMap<Vec<u8>, Tally> = BTreeMap::new();
-    for entry in tree.range(start.as_slice()..end.as_slice()) {
+    let mut read = SeriesRows::new(tenant.as_str(), series, slots);
+    for entry in tree.range(read.start.clone()..read.end.clone()) {
         let (key, value) = entry?;
-        if let Some(tally) = Tally::decode(&value) {
-            rows.insert(key.to_vec(), tally);
-        }
+        read.row(&key, &value);
     }
     for entry in journal.iter() {
-        let (_, value) = entry?;
-        let Some(batch) = StatsDelta::decode(&value) else {
-            continue;
-        };
-        for (key, tally) in batch.rows() {
-            if key >= start.as_slice() && key < end.as_slice() {
-                rows.entry(key.to_vec()).or_default().add(tally);
-            }
-        }
+        read.journal(&entry?.1);
     }
-    Ok(rows
-        .into_iter()
-        .filter_map(|(key, tally)| {
-            let slot = u32::from_be_bytes(key.get(prefix.len()..prefix.len() + 4)?.try_into().ok()?);
-            let group = String::from_utf8_lossy(&key[prefix.len() + 4..]).into_owned();
-            Some(StatsRow { slot, group, tally })
-        })
-        .collect())
+    Ok(read.finish())
 }
 
 #[cfg(test)]

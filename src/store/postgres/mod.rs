@@ -1,0 +1,399 @@
+//! The PostgreSQL implementation of [`Store`]: several mailgate nodes share one
+//! database that the team already runs (replicated, backed up, monitored).
+//!
+//! # How nodes share the work
+//!
+//! - Every node accepts. A batch of the writer thread is one transaction and one commit
+//!   (`synchronous_commit` makes it durable), whatever its size: the `202` waits for it.
+//! - Every node delivers. [`Store::lease_due`] claims due queue rows with
+//!   `FOR UPDATE SKIP LOCKED` in one statement per batch and stamps each with this node
+//!   and a fencing token from a sequence; the end of the attempt is written only while
+//!   the row still carries that token (`messages`).
+//! - A node heartbeats every [`nodes::HEARTBEAT_EVERY`] with the database's clock. When a
+//!   node has been silent for [`nodes::LEASE_EXPIRY`], any other node puts its leases
+//!   back on the queue (logging each message id: the dead node may have sent it). A node
+//!   whose own heartbeat has not reached the database for [`nodes::STOP_SENDING_AFTER`]
+//!   opens no new SMTP transaction ([`Store::may_deliver`]), so its leases expire only
+//!   after what it had started is over.
+//! - New work wakes idle nodes through `LISTEN`/`NOTIFY` (one `NOTIFY` per committed
+//!   batch that queued due work, at most every [`nodes::NOTIFY_EVERY`] per node); the
+//!   workers' one-second poll is the fallback.
+//! - The event stream's positions are `transaction id × 2^20 + order in the
+//!   transaction`, and a read returns only events of transactions older than every
+//!   transaction still running (the snapshot's `xmin`): a cursor never passes an event
+//!   that commits later with a smaller position.
+//!
+//! # Layout
+//!
+//! `schema` (migrations, partitions), `pool`, `nodes` (heartbeats, lease reclaim,
+//! LISTEN), and one file per concern of the contract: `messages` (writes, the queue,
+//! leases), `stream` (events, webhooks and their outbox), `catalog` (templates,
+//! suppressions, domains, secrets, revocations, reports), `stats`, `retention`.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+mod catalog;
+mod messages;
+mod nodes;
+mod pool;
+mod retention;
+mod schema;
+mod stats;
+mod stream;
+
+use super::{
+    CancelOutcome, Lease, MessageWrite, PurgeCutoffs, PurgeReport, QueueDepth, ReportTarget, Store, StoreError,
+    StoreHealth, StoredMime,
+};
+use crate::domain::auth::TenantId;
+use crate::domain::event::PublishedEvent;
+use crate::domain::ids::{DomainId, MessageId, TemplateId, WebhookId};
+use crate::domain::message::{IdempotencyRecord, Message};
+use crate::domain::sender_domain::SenderDomain;
+use crate::domain::status::EventType;
+use crate::domain::suppression::Suppression;
+use crate::domain::template::{Template, TemplateKey, TemplateVersion};
+use crate::domain::webhook::{DeliveryAttempt, OutboxEntry, Webhook};
+use nodes::Node;
+use pool::Pool;
+
+/// The driver's errors in the store's terms: a lost connection is an I/O error, what
+/// the server refused is the engine's (both answer 503, never 500).
+impl From<postgres::Error> for StoreError {
+    fn from(err: postgres::Error) -> Self {
+        if err.as_db_error().is_none() && err.is_closed() {
+            return StoreError::Io(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, err));
+        }
+        match err.as_db_error() {
+            Some(db) => StoreError::Engine(format!("{}: {}", db.code().code(), db.message())),
+            None => StoreError::Io(std::io::Error::other(err)),
+        }
+    }
+}
+
+/// Decodes a record stored as JSON.
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    Ok(serde_json::from_slice(bytes)?)
+}
+
+/// Encodes a record as JSON.
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    Ok(serde_json::to_vec(value)?)
+}
+
+pub struct PgStore {
+    pool: Arc<Pool>,
+    node: Arc<Node>,
+}
+
+impl PgStore {
+    /// Connects to the database at `url`, applies the migrations it lacks, creates the
+    /// coming days' partitions and registers this process as a node (heartbeats and the
+    /// `LISTEN` connection run on threads of their own until the store is dropped).
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e: postgres::Error| StoreError::Engine(format!("the database URL is not valid: {e}")))?;
+        config
+            .application_name("mailgate")
+            .connect_timeout(std::time::Duration::from_secs(5));
+        let pool = Arc::new(Pool::new(config));
+        {
+            let mut client = pool.get()?;
+            schema::migrate(&mut client)?;
+            schema::ensure_partitions(&mut client, Utc::now(), 3)?;
+        }
+        let node = Node::register(Arc::clone(&pool))?;
+        Ok(Self { pool, node })
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.node.leave(&self.pool);
+    }
+}
+
+impl Store for PgStore {
+    fn write_messages(&self, writes: &[MessageWrite<'_>]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        messages::write_batch(&self.pool, &self.node, writes)
+    }
+
+    /// Every batch was committed (and so flushed to the WAL) before it returned.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn idempotency(&self, tenant: &TenantId, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        messages::idempotency(&self.pool, tenant, key)
+    }
+
+    fn message(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<Message>, StoreError> {
+        messages::message(&self.pool, tenant, id)
+    }
+
+    fn mime(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<StoredMime>, StoreError> {
+        messages::mime(&self.pool, tenant, id)
+    }
+
+    fn lease_due(
+        &self,
+        now: DateTime<Utc>,
+        max: usize,
+        admit: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Vec<Lease>, StoreError> {
+        messages::lease_due(&self.pool, &self.node, now, max, admit)
+    }
+
+    fn recover_leases(&self) -> Result<usize, StoreError> {
+        nodes::reclaim_expired(&self.pool, &self.node)
+    }
+
+    fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        messages::next_due(&self.pool)
+    }
+
+    fn create_template(&self, template: &Template, version: &TemplateVersion) -> Result<bool, StoreError> {
+        catalog::create_template(&self.pool, template, version)
+    }
+
+    fn add_template_version(&self, template: &Template, version: &TemplateVersion) -> Result<(), StoreError> {
+        catalog::add_template_version(&self.pool, template, version)
+    }
+
+    fn template(&self, tenant: &TenantId, key: &TemplateKey) -> Result<Option<Template>, StoreError> {
+        catalog::template(&self.pool, tenant, key)
+    }
+
+    fn template_version(&self, id: &TemplateId, version: u32) -> Result<Option<TemplateVersion>, StoreError> {
+        catalog::template_version(&self.pool, id, version)
+    }
+
+    fn template_versions(&self, id: &TemplateId) -> Result<Vec<TemplateVersion>, StoreError> {
+        catalog::template_versions(&self.pool, id)
+    }
+
+    fn list_templates(
+        &self,
+        tenant: &TenantId,
+        before: Option<&TemplateId>,
+        limit: usize,
+    ) -> Result<Vec<Template>, StoreError> {
+        catalog::list_templates(&self.pool, tenant, before, limit)
+    }
+
+    fn delete_template(&self, template: &Template) -> Result<(), StoreError> {
+        catalog::delete_template(&self.pool, template)
+    }
+
+    fn events(
+        &self,
+        tenant: &TenantId,
+        after: Option<u64>,
+        types: &[EventType],
+        limit: usize,
+    ) -> Result<(Vec<PublishedEvent>, Option<u64>), StoreError> {
+        stream::events(&self.pool, tenant, after, types, limit)
+    }
+
+    fn suppressed(&self, tenant: &TenantId, emails: &[String]) -> Result<Vec<String>, StoreError> {
+        catalog::suppressed(&self.pool, tenant, emails)
+    }
+
+    fn suppression(&self, tenant: &TenantId, email: &str) -> Result<Option<Suppression>, StoreError> {
+        catalog::suppression(&self.pool, tenant, email)
+    }
+
+    fn list_suppressions(
+        &self,
+        tenant: &TenantId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Suppression>, StoreError> {
+        catalog::list_suppressions(&self.pool, tenant, after, limit)
+    }
+
+    fn put_suppression(&self, tenant: &TenantId, suppression: &Suppression) -> Result<(), StoreError> {
+        catalog::put_suppression(&self.pool, tenant, suppression)
+    }
+
+    fn delete_suppression(&self, tenant: &TenantId, email: &str) -> Result<bool, StoreError> {
+        catalog::delete_suppression(&self.pool, tenant, email)
+    }
+
+    fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
+        stream::put_webhook(&self.pool, webhook)
+    }
+
+    fn webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<Option<Webhook>, StoreError> {
+        stream::webhook(&self.pool, tenant, id)
+    }
+
+    fn webhooks(&self, tenant: &TenantId) -> Result<Vec<Webhook>, StoreError> {
+        stream::webhooks(&mut *self.pool.get()?, &[tenant.as_str()])
+    }
+
+    fn delete_webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError> {
+        stream::delete_webhook(&self.pool, tenant, id)
+    }
+
+    fn put_domain(&self, domain: &SenderDomain, create: bool) -> Result<bool, StoreError> {
+        catalog::put_domain(&self.pool, domain, create)
+    }
+
+    fn domain(&self, tenant: &TenantId, id_or_name: &str) -> Result<Option<SenderDomain>, StoreError> {
+        catalog::domain(&self.pool, tenant, id_or_name)
+    }
+
+    fn domains(&self, tenant: Option<&TenantId>) -> Result<Vec<SenderDomain>, StoreError> {
+        catalog::domains(&self.pool, tenant)
+    }
+
+    fn delete_domain(&self, tenant: &TenantId, id: &DomainId) -> Result<bool, StoreError> {
+        catalog::delete_domain(&self.pool, tenant, id)
+    }
+
+    fn secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        catalog::secret(&self.pool, name)
+    }
+
+    fn enqueue_deliveries(&self, entries: &[OutboxEntry]) -> Result<(), StoreError> {
+        stream::enqueue_deliveries(&mut *self.pool.get()?, entries)
+    }
+
+    fn lease_delivery(&self, now: DateTime<Utc>, lease: chrono::Duration) -> Result<Option<OutboxEntry>, StoreError> {
+        stream::lease_delivery(&self.pool, now, lease)
+    }
+
+    fn finish_delivery(
+        &self,
+        leased: &OutboxEntry,
+        next: Option<&OutboxEntry>,
+        attempt: &DeliveryAttempt,
+        webhook: Option<&Webhook>,
+    ) -> Result<(), StoreError> {
+        stream::finish_delivery(&self.pool, leased, next, attempt, webhook)
+    }
+
+    fn deliveries(&self, id: &WebhookId, limit: usize) -> Result<Vec<DeliveryAttempt>, StoreError> {
+        stream::deliveries(&self.pool, id, limit)
+    }
+
+    fn event(&self, tenant: &TenantId, id: &str) -> Result<Option<PublishedEvent>, StoreError> {
+        stream::event(&self.pool, tenant, id)
+    }
+
+    fn apply_report(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        apply: &mut dyn FnMut(&mut Message),
+    ) -> Result<ReportTarget, StoreError> {
+        messages::apply_report(&self.pool, &self.node, tenant, id, apply)
+    }
+
+    fn save_report(&self, tenant: &TenantId, source: &str, matched: bool, raw: &[u8]) -> Result<String, StoreError> {
+        catalog::save_report(&self.pool, tenant, source, matched, raw)
+    }
+
+    fn list_messages(
+        &self,
+        tenant: &TenantId,
+        before: Option<&MessageId>,
+        limit: usize,
+        budget: usize,
+        wanted: &dyn Fn(&Message) -> bool,
+    ) -> Result<(Vec<Message>, Option<MessageId>), StoreError> {
+        messages::list(&self.pool, tenant, before, limit, budget, wanted)
+    }
+
+    fn cancel(&self, tenant: &TenantId, id: &MessageId, now: DateTime<Utc>) -> Result<CancelOutcome, StoreError> {
+        messages::cancel(&self.pool, &self.node, tenant, id, now)
+    }
+
+    fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
+        messages::queue_depth(&self.pool)
+    }
+
+    fn stats(
+        &self,
+        tenant: &TenantId,
+        series: &crate::stats::Series,
+        slots: std::ops::Range<u32>,
+    ) -> Result<Vec<crate::stats::StatsRow>, StoreError> {
+        stats::read(&self.pool, tenant, series, slots)
+    }
+
+    fn fold_stats(&self, max: usize) -> Result<usize, StoreError> {
+        stats::fold(&self.pool, max)
+    }
+
+    fn revoke_token(&self, jti: &str, until: u64) -> Result<(), StoreError> {
+        catalog::revoke_token(&self.pool, jti, until)
+    }
+
+    fn revoked_tokens(&self, now: u64) -> Result<Vec<(String, u64)>, StoreError> {
+        catalog::revoked_tokens(&self.pool, now)
+    }
+
+    fn count_messages(&self) -> Result<usize, StoreError> {
+        messages::count(&self.pool)
+    }
+
+    fn purge(&self, cutoffs: PurgeCutoffs, budget: usize) -> Result<PurgeReport, StoreError> {
+        retention::purge(&self.pool, cutoffs, budget)
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        self.node.beat(&self.pool)
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.node.health()
+    }
+
+    fn may_deliver(&self) -> bool {
+        self.node.may_deliver()
+    }
+
+    fn on_new_work(&self, wake: Arc<dyn Fn() + Send + Sync>) {
+        self.node.on_new_work(wake);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::contract::Backend;
+
+    /// A schema of its own in the test database (`MAILGATE_TEST_PG_URL`, started by
+    /// `tests/support/postgres.sh`), so tests run at once never meet.
+    pub(crate) struct PgBackend {
+        url: String,
+    }
+
+    impl PgBackend {
+        pub fn new() -> Self {
+            let base = std::env::var("MAILGATE_TEST_PG_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:15432/postgres".into());
+            let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+            let mut client = postgres::Client::connect(&base, postgres::NoTls)
+                .expect("the test PostgreSQL (tests/support/postgres.sh start) answers");
+            client.batch_execute(&format!("CREATE SCHEMA {schema}")).unwrap();
+            let sep = if base.contains('?') { '&' } else { '?' };
+            Self {
+                url: format!("{base}{sep}options=-csearch_path%3D{schema}"),
+            }
+        }
+    }
+
+    impl Backend for PgBackend {
+        fn open(&self) -> Box<dyn Store> {
+            Box::new(PgStore::open(&self.url).unwrap())
+        }
+    }
+
+    crate::store_contract_tests!(PgBackend::new());
+}
