@@ -62,10 +62,27 @@ impl Default for HttpSettings {
     }
 }
 
+/// Where mailgate keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Embedded, in `storage.path`: one node.
+    Sled,
+    /// A PostgreSQL database that several nodes share (`url_env` / `url_file`).
+    Postgres,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
+    pub backend: StorageBackend,
+    /// sled: the database, the dev key and the sandbox files; postgres: the dev key
+    /// and the sandbox files.
     pub path: PathBuf,
+    /// postgres: the variable holding the database URL (it holds a password).
+    pub url_env: Option<String>,
+    /// postgres: the file holding the database URL.
+    pub url_file: Option<PathBuf>,
     /// sled's page cache: what bounds memory with a million messages queued.
     pub cache_bytes: u64,
     /// Finished messages, their events, webhook attempts and raw reports older than
@@ -81,7 +98,10 @@ pub struct StorageSettings {
 impl Default for StorageSettings {
     fn default() -> Self {
         Self {
+            backend: StorageBackend::Sled,
             path: PathBuf::from("./data"),
+            url_env: None,
+            url_file: None,
             cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             retention: ConfigDuration(Duration::from_secs(30 * 86_400)),
             mime_retention: ConfigDuration(Duration::from_secs(7 * 86_400)),
@@ -546,6 +566,21 @@ impl Settings {
             if value.is_zero() || value > TEN_YEARS {
                 bail!("{key} must be more than 0 and at most 10 years");
             }
+        }
+        let storage = &self.storage;
+        match storage.backend {
+            StorageBackend::Postgres => match (&storage.url_env, &storage.url_file) {
+                (Some(_), Some(_)) => bail!("storage: set url_env or url_file, not both"),
+                (None, None) => bail!(
+                    "storage.backend = \"postgres\" needs the database URL: set storage.url_env \
+                     (a variable holding it) or storage.url_file"
+                ),
+                _ => {}
+            },
+            StorageBackend::Sled if storage.url_env.is_some() || storage.url_file.is_some() => {
+                bail!("storage.url_env and storage.url_file are for backend = \"postgres\"; the sled backend uses storage.path")
+            }
+            StorageBackend::Sled => {}
         }
         if self.storage.cache_bytes < 1024 * 1024 {
             bail!("storage.cache_bytes must be at least 1048576 (1 MiB)");

@@ -22,7 +22,7 @@ use crate::render::template::RenderLimits;
 use crate::retention::{run_purger_until_stopped, Retention};
 use crate::sending::Sender;
 use crate::store::writer::{LeasePolicy, StoreWriter};
-use crate::store::{ResilientStore, Store};
+use crate::store::{PgStore, ResilientStore, Store};
 use crate::templates::Templates;
 use crate::webhooks::dispatcher::{run_dispatcher_until_stopped, Dispatcher};
 use crate::webhooks::Webhooks;
@@ -74,6 +74,8 @@ pub struct Prepared {
     relays: Vec<Member>,
     providers: std::collections::HashMap<String, crate::bounces::providers::ProviderKeys>,
     sns_pinned: Option<Vec<u8>>,
+    /// `storage.backend = "postgres"`: the database URL, read from `url_env` / `url_file`.
+    database_url: Option<String>,
 }
 
 impl Prepared {
@@ -124,11 +126,21 @@ impl Prepared {
             ),
             None => None,
         };
+        let storage = &settings.storage;
+        let database_url = match storage.backend {
+            crate::config::StorageBackend::Sled => None,
+            crate::config::StorageBackend::Postgres => Some(
+                crate::config::read_secret(storage.url_file.as_deref(), storage.url_env.as_deref())
+                    .context("storage: Failed to read the database URL")?
+                    .context("storage: no database URL")?,
+            ),
+        };
         Ok(Self {
             tokens,
             relays,
             providers,
             sns_pinned,
+            database_url,
         })
     }
 }
@@ -181,14 +193,20 @@ impl Application {
                 settings.storage.path.display()
             )
         })?;
-        let store = ResilientStore::open(settings.storage.path.join("db"), settings.storage.cache_bytes).with_context(
-            || {
-                format!(
-                    "Failed to open the store in {} (is another mailgate using it?)",
-                    settings.storage.path.display()
-                )
-            },
-        )?;
+        let store: Arc<dyn Store> = match &prepared.database_url {
+            None => Arc::new(
+                ResilientStore::open(settings.storage.path.join("db"), settings.storage.cache_bytes).with_context(
+                    || {
+                        format!(
+                            "Failed to open the store in {} (is another mailgate using it?)",
+                            settings.storage.path.display()
+                        )
+                    },
+                )?,
+            ),
+            // The URL holds a password: the error says what failed, never the URL.
+            Some(url) => Arc::new(PgStore::open(url).context("Failed to open the PostgreSQL store")?),
+        };
         let recovered = store.recover_leases().context("Failed to recover leased messages")?;
         if recovered > 0 {
             tracing::warn!(
@@ -196,12 +214,12 @@ impl Application {
                 "requeued messages that were being sent when the process stopped"
             );
         }
-        let store: Arc<dyn Store> = Arc::new(store);
         let Prepared {
             tokens,
             relays,
             providers,
             sns_pinned,
+            database_url: _,
         } = prepared;
         let tokens = Arc::new(tokens);
         let delivery = &settings.delivery;
@@ -215,6 +233,8 @@ impl Application {
         let queue = Arc::new(QueueGauge::default());
         let worker_count = upstreams.connections() * WORKERS_PER_CONNECTION;
         let wake = Arc::new(Notify::new());
+        let woken = Arc::clone(&wake);
+        store.on_new_work(Arc::new(move || woken.notify_waiters()));
         let metrics = Arc::new(Metrics::new(settings.metrics.tenant_labels));
         let revocations = Arc::new(crate::auth::Revocations::default());
         for (jti, until) in store

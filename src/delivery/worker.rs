@@ -100,6 +100,14 @@ impl Worker {
             .as_ref()
             .map_or(self.return_path_domain.as_str(), |s| s.return_path_domain.as_str());
         for (n, index) in pending.iter().copied().enumerate() {
+            if !self.store.may_deliver() {
+                // The lease may soon go to another node: leave the rest to it rather
+                // than risk two live nodes sending the same message.
+                tracing::warn!(
+                    "lost touch with the shared database: opening no SMTP transaction; the lease will be taken back"
+                );
+                return Ok(());
+            }
             let job = TransportJob {
                 tenant: message.tenant.as_str().to_owned(),
                 sender: verp::return_path(&message.id, index, return_path_domain),

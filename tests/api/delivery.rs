@@ -8,7 +8,8 @@ use mailgate::config::TlsMode;
 use serde_json::json;
 
 use crate::helpers::{
-    lf, simple_message, spawn_app, spawn_app_with, spawn_binary, Postfix, MESSAGE_ID_DOMAIN, RETURN_PATH_DOMAIN,
+    lf, simple_message, spawn_app, spawn_app_on, spawn_app_with, spawn_binary, Backend, Postfix, MESSAGE_ID_DOMAIN,
+    RETURN_PATH_DOMAIN,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -19,7 +20,16 @@ fn status(message: &serde_json::Value) -> &str {
 
 #[tokio::test]
 async fn text_html_attachment_and_inline_image_arrive_intact_through_starttls_and_auth() {
-    let app = spawn_app().await;
+    text_html_attachment_and_inline_image_arrive_intact_through_starttls_and_auth_on(Backend::Sled).await;
+}
+
+#[tokio::test]
+async fn text_html_attachment_and_inline_image_arrive_intact_through_starttls_and_auth_on_postgres() {
+    text_html_attachment_and_inline_image_arrive_intact_through_starttls_and_auth_on(Backend::Postgres).await;
+}
+
+async fn text_html_attachment_and_inline_image_arrive_intact_through_starttls_and_auth_on(backend: Backend) {
+    let app = spawn_app_on(backend).await;
     let pdf: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     let png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR-not-really-an-image".to_vec();
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
@@ -210,7 +220,16 @@ async fn upstream_down_defers_and_everything_is_sent_once_it_is_back() {
 
 #[tokio::test]
 async fn a_scheduled_message_waits_for_send_at_and_can_be_cancelled_until_it_goes() {
-    let app = spawn_app().await;
+    a_scheduled_message_waits_for_send_at_and_can_be_cancelled_until_it_goes_on(Backend::Sled).await;
+}
+
+#[tokio::test]
+async fn a_scheduled_message_waits_for_send_at_and_can_be_cancelled_until_it_goes_on_postgres() {
+    a_scheduled_message_waits_for_send_at_and_can_be_cancelled_until_it_goes_on(Backend::Postgres).await;
+}
+
+async fn a_scheduled_message_waits_for_send_at_and_can_be_cancelled_until_it_goes_on(backend: Backend) {
+    let app = spawn_app_on(backend).await;
     let at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
     let mut scheduled = simple_message("later@example.test");
     scheduled["send_at"] = json!(at);
@@ -266,7 +285,19 @@ async fn a_scheduled_message_waits_for_send_at_and_can_be_cancelled_until_it_goe
 
 #[tokio::test]
 async fn an_idempotency_key_replays_the_first_answer_refuses_another_body_and_races_to_one_message() {
-    let app = spawn_app().await;
+    an_idempotency_key_replays_the_first_answer_refuses_another_body_and_races_to_one_message_on(Backend::Sled).await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_answer_refuses_another_body_and_races_to_one_message_on_postgres() {
+    an_idempotency_key_replays_the_first_answer_refuses_another_body_and_races_to_one_message_on(Backend::Postgres)
+        .await;
+}
+
+async fn an_idempotency_key_replays_the_first_answer_refuses_another_body_and_races_to_one_message_on(
+    backend: Backend,
+) {
+    let app = spawn_app_on(backend).await;
     let send = |key: &'static str, to: &'static str| {
         app.client
             .post(format!("{}/v1/messages", app.address))
@@ -326,7 +357,16 @@ async fn an_idempotency_key_replays_the_first_answer_refuses_another_body_and_ra
 
 #[tokio::test]
 async fn a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_item_keys() {
-    let app = spawn_app().await;
+    a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_item_keys_on(Backend::Sled).await;
+}
+
+#[tokio::test]
+async fn a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_item_keys_on_postgres() {
+    a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_item_keys_on(Backend::Postgres).await;
+}
+
+async fn a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_item_keys_on(backend: Backend) {
+    let app = spawn_app_on(backend).await;
     let mut keyed = simple_message("batch-2@example.test");
     keyed["idempotency_key"] = json!("batch-item-2");
     let batch = json!({"messages": [

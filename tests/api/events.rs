@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{mint, simple_message, spawn_app, TestApp};
+use crate::helpers::{mint, simple_message, spawn_app, spawn_app_on, Backend, TestApp};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -16,7 +16,16 @@ async fn get(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
 
 #[tokio::test]
 async fn a_hard_bounce_is_an_event_suppresses_the_address_and_the_next_send_skips_it() {
-    let app = spawn_app().await;
+    a_hard_bounce_is_an_event_suppresses_the_address_and_the_next_send_skips_it_on(Backend::Sled).await;
+}
+
+#[tokio::test]
+async fn a_hard_bounce_is_an_event_suppresses_the_address_and_the_next_send_skips_it_on_postgres() {
+    a_hard_bounce_is_an_event_suppresses_the_address_and_the_next_send_skips_it_on(Backend::Postgres).await;
+}
+
+async fn a_hard_bounce_is_an_event_suppresses_the_address_and_the_next_send_skips_it_on(backend: Backend) {
+    let app = spawn_app_on(backend).await;
     let token = mint(&app.keys, "acme", "messages:send messages:read suppressions:manage");
     let first = app.send_ok(&simple_message("reject@example.test")).await;
     app.wait_for(&first, WAIT, |m| m["status"] == "failed").await;
@@ -51,7 +60,16 @@ async fn a_hard_bounce_is_an_event_suppresses_the_address_and_the_next_send_skip
 
 #[tokio::test]
 async fn the_event_stream_is_ordered_resumable_and_per_tenant() {
-    let app = spawn_app().await;
+    the_event_stream_is_ordered_resumable_and_per_tenant_on(Backend::Sled).await;
+}
+
+#[tokio::test]
+async fn the_event_stream_is_ordered_resumable_and_per_tenant_on_postgres() {
+    the_event_stream_is_ordered_resumable_and_per_tenant_on(Backend::Postgres).await;
+}
+
+async fn the_event_stream_is_ordered_resumable_and_per_tenant_on(backend: Backend) {
+    let app = spawn_app_on(backend).await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let id = app.send_ok(&simple_message(&format!("stream-{i}@example.test"))).await;

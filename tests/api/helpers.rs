@@ -184,6 +184,65 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Which store a test app runs on: the tests that matter run on both.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sled,
+    /// A schema of its own in the test PostgreSQL (see [`pg_url`]).
+    Postgres,
+}
+
+impl Backend {
+    /// Points `settings` at this backend (a PostgreSQL URL goes in a file in the data dir).
+    pub fn apply(self, settings: &mut Settings) {
+        if let Backend::Postgres = self {
+            let file = settings.storage.path.join("database-url");
+            std::fs::write(&file, pg_url()).expect("write the database URL");
+            settings.storage.backend = mailgate::config::StorageBackend::Postgres;
+            settings.storage.url_file = Some(file);
+        }
+    }
+
+    /// The same as TOML for a config file (the URL's file is a temporary one).
+    pub fn toml(self) -> String {
+        match self {
+            Backend::Sled => String::new(),
+            Backend::Postgres => {
+                let file = std::env::temp_dir().join(format!("mailgate-test-db-{}", uuid::Uuid::now_v7().simple()));
+                std::fs::write(&file, pg_url()).expect("write the database URL");
+                format!("[storage]\nbackend = \"postgres\"\nurl_file = \"{}\"\n", file.display())
+            }
+        }
+    }
+}
+
+/// The URL of a fresh schema in the test PostgreSQL (`MAILGATE_TEST_PG_URL`, which the
+/// test command starts with `tests/support/postgres.sh`): tests running at once never
+/// meet, and several nodes of one test share it.
+pub fn pg_url() -> String {
+    let base =
+        std::env::var("MAILGATE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:15432/postgres".into());
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let create = format!("CREATE SCHEMA {schema}");
+    let at = base.clone();
+    // On a thread of its own: the blocking driver cannot run inside the test's runtime.
+    std::thread::spawn(move || {
+        postgres::Client::connect(&at, postgres::NoTls)
+            .expect("the test PostgreSQL answers (tests/support/postgres.sh start)")
+            .batch_execute(&create)
+            .expect("create a schema");
+    })
+    .join()
+    .expect("the schema is made");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-csearch_path%3D{schema}")
+}
+
+/// [`spawn_app`] on `backend`.
+pub async fn spawn_app_on(backend: Backend) -> TestApp {
+    spawn_app_with(|s| backend.apply(s)).await
+}
+
 /// Spawns the app in-process on a random port after `customize` adjusts its settings.
 pub async fn spawn_app_with(customize: impl FnOnce(&mut Settings)) -> TestApp {
     if std::env::var("TEST_LOG").is_ok() {

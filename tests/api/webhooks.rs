@@ -11,7 +11,9 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use crate::helpers::{free_port, mint, simple_message, spawn_app_with, spawn_binary, Binary, Postfix, TestApp};
+use crate::helpers::{
+    free_port, mint, simple_message, spawn_app_with, spawn_binary, Backend, Binary, Postfix, TestApp,
+};
 
 #[derive(Clone, Debug)]
 pub struct Received {
@@ -107,10 +109,16 @@ fn verifies(r: &Received, secret: &str) -> bool {
 }
 
 async fn app_with_fast_retries() -> TestApp {
-    spawn_binary(
+    app_with_fast_retries_on(Backend::Sled).await
+}
+
+/// The binary with fast webhook retries in its config file, on `backend`.
+async fn app_with_fast_retries_on(backend: Backend) -> TestApp {
+    spawn_binary(&format!(
         "[webhooks]\nallow_private_targets = true\nretry_base = \"200ms\"\nretry_max = \"400ms\"\n\
-         request_timeout = \"2s\"\n",
-    )
+         request_timeout = \"2s\"\n{}",
+        backend.toml()
+    ))
     .await
 }
 
@@ -129,7 +137,16 @@ pub async fn create_hook(app: &TestApp, url: &str, events: Value) -> (u16, Value
 
 #[tokio::test]
 async fn events_arrive_signed_per_standard_webhooks() {
-    let app = app_with_fast_retries().await;
+    events_arrive_signed_per_standard_webhooks_on(Backend::Sled).await;
+}
+
+#[tokio::test]
+async fn events_arrive_signed_per_standard_webhooks_on_postgres() {
+    events_arrive_signed_per_standard_webhooks_on(Backend::Postgres).await;
+}
+
+async fn events_arrive_signed_per_standard_webhooks_on(backend: Backend) {
+    let app = app_with_fast_retries_on(backend).await;
     let receiver = Receiver::start(204).await;
     let (status, hook) = create_hook(&app, &receiver.url, json!(["*"])).await;
     assert_eq!(status, 201, "{hook}");

@@ -83,6 +83,20 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     Ok(serde_json::to_vec(value)?)
 }
 
+/// Runs `call` where the blocking driver may block: the driver drives each connection
+/// with a runtime of its own, which cannot start on a thread that is running an async
+/// runtime (start-up runs inside one; tests call the store from async tests). Calls
+/// from the writer thread and from `spawn_blocking` run as they are.
+fn off_runtime<T: Send>(call: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return call();
+    }
+    std::thread::scope(|scope| match scope.spawn(call).join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
 pub struct PgStore {
     pool: Arc<Pool>,
     node: Arc<Node>,
@@ -93,6 +107,10 @@ impl PgStore {
     /// coming days' partitions and registers this process as a node (heartbeats and the
     /// `LISTEN` connection run on threads of their own until the store is dropped).
     pub fn open(url: &str) -> Result<Self, StoreError> {
+        off_runtime(|| Self::open_here(url))
+    }
+
+    fn open_here(url: &str) -> Result<Self, StoreError> {
         let mut config: postgres::Config = url
             .parse()
             .map_err(|e: postgres::Error| StoreError::Engine(format!("the database URL is not valid: {e}")))?;
@@ -112,13 +130,13 @@ impl PgStore {
 
 impl Drop for PgStore {
     fn drop(&mut self) {
-        self.node.leave(&self.pool);
+        off_runtime(|| self.node.leave(&self.pool));
     }
 }
 
 impl Store for PgStore {
     fn write_messages(&self, writes: &[MessageWrite<'_>]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        messages::write_batch(&self.pool, &self.node, writes)
+        off_runtime(|| messages::write_batch(&self.pool, &self.node, writes))
     }
 
     /// Every batch was committed (and so flushed to the WAL) before it returned.
@@ -127,15 +145,15 @@ impl Store for PgStore {
     }
 
     fn idempotency(&self, tenant: &TenantId, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
-        messages::idempotency(&self.pool, tenant, key)
+        off_runtime(|| messages::idempotency(&self.pool, tenant, key))
     }
 
     fn message(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<Message>, StoreError> {
-        messages::message(&self.pool, tenant, id)
+        off_runtime(|| messages::message(&self.pool, tenant, id))
     }
 
     fn mime(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<StoredMime>, StoreError> {
-        messages::mime(&self.pool, tenant, id)
+        off_runtime(|| messages::mime(&self.pool, tenant, id))
     }
 
     fn lease_due(
@@ -148,31 +166,31 @@ impl Store for PgStore {
     }
 
     fn recover_leases(&self) -> Result<usize, StoreError> {
-        nodes::reclaim_expired(&self.pool, &self.node)
+        off_runtime(|| nodes::reclaim_expired(&self.pool, &self.node))
     }
 
     fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        messages::next_due(&self.pool)
+        off_runtime(|| messages::next_due(&self.pool))
     }
 
     fn create_template(&self, template: &Template, version: &TemplateVersion) -> Result<bool, StoreError> {
-        catalog::create_template(&self.pool, template, version)
+        off_runtime(|| catalog::create_template(&self.pool, template, version))
     }
 
     fn add_template_version(&self, template: &Template, version: &TemplateVersion) -> Result<(), StoreError> {
-        catalog::add_template_version(&self.pool, template, version)
+        off_runtime(|| catalog::add_template_version(&self.pool, template, version))
     }
 
     fn template(&self, tenant: &TenantId, key: &TemplateKey) -> Result<Option<Template>, StoreError> {
-        catalog::template(&self.pool, tenant, key)
+        off_runtime(|| catalog::template(&self.pool, tenant, key))
     }
 
     fn template_version(&self, id: &TemplateId, version: u32) -> Result<Option<TemplateVersion>, StoreError> {
-        catalog::template_version(&self.pool, id, version)
+        off_runtime(|| catalog::template_version(&self.pool, id, version))
     }
 
     fn template_versions(&self, id: &TemplateId) -> Result<Vec<TemplateVersion>, StoreError> {
-        catalog::template_versions(&self.pool, id)
+        off_runtime(|| catalog::template_versions(&self.pool, id))
     }
 
     fn list_templates(
@@ -181,11 +199,11 @@ impl Store for PgStore {
         before: Option<&TemplateId>,
         limit: usize,
     ) -> Result<Vec<Template>, StoreError> {
-        catalog::list_templates(&self.pool, tenant, before, limit)
+        off_runtime(|| catalog::list_templates(&self.pool, tenant, before, limit))
     }
 
     fn delete_template(&self, template: &Template) -> Result<(), StoreError> {
-        catalog::delete_template(&self.pool, template)
+        off_runtime(|| catalog::delete_template(&self.pool, template))
     }
 
     fn events(
@@ -195,15 +213,15 @@ impl Store for PgStore {
         types: &[EventType],
         limit: usize,
     ) -> Result<(Vec<PublishedEvent>, Option<u64>), StoreError> {
-        stream::events(&self.pool, tenant, after, types, limit)
+        off_runtime(|| stream::events(&self.pool, tenant, after, types, limit))
     }
 
     fn suppressed(&self, tenant: &TenantId, emails: &[String]) -> Result<Vec<String>, StoreError> {
-        catalog::suppressed(&self.pool, tenant, emails)
+        off_runtime(|| catalog::suppressed(&self.pool, tenant, emails))
     }
 
     fn suppression(&self, tenant: &TenantId, email: &str) -> Result<Option<Suppression>, StoreError> {
-        catalog::suppression(&self.pool, tenant, email)
+        off_runtime(|| catalog::suppression(&self.pool, tenant, email))
     }
 
     fn list_suppressions(
@@ -212,59 +230,59 @@ impl Store for PgStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Suppression>, StoreError> {
-        catalog::list_suppressions(&self.pool, tenant, after, limit)
+        off_runtime(|| catalog::list_suppressions(&self.pool, tenant, after, limit))
     }
 
     fn put_suppression(&self, tenant: &TenantId, suppression: &Suppression) -> Result<(), StoreError> {
-        catalog::put_suppression(&self.pool, tenant, suppression)
+        off_runtime(|| catalog::put_suppression(&self.pool, tenant, suppression))
     }
 
     fn delete_suppression(&self, tenant: &TenantId, email: &str) -> Result<bool, StoreError> {
-        catalog::delete_suppression(&self.pool, tenant, email)
+        off_runtime(|| catalog::delete_suppression(&self.pool, tenant, email))
     }
 
     fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
-        stream::put_webhook(&self.pool, webhook)
+        off_runtime(|| stream::put_webhook(&self.pool, webhook))
     }
 
     fn webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<Option<Webhook>, StoreError> {
-        stream::webhook(&self.pool, tenant, id)
+        off_runtime(|| stream::webhook(&self.pool, tenant, id))
     }
 
     fn webhooks(&self, tenant: &TenantId) -> Result<Vec<Webhook>, StoreError> {
-        stream::webhooks(&mut *self.pool.get()?, &[tenant.as_str()])
+        off_runtime(|| stream::webhooks(&mut *self.pool.get()?, &[tenant.as_str()]))
     }
 
     fn delete_webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError> {
-        stream::delete_webhook(&self.pool, tenant, id)
+        off_runtime(|| stream::delete_webhook(&self.pool, tenant, id))
     }
 
     fn put_domain(&self, domain: &SenderDomain, create: bool) -> Result<bool, StoreError> {
-        catalog::put_domain(&self.pool, domain, create)
+        off_runtime(|| catalog::put_domain(&self.pool, domain, create))
     }
 
     fn domain(&self, tenant: &TenantId, id_or_name: &str) -> Result<Option<SenderDomain>, StoreError> {
-        catalog::domain(&self.pool, tenant, id_or_name)
+        off_runtime(|| catalog::domain(&self.pool, tenant, id_or_name))
     }
 
     fn domains(&self, tenant: Option<&TenantId>) -> Result<Vec<SenderDomain>, StoreError> {
-        catalog::domains(&self.pool, tenant)
+        off_runtime(|| catalog::domains(&self.pool, tenant))
     }
 
     fn delete_domain(&self, tenant: &TenantId, id: &DomainId) -> Result<bool, StoreError> {
-        catalog::delete_domain(&self.pool, tenant, id)
+        off_runtime(|| catalog::delete_domain(&self.pool, tenant, id))
     }
 
     fn secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
-        catalog::secret(&self.pool, name)
+        off_runtime(|| catalog::secret(&self.pool, name))
     }
 
     fn enqueue_deliveries(&self, entries: &[OutboxEntry]) -> Result<(), StoreError> {
-        stream::enqueue_deliveries(&mut *self.pool.get()?, entries)
+        off_runtime(|| stream::enqueue_deliveries(&mut *self.pool.get()?, entries))
     }
 
     fn lease_delivery(&self, now: DateTime<Utc>, lease: chrono::Duration) -> Result<Option<OutboxEntry>, StoreError> {
-        stream::lease_delivery(&self.pool, now, lease)
+        off_runtime(|| stream::lease_delivery(&self.pool, now, lease))
     }
 
     fn finish_delivery(
@@ -274,15 +292,15 @@ impl Store for PgStore {
         attempt: &DeliveryAttempt,
         webhook: Option<&Webhook>,
     ) -> Result<(), StoreError> {
-        stream::finish_delivery(&self.pool, leased, next, attempt, webhook)
+        off_runtime(|| stream::finish_delivery(&self.pool, leased, next, attempt, webhook))
     }
 
     fn deliveries(&self, id: &WebhookId, limit: usize) -> Result<Vec<DeliveryAttempt>, StoreError> {
-        stream::deliveries(&self.pool, id, limit)
+        off_runtime(|| stream::deliveries(&self.pool, id, limit))
     }
 
     fn event(&self, tenant: &TenantId, id: &str) -> Result<Option<PublishedEvent>, StoreError> {
-        stream::event(&self.pool, tenant, id)
+        off_runtime(|| stream::event(&self.pool, tenant, id))
     }
 
     fn apply_report(
@@ -295,7 +313,7 @@ impl Store for PgStore {
     }
 
     fn save_report(&self, tenant: &TenantId, source: &str, matched: bool, raw: &[u8]) -> Result<String, StoreError> {
-        catalog::save_report(&self.pool, tenant, source, matched, raw)
+        off_runtime(|| catalog::save_report(&self.pool, tenant, source, matched, raw))
     }
 
     fn list_messages(
@@ -310,11 +328,11 @@ impl Store for PgStore {
     }
 
     fn cancel(&self, tenant: &TenantId, id: &MessageId, now: DateTime<Utc>) -> Result<CancelOutcome, StoreError> {
-        messages::cancel(&self.pool, &self.node, tenant, id, now)
+        off_runtime(|| messages::cancel(&self.pool, &self.node, tenant, id, now))
     }
 
     fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
-        messages::queue_depth(&self.pool)
+        off_runtime(|| messages::queue_depth(&self.pool))
     }
 
     fn stats(
@@ -323,31 +341,31 @@ impl Store for PgStore {
         series: &crate::stats::Series,
         slots: std::ops::Range<u32>,
     ) -> Result<Vec<crate::stats::StatsRow>, StoreError> {
-        stats::read(&self.pool, tenant, series, slots)
+        off_runtime(|| stats::read(&self.pool, tenant, series, slots))
     }
 
     fn fold_stats(&self, max: usize) -> Result<usize, StoreError> {
-        stats::fold(&self.pool, max)
+        off_runtime(|| stats::fold(&self.pool, max))
     }
 
     fn revoke_token(&self, jti: &str, until: u64) -> Result<(), StoreError> {
-        catalog::revoke_token(&self.pool, jti, until)
+        off_runtime(|| catalog::revoke_token(&self.pool, jti, until))
     }
 
     fn revoked_tokens(&self, now: u64) -> Result<Vec<(String, u64)>, StoreError> {
-        catalog::revoked_tokens(&self.pool, now)
+        off_runtime(|| catalog::revoked_tokens(&self.pool, now))
     }
 
     fn count_messages(&self) -> Result<usize, StoreError> {
-        messages::count(&self.pool)
+        off_runtime(|| messages::count(&self.pool))
     }
 
     fn purge(&self, cutoffs: PurgeCutoffs, budget: usize) -> Result<PurgeReport, StoreError> {
-        retention::purge(&self.pool, cutoffs, budget)
+        off_runtime(|| retention::purge(&self.pool, cutoffs, budget))
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {
-        self.node.beat(&self.pool)
+        off_runtime(|| self.node.beat(&self.pool))
     }
 
     fn health(&self) -> StoreHealth {
