@@ -18,17 +18,8 @@ fn status(message: &serde_json::Value) -> &str {
     message["status"].as_str().unwrap_or_default()
 }
 
-#[tokio::test]
-async fn text_html_attachment_and_inline_image_arrive_intact_through_starttls_and_auth() {
-    text_html_attachment_and_inline_image_arrive_intact_through_starttls_and_auth_on(Backend::Sled).await;
-}
-
-#[tokio::test]
-async fn text_html_attachment_and_inline_image_arrive_intact_through_starttls_and_auth_on_postgres() {
-    text_html_attachment_and_inline_image_arrive_intact_through_starttls_and_auth_on(Backend::Postgres).await;
-}
-
-async fn text_html_attachment_and_inline_image_arrive_intact_through_starttls_and_auth_on(backend: Backend) {
+crate::on_both_backends!(text_html_attachment_and_inline_image_arrive_intact_through_starttls_and_auth);
+async fn text_html_attachment_and_inline_image_arrive_intact_through_starttls_and_auth(backend: Backend) {
     let app = spawn_app_on(backend).await;
     let pdf: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     let png = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR-not-really-an-image".to_vec();
@@ -218,17 +209,8 @@ async fn upstream_down_defers_and_everything_is_sent_once_it_is_back() {
     let _ = std::fs::remove_dir_all(&own.dir);
 }
 
-#[tokio::test]
-async fn a_scheduled_message_waits_for_send_at_and_can_be_cancelled_until_it_goes() {
-    a_scheduled_message_waits_for_send_at_and_can_be_cancelled_until_it_goes_on(Backend::Sled).await;
-}
-
-#[tokio::test]
-async fn a_scheduled_message_waits_for_send_at_and_can_be_cancelled_until_it_goes_on_postgres() {
-    a_scheduled_message_waits_for_send_at_and_can_be_cancelled_until_it_goes_on(Backend::Postgres).await;
-}
-
-async fn a_scheduled_message_waits_for_send_at_and_can_be_cancelled_until_it_goes_on(backend: Backend) {
+crate::on_both_backends!(a_scheduled_message_waits_for_send_at_and_can_be_cancelled_until_it_goes);
+async fn a_scheduled_message_waits_for_send_at_and_can_be_cancelled_until_it_goes(backend: Backend) {
     let app = spawn_app_on(backend).await;
     let at = (chrono::Utc::now() + chrono::Duration::seconds(2)).to_rfc3339();
     let mut scheduled = simple_message("later@example.test");
@@ -355,17 +337,8 @@ async fn an_idempotency_key_replays_the_first_answer_refuses_another_body_and_ra
     assert_eq!(bad.status(), 422);
 }
 
-#[tokio::test]
-async fn a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_item_keys() {
-    a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_item_keys_on(Backend::Sled).await;
-}
-
-#[tokio::test]
-async fn a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_item_keys_on_postgres() {
-    a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_item_keys_on(Backend::Postgres).await;
-}
-
-async fn a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_item_keys_on(backend: Backend) {
+crate::on_both_backends!(a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_item_keys);
+async fn a_batch_accepts_valid_items_refuses_invalid_ones_in_order_and_honours_item_keys(backend: Backend) {
     let app = spawn_app_on(backend).await;
     let mut keyed = simple_message("batch-2@example.test");
     keyed["idempotency_key"] = json!("batch-item-2");

@@ -14,17 +14,8 @@ async fn get(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-#[tokio::test]
-async fn a_hard_bounce_is_an_event_suppresses_the_address_and_the_next_send_skips_it() {
-    a_hard_bounce_is_an_event_suppresses_the_address_and_the_next_send_skips_it_on(Backend::Sled).await;
-}
-
-#[tokio::test]
-async fn a_hard_bounce_is_an_event_suppresses_the_address_and_the_next_send_skips_it_on_postgres() {
-    a_hard_bounce_is_an_event_suppresses_the_address_and_the_next_send_skips_it_on(Backend::Postgres).await;
-}
-
-async fn a_hard_bounce_is_an_event_suppresses_the_address_and_the_next_send_skips_it_on(backend: Backend) {
+crate::on_both_backends!(a_hard_bounce_is_an_event_suppresses_the_address_and_the_next_send_skips_it);
+async fn a_hard_bounce_is_an_event_suppresses_the_address_and_the_next_send_skips_it(backend: Backend) {
     let app = spawn_app_on(backend).await;
     let token = mint(&app.keys, "acme", "messages:send messages:read suppressions:manage");
     let first = app.send_ok(&simple_message("reject@example.test")).await;
@@ -58,17 +49,8 @@ async fn a_hard_bounce_is_an_event_suppresses_the_address_and_the_next_send_skip
     assert_eq!(suppressed["data"][0]["data"]["message_id"], second);
 }
 
-#[tokio::test]
-async fn the_event_stream_is_ordered_resumable_and_per_tenant() {
-    the_event_stream_is_ordered_resumable_and_per_tenant_on(Backend::Sled).await;
-}
-
-#[tokio::test]
-async fn the_event_stream_is_ordered_resumable_and_per_tenant_on_postgres() {
-    the_event_stream_is_ordered_resumable_and_per_tenant_on(Backend::Postgres).await;
-}
-
-async fn the_event_stream_is_ordered_resumable_and_per_tenant_on(backend: Backend) {
+crate::on_both_backends!(the_event_stream_is_ordered_resumable_and_per_tenant);
+async fn the_event_stream_is_ordered_resumable_and_per_tenant(backend: Backend) {
     let app = spawn_app_on(backend).await;
     let mut ids = Vec::new();
     for i in 0..3 {

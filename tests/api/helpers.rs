@@ -184,6 +184,25 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// Runs the test `body` (an `async fn(Backend)`) twice, as `body::sled` and
+/// `body::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($body:ident) => {
+        mod $body {
+            #[tokio::test]
+            async fn sled() {
+                super::$body($crate::helpers::Backend::Sled).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                super::$body($crate::helpers::Backend::Postgres).await;
+            }
+        }
+    };
+}
+
 /// Which store a test app runs on: the tests that matter run on both.
 #[derive(Clone, Copy, Debug)]
 pub enum Backend {

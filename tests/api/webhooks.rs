@@ -135,17 +135,8 @@ pub async fn create_hook(app: &TestApp, url: &str, events: Value) -> (u16, Value
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-#[tokio::test]
-async fn events_arrive_signed_per_standard_webhooks() {
-    events_arrive_signed_per_standard_webhooks_on(Backend::Sled).await;
-}
-
-#[tokio::test]
-async fn events_arrive_signed_per_standard_webhooks_on_postgres() {
-    events_arrive_signed_per_standard_webhooks_on(Backend::Postgres).await;
-}
-
-async fn events_arrive_signed_per_standard_webhooks_on(backend: Backend) {
+crate::on_both_backends!(events_arrive_signed_per_standard_webhooks);
+async fn events_arrive_signed_per_standard_webhooks(backend: Backend) {
     let app = app_with_fast_retries_on(backend).await;
     let receiver = Receiver::start(204).await;
     let (status, hook) = create_hook(&app, &receiver.url, json!(["*"])).await;
