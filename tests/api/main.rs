@@ -5,6 +5,7 @@
 mod auth_and_input;
 mod bounces;
 mod cli;
+mod cluster;
 mod config_file;
 mod console;
 mod crash;
