@@ -763,6 +763,26 @@ mod tests {
     }
 
     #[test]
+    fn the_postgres_backend_needs_exactly_one_source_of_its_url_and_sled_takes_none() {
+        let postgres = ("MAILGATE_STORAGE__BACKEND", "postgres");
+        let err = Settings::load(None, env(&[postgres])).unwrap_err();
+        assert!(format!("{err:#}").contains("storage.url_env"), "{err:#}");
+        let both = [
+            postgres,
+            ("MAILGATE_STORAGE__URL_ENV", "DB"),
+            ("MAILGATE_STORAGE__URL_FILE", "/run/db"),
+        ];
+        let err = Settings::load(None, env(&both)).unwrap_err();
+        assert!(format!("{err:#}").contains("not both"), "{err:#}");
+        let s = Settings::load(None, env(&[postgres, ("MAILGATE_STORAGE__URL_ENV", "DB")])).unwrap();
+        assert_eq!(s.storage.backend, StorageBackend::Postgres);
+        let err = Settings::load(None, env(&[("MAILGATE_STORAGE__URL_ENV", "DB")])).unwrap_err();
+        assert!(format!("{err:#}").contains("backend = \"postgres\""), "{err:#}");
+        let err = Settings::load(None, env(&[("MAILGATE_STORAGE__BACKEND", "mysql")])).unwrap_err();
+        assert!(format!("{err:#}").contains("storage.backend"), "{err:#}");
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = Settings::load(None, env(&[("MAILGATE_HTTP__LISTN", "x")])).unwrap_err();
         assert!(format!("{err:#}").contains("http.listn"), "{err:#}");

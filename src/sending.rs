@@ -143,12 +143,11 @@ impl Sender {
         // Suppressions are read on the writer thread just before the write; one added
         // after that still stops the send, because the worker reads them again with
         // the lease.
-        let prepare: Prepare = Box::new(|store, message| {
-            let emails: Vec<String> = message.recipients.iter().map(|r| r.email.clone()).collect();
-            let suppressed = store.suppressed(&message.tenant, &emails)?;
+        let prepare: Prepare = Box::new(|reads, message| {
+            let suppressed = reads.suppressed(message)?;
             let now = Utc::now();
-            for (index, email) in emails.iter().enumerate() {
-                if suppressed.contains(email) {
+            for index in 0..message.recipients.len() {
+                if suppressed.contains(&message.recipients[index].email) {
                     message.suppress(index, now);
                 }
             }

@@ -59,10 +59,7 @@ impl Worker {
         // the lease, in the same trip to the writer thread.
         let leased = self
             .writer
-            .lease(Box::new(|store, lease| {
-                let emails: Vec<String> = lease.message.recipients.iter().map(|r| r.email.clone()).collect();
-                store.suppressed(&lease.message.tenant, &emails)
-            }))
+            .lease(Box::new(|reads, lease| reads.suppressed(&lease.message)))
             .await?;
         // Held for the whole attempt: the lease counts against its tenant meanwhile.
         let Some((lease, suppressed, _counted)) = leased else {

@@ -325,6 +325,26 @@ pub trait Store: Send + Sync {
     /// Which of `emails` (lowercase) the tenant has suppressed.
     fn suppressed(&self, tenant: &TenantId, emails: &[String]) -> Result<Vec<String>, StoreError>;
 
+    /// Which of many (tenant, lowercase address) pairs are suppressed, in one read: the
+    /// writer thread asks once for a whole batch of acceptances or leases (a backend
+    /// across a network answers in one round trip instead of one per message).
+    fn suppressed_among(
+        &self,
+        asked: &[(TenantId, String)],
+    ) -> Result<std::collections::HashSet<(TenantId, String)>, StoreError> {
+        let mut by_tenant: std::collections::HashMap<&TenantId, Vec<String>> = std::collections::HashMap::new();
+        for (tenant, email) in asked {
+            by_tenant.entry(tenant).or_default().push(email.clone());
+        }
+        let mut found = std::collections::HashSet::new();
+        for (tenant, emails) in by_tenant {
+            for email in self.suppressed(tenant, &emails)? {
+                found.insert((tenant.clone(), email));
+            }
+        }
+        Ok(found)
+    }
+
     fn suppression(&self, tenant: &TenantId, email: &str) -> Result<Option<Suppression>, StoreError>;
 
     /// The tenant's suppressions ordered by address, after `after` when given.

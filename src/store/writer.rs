@@ -11,7 +11,7 @@
 //! thread. A caller still gets its answer only after its own write is on disk, and a
 //! lease is only ever of a message whose acceptance is on disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -19,17 +19,58 @@ use chrono::Utc;
 use tokio::sync::oneshot;
 
 use super::{Lease, MessageWrite, Store, StoreError};
+use crate::domain::auth::TenantId;
 use crate::domain::message::{IdempotencyKey, Message};
 
 /// Calls taken into one batch, at most: bounds the wait of the first of them.
 const MAX_BATCH: usize = 512;
 
-/// Adjusts a message on the writer thread just before it is accepted, with the store
-/// as it is at that moment (to apply suppressions, say).
-pub type Prepare = Box<dyn FnOnce(&dyn Store, &mut Message) -> Result<(), StoreError> + Send>;
+/// Adjusts a message on the writer thread just before it is accepted, with what the
+/// writer read for the batch at that moment (to apply suppressions, say).
+pub type Prepare = Box<dyn FnOnce(&BatchReads, &mut Message) -> Result<(), StoreError> + Send>;
 
 /// Reads what a worker needs with its lease, on the writer thread.
-pub type WithLease<T> = Box<dyn FnOnce(&dyn Store, &Lease) -> Result<T, StoreError> + Send>;
+pub type WithLease<T> = Box<dyn FnOnce(&BatchReads, &Lease) -> Result<T, StoreError> + Send>;
+
+/// What the writer thread reads once for a whole batch of acceptances or leases rather
+/// than once per message: the suppressed addresses among their recipients.
+pub struct BatchReads {
+    suppressed: Result<HashSet<(TenantId, String)>, String>,
+}
+
+impl BatchReads {
+    fn of<'m>(store: &dyn Store, messages: impl Iterator<Item = &'m Message>) -> Self {
+        let asked: Vec<(TenantId, String)> = messages
+            .flat_map(|m| {
+                m.recipients
+                    .iter()
+                    .map(|r| (m.tenant.clone(), r.email.to_ascii_lowercase()))
+            })
+            .collect();
+        let suppressed = if asked.is_empty() {
+            Ok(HashSet::new())
+        } else {
+            store
+                .suppressed_among(&asked)
+                .map_err(|err| crate::telemetry::ErrorChain(&err).to_string())
+        };
+        Self { suppressed }
+    }
+
+    /// Which of `message`'s recipients (as written) its tenant has suppressed.
+    pub fn suppressed(&self, message: &Message) -> Result<Vec<String>, StoreError> {
+        let found = self
+            .suppressed
+            .as_ref()
+            .map_err(|reason| StoreError::Batch(reason.clone()))?;
+        Ok(message
+            .recipients
+            .iter()
+            .filter(|r| found.contains(&(message.tenant.clone(), r.email.to_ascii_lowercase())))
+            .map(|r| r.email.clone())
+            .collect())
+    }
+}
 
 /// Which due messages may be leased now. Delivery uses it to keep a tenant that is at
 /// its cap on every relay from filling the workers while other tenants' mail waits.
@@ -49,7 +90,7 @@ pub type LeaseGuard = Box<dyn std::any::Any + Send>;
 type Leased = Option<(Lease, LeaseGuard)>;
 
 /// Called with a lease, or `None` when nothing is due.
-type LeaseAnswer = Box<dyn FnOnce(&dyn Store, Result<Leased, StoreError>) + Send>;
+type LeaseAnswer = Box<dyn FnOnce(&BatchReads, Result<Leased, StoreError>) + Send>;
 
 enum Call {
     Accept {
@@ -124,10 +165,10 @@ impl StoreWriter {
         with: WithLease<T>,
     ) -> Result<Option<(Lease, Result<T, StoreError>, LeaseGuard)>, StoreError> {
         let (answer, answered) = oneshot::channel();
-        self.send(Call::Lease(Box::new(move |store, leased| {
+        self.send(Call::Lease(Box::new(move |reads, leased| {
             let result = leased.map(|lease| {
                 lease.map(|(lease, guard)| {
-                    let extra = with(store, &lease);
+                    let extra = with(reads, &lease);
                     (lease, extra, guard)
                 })
             });
@@ -205,26 +246,33 @@ impl Pending {
 fn serve(store: &dyn Store, policy: &dyn LeasePolicy, batch: Vec<Call>) {
     let mut pending = Vec::new();
     let mut leases = Vec::new();
+    let mut accepts = Vec::new();
     for call in batch {
         match call {
             Call::Accept {
-                mut message,
+                message,
                 mime,
                 key,
                 prepare,
                 answer,
-            } => match prepare(store, &mut message) {
-                Ok(()) => pending.push(Pending::Accept(message, mime, key, answer)),
-                Err(err) => {
-                    let _ = answer.send(Err(err));
-                }
-            },
+            } => accepts.push((message, mime, key, prepare, answer)),
             Call::Save {
                 message,
                 release,
                 answer,
             } => pending.push(Pending::Save(message, release, answer)),
             Call::Lease(answer) => leases.push(answer),
+        }
+    }
+    if !accepts.is_empty() {
+        let reads = BatchReads::of(store, accepts.iter().map(|(message, ..)| message));
+        for (mut message, mime, key, prepare, answer) in accepts {
+            match prepare(&reads, &mut message) {
+                Ok(()) => pending.push(Pending::Accept(message, mime, key, answer)),
+                Err(err) => {
+                    let _ = answer.send(Err(err));
+                }
+            }
         }
     }
     let durable = pending.is_empty() || write_and_sync(store, pending);
@@ -235,8 +283,9 @@ fn serve(store: &dyn Store, policy: &dyn LeasePolicy, batch: Vec<Call>) {
         hand_out(store, policy, leases);
     } else {
         // What this batch wrote may not be on disk: lease nothing that could rest on it.
+        let nothing = BatchReads::of(store, std::iter::empty());
         for answer in leases {
-            answer(store, Err(StoreError::Batch("the store could not sync".to_owned())));
+            answer(&nothing, Err(StoreError::Batch("the store could not sync".to_owned())));
         }
     }
 }
@@ -286,19 +335,21 @@ fn hand_out(store: &dyn Store, policy: &dyn LeasePolicy, waiting: Vec<LeaseAnswe
     };
     match store.lease_due(Utc::now(), waiting.len(), &mut admit) {
         Ok(leases) => {
+            let reads = BatchReads::of(store, leases.iter().map(|lease| &lease.message));
             let mut leases = leases.into_iter();
             for answer in waiting {
                 let leased = leases.next().map(|lease| {
                     let guard = policy.lease_taken(lease.message.tenant.as_str());
                     (lease, guard)
                 });
-                answer(store, Ok(leased));
+                answer(&reads, Ok(leased));
             }
         }
         Err(err) => {
             let reason = crate::telemetry::ErrorChain(&err).to_string();
+            let nothing = BatchReads::of(store, std::iter::empty());
             for answer in waiting {
-                answer(store, Err(StoreError::Batch(reason.clone())));
+                answer(&nothing, Err(StoreError::Batch(reason.clone())));
             }
         }
     }
@@ -389,9 +440,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_held_key_fails_only_its_own_accept_and_prepare_sees_the_store() {
+    async fn a_held_key_fails_only_its_own_accept_and_prepare_sees_the_suppressions_read_for_the_batch() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let suppression = crate::domain::suppression::Suppression {
+            email: "b@example.test".into(),
+            reason: crate::domain::suppression::SuppressionReason::Manual,
+            created_at: Utc::now(),
+            source: "api".into(),
+            event_id: None,
+        };
+        store.put_suppression(&message().tenant, &suppression).unwrap();
         let writer = StoreWriter::start(Arc::clone(&store), Arc::new(Admit(|_| true))).unwrap();
         let key = IdempotencyKey {
             key: "k".into(),
@@ -403,15 +462,15 @@ mod tests {
             message(),
             b"m".to_vec(),
             None,
-            Box::new(|store, message| {
-                message.tags = vec![format!("stored before: {}", store.count_messages()?)];
+            Box::new(|reads, message| {
+                message.tags = reads.suppressed(message)?;
                 Ok(())
             }),
         );
         let (first, second, other) = tokio::join!(first, second, other);
         assert!(first.is_ok());
         assert!(matches!(second, Err(StoreError::Conflict)));
-        assert_eq!(other.unwrap().tags.len(), 1);
+        assert_eq!(other.unwrap().tags, ["b@example.test"]);
         assert_eq!(store.count_messages().unwrap(), 2);
     }
 }

@@ -1,6 +1,8 @@
 //! What changes rarely and is read often: templates and their versions, suppressions,
 //! sender domains, installation secrets, token revocations, raw reports.
 
+use std::collections::HashSet;
+
 use chrono::Utc;
 
 use super::pool::Pool;
@@ -151,6 +153,33 @@ pub(super) fn suppressed(pool: &Pool, tenant: &TenantId, emails: &[String]) -> R
         .zip(&lower)
         .filter(|(_, low)| held.contains(*low))
         .map(|(email, _)| email.clone())
+        .collect())
+}
+
+/// [`crate::store::Store::suppressed_among`] in one query.
+pub(super) fn suppressed_among(
+    pool: &Pool,
+    asked: &[(TenantId, String)],
+) -> Result<HashSet<(TenantId, String)>, StoreError> {
+    let tenants: Vec<&str> = asked.iter().map(|(t, _)| t.as_str()).collect();
+    let emails: Vec<String> = asked.iter().map(|(_, e)| e.to_ascii_lowercase()).collect();
+    let mut conn = pool.get()?;
+    let (client, st) = conn.parts();
+    let held: HashSet<(String, String)> = st
+        .query(
+            client,
+            "SELECT s.tenant, s.email FROM suppressions s
+               JOIN unnest($1::text[], $2::text[]) AS a(tenant, email)
+                 ON s.tenant = a.tenant AND s.email = a.email",
+            &[&tenants, &emails],
+        )?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    Ok(asked
+        .iter()
+        .filter(|(t, e)| held.contains(&(t.as_str().to_owned(), e.to_ascii_lowercase())))
+        .cloned()
         .collect())
 }
 

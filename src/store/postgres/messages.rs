@@ -12,7 +12,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use postgres::Transaction;
 
 use super::nodes::Node;
-use super::pool::Pool;
+use super::pool::{Pool, Statements};
 use super::{decode, encode, stream};
 use crate::domain::auth::TenantId;
 use crate::domain::ids::MessageId;
@@ -75,9 +75,10 @@ pub(super) fn write_batch(
             MessageWrite::Release(message) => (message, Write::Attempt { end: true }),
         })
         .collect();
-    let mut client = pool.get()?;
+    let mut conn = pool.get()?;
+    let (client, st) = conn.parts();
     let mut tx = client.transaction()?;
-    let written = write_in(&mut tx, node, &writes)?;
+    let written = write_in(&mut tx, st, node, &writes)?;
     tx.commit()?;
     for ((message, write), done) in writes.iter().zip(&written) {
         if matches!((write, done), (Write::Attempt { end: true }, Ok(true))) {
@@ -94,6 +95,7 @@ pub(super) fn write_batch(
 /// nothing (a held idempotency key, a lease this node no longer holds).
 fn write_in(
     tx: &mut Transaction<'_>,
+    st: &mut Statements,
     node: &Node,
     writes: &[(&Message, Write<'_>)],
 ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
@@ -105,7 +107,8 @@ fn write_in(
     let tokens: HashMap<String, Option<i64>> = if attempts.is_empty() {
         HashMap::new()
     } else {
-        tx.query(
+        st.query(
+            tx,
             "SELECT id, token FROM queue WHERE id = ANY($1) FOR UPDATE",
             &[&attempts],
         )?
@@ -121,20 +124,24 @@ fn write_in(
     let mut published: HashMap<String, usize> = if existing.is_empty() {
         HashMap::new()
     } else {
-        tx.query("SELECT id, published FROM messages WHERE id = ANY($1)", &[&existing])?
-            .iter()
-            .map(|row| {
-                (
-                    row.get::<_, String>(0),
-                    usize::try_from(row.get::<_, i32>(1)).unwrap_or(0),
-                )
-            })
-            .collect()
+        st.query(
+            tx,
+            "SELECT id, published FROM messages WHERE id = ANY($1)",
+            &[&existing],
+        )?
+        .iter()
+        .map(|row| {
+            (
+                row.get::<_, String>(0),
+                usize::try_from(row.get::<_, i32>(1)).unwrap_or(0),
+            )
+        })
+        .collect()
     };
     let mut allowed = Vec::with_capacity(writes.len());
     for (message, write) in writes {
         let ok = match write {
-            Write::Accept { key: Some(key), .. } => claim(tx, message, key)?,
+            Write::Accept { key: Some(key), .. } => claim(tx, st, message, key)?,
             Write::Accept { key: None, .. } | Write::Locked { .. } => true,
             Write::Attempt { .. } => {
                 // The lease in the row must be the one this node holds, if it holds
@@ -157,7 +164,7 @@ fn write_in(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let hooks_read = stream::webhooks(tx, &tenants)?;
+    let hooks_read = stream::webhooks(tx, st, &tenants)?;
     let read_hooks = |tenant: &crate::domain::auth::TenantId| {
         Ok(hooks_read.iter().filter(|h| &h.tenant == tenant).cloned().collect())
     };
@@ -230,20 +237,26 @@ fn write_in(
         rows.planned.push(planned);
         results.push(Ok(true));
     }
-    store_rows(tx, node, rows)?;
+    store_rows(tx, st, node, rows)?;
     Ok(results)
 }
 
 /// Claims the idempotency key for `message` in `tx`; `false` when another request holds
 /// it (fresh). A concurrent claim waits for this transaction, then sees the key held.
-fn claim(tx: &mut Transaction<'_>, message: &Message, key: &IdempotencyKey) -> Result<bool, StoreError> {
+fn claim(
+    tx: &mut Transaction<'_>,
+    st: &mut Statements,
+    message: &Message,
+    key: &IdempotencyKey,
+) -> Result<bool, StoreError> {
     let record = IdempotencyRecord {
         request_hash: key.request_hash.clone(),
         created_at: message.created_at,
         accepted: message.clone(),
     };
     let stale = message.created_at - IdempotencyRecord::TTL;
-    let claimed = tx.query_opt(
+    let claimed = st.query_opt(
+        tx,
         "INSERT INTO idempotency (tenant, key, created_at, record) VALUES ($1, $2, $3, $4)
          ON CONFLICT (tenant, key) DO UPDATE
             SET created_at = excluded.created_at, record = excluded.record
@@ -261,7 +274,7 @@ fn claim(tx: &mut Transaction<'_>, message: &Message, key: &IdempotencyKey) -> R
 }
 
 /// Writes the gathered rows, one statement per table.
-fn store_rows(tx: &mut Transaction<'_>, node: &Node, rows: Rows) -> Result<(), StoreError> {
+fn store_rows(tx: &mut Transaction<'_>, st: &mut Statements, node: &Node, rows: Rows) -> Result<(), StoreError> {
     if !rows.messages.is_empty() {
         let (mut ids, mut tenants, mut records, mut mimes, mut counts) = (vec![], vec![], vec![], vec![], vec![]);
         for (id, (tenant, record, mime, count)) in rows.messages {
@@ -271,7 +284,8 @@ fn store_rows(tx: &mut Transaction<'_>, node: &Node, rows: Rows) -> Result<(), S
             mimes.push(mime);
             counts.push(count);
         }
-        tx.execute(
+        st.execute(
+            tx,
             "INSERT INTO messages (id, tenant, record, mime, published)
              SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::bytea[], $5::int4[])
              ON CONFLICT (id) DO UPDATE SET record = excluded.record, published = excluded.published,
@@ -292,10 +306,11 @@ fn store_rows(tx: &mut Transaction<'_>, node: &Node, rows: Rows) -> Result<(), S
         }
     }
     if !dequeued.is_empty() {
-        tx.execute("DELETE FROM queue WHERE id = ANY($1)", &[&dequeued])?;
+        st.execute(tx, "DELETE FROM queue WHERE id = ANY($1)", &[&dequeued])?;
     }
     if !queued.is_empty() {
-        tx.execute(
+        st.execute(
+            tx,
             "INSERT INTO queue (id, tenant, due_at, state)
              SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[])
              ON CONFLICT (id) DO UPDATE SET due_at = excluded.due_at, state = excluded.state,
@@ -314,7 +329,8 @@ fn store_rows(tx: &mut Transaction<'_>, node: &Node, rows: Rows) -> Result<(), S
             days.push(day);
             bodies.push(body);
         }
-        tx.execute(
+        st.execute(
+            tx,
             "INSERT INTO events (tenant, pos, id, event_type, day, body)
              SELECT t, pg_current_xact_id()::text::bigint * 1048576 + o, i, k, d, b
                FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::date[], $6::bytea[])
@@ -329,7 +345,8 @@ fn store_rows(tx: &mut Transaction<'_>, node: &Node, rows: Rows) -> Result<(), S
             emails.push(email);
             records.push(record);
         }
-        tx.execute(
+        st.execute(
+            tx,
             "INSERT INTO suppressions (tenant, email, record)
              SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[]) ON CONFLICT DO NOTHING",
             &[&tenants, &emails, &records],
@@ -341,12 +358,16 @@ fn store_rows(tx: &mut Transaction<'_>, node: &Node, rows: Rows) -> Result<(), S
         deliveries.extend(planned.deliveries);
         counted.merge(&planned.stats);
     }
-    stream::enqueue_deliveries(tx, &deliveries)?;
+    stream::enqueue_deliveries(tx, st, &deliveries)?;
     if !counted.is_empty() {
-        tx.execute("INSERT INTO stats_journal (delta) VALUES ($1)", &[&counted.encode()])?;
+        st.execute(
+            tx,
+            "INSERT INTO stats_journal (delta) VALUES ($1)",
+            &[&counted.encode()],
+        )?;
     }
     if rows.due_now && node.should_notify() {
-        tx.execute("SELECT pg_notify($1, '')", &[&super::nodes::CHANNEL])?;
+        st.execute(tx, "SELECT pg_notify($1, '')", &[&super::nodes::CHANNEL])?;
     }
     Ok(())
 }
@@ -403,10 +424,12 @@ pub(super) fn lease_due(
     if max == 0 {
         return Ok(Vec::new());
     }
-    let mut client = pool.get()?;
+    let mut conn = pool.get()?;
+    let (client, st) = conn.parts();
     let mut tx = client.transaction()?;
     let scan = i64::try_from(max.saturating_add(LEASE_SKIP)).unwrap_or(i64::MAX);
-    let due = tx.query(
+    let due = st.query(
+        &mut tx,
         "SELECT id, tenant FROM queue WHERE node IS NULL AND due_at <= $1
           ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         &[&now, &scan],
@@ -455,11 +478,12 @@ pub(super) fn lease_due(
     }
     for (id, reason) in &unusable {
         tracing::error!(message_id = %id, reason, "parked an unusable queue entry");
-        tx.execute(
+        st.execute(
+            &mut tx,
             "INSERT INTO parked (id, reason) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET reason = excluded.reason",
             &[id, reason],
         )?;
-        tx.execute("DELETE FROM queue WHERE id = $1", &[id])?;
+        st.execute(&mut tx, "DELETE FROM queue WHERE id = $1", &[id])?;
     }
     tx.commit()?;
     node.hold(
@@ -504,7 +528,8 @@ pub(super) fn cancel(
     id: &MessageId,
     now: DateTime<Utc>,
 ) -> Result<CancelOutcome, StoreError> {
-    let mut client = pool.get()?;
+    let mut conn = pool.get()?;
+    let (client, st) = conn.parts();
     let mut tx = client.transaction()?;
     let Some((mut message, leased)) = lock_message(&mut tx, tenant, id)? else {
         return Ok(CancelOutcome::NotFound);
@@ -515,7 +540,7 @@ pub(super) fn cancel(
     if !message.cancel(now) {
         return Ok(CancelOutcome::TooLate(message.status));
     }
-    write_in(&mut tx, node, &[(&message, Write::Locked { dequeue: true })])?
+    write_in(&mut tx, st, node, &[(&message, Write::Locked { dequeue: true })])?
         .pop()
         .unwrap_or(Ok(false))?;
     tx.commit()?;
@@ -529,7 +554,8 @@ pub(super) fn apply_report(
     id: &MessageId,
     apply: &mut dyn FnMut(&mut Message),
 ) -> Result<ReportTarget, StoreError> {
-    let mut client = pool.get()?;
+    let mut conn = pool.get()?;
+    let (client, st) = conn.parts();
     let mut tx = client.transaction()?;
     let Some((mut message, leased)) = lock_message(&mut tx, tenant, id)? else {
         return Ok(ReportTarget::NotFound);
@@ -538,7 +564,7 @@ pub(super) fn apply_report(
         return Ok(ReportTarget::Busy);
     }
     apply(&mut message);
-    write_in(&mut tx, node, &[(&message, Write::Locked { dequeue: false })])?
+    write_in(&mut tx, st, node, &[(&message, Write::Locked { dequeue: false })])?
         .pop()
         .unwrap_or(Ok(false))?;
     tx.commit()?;

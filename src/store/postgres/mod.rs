@@ -220,6 +220,13 @@ impl Store for PgStore {
         off_runtime(|| catalog::suppressed(&self.pool, tenant, emails))
     }
 
+    fn suppressed_among(
+        &self,
+        asked: &[(TenantId, String)],
+    ) -> Result<std::collections::HashSet<(TenantId, String)>, StoreError> {
+        off_runtime(|| catalog::suppressed_among(&self.pool, asked))
+    }
+
     fn suppression(&self, tenant: &TenantId, email: &str) -> Result<Option<Suppression>, StoreError> {
         off_runtime(|| catalog::suppression(&self.pool, tenant, email))
     }
@@ -250,7 +257,11 @@ impl Store for PgStore {
     }
 
     fn webhooks(&self, tenant: &TenantId) -> Result<Vec<Webhook>, StoreError> {
-        off_runtime(|| stream::webhooks(&mut *self.pool.get()?, &[tenant.as_str()]))
+        off_runtime(|| {
+            let mut conn = self.pool.get()?;
+            let (client, st) = conn.parts();
+            stream::webhooks(client, st, &[tenant.as_str()])
+        })
     }
 
     fn delete_webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError> {
@@ -278,7 +289,11 @@ impl Store for PgStore {
     }
 
     fn enqueue_deliveries(&self, entries: &[OutboxEntry]) -> Result<(), StoreError> {
-        off_runtime(|| stream::enqueue_deliveries(&mut *self.pool.get()?, entries))
+        off_runtime(|| {
+            let mut conn = self.pool.get()?;
+            let (client, st) = conn.parts();
+            stream::enqueue_deliveries(client, st, entries)
+        })
     }
 
     fn lease_delivery(&self, now: DateTime<Utc>, lease: chrono::Duration) -> Result<Option<OutboxEntry>, StoreError> {

@@ -2,10 +2,12 @@
 //! and run on blocking threads, so a connection is taken for one call (one transaction)
 //! and given back, and a broken one is dropped instead of reused.
 
+use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
 
-use postgres::{Client, Config, NoTls};
+use postgres::types::ToSql;
+use postgres::{Client, Config, GenericClient, NoTls, Row, Statement};
 
 use crate::store::StoreError;
 
@@ -14,7 +16,56 @@ const MAX_IDLE: usize = 16;
 
 pub(super) struct Pool {
     config: Config,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<(Client, Statements)>>,
+}
+
+/// A connection's prepared statements, by their SQL: a statement of the hot path is
+/// parsed and planned once per connection, and each later use is one round trip
+/// instead of two.
+#[derive(Default)]
+pub(super) struct Statements(HashMap<&'static str, Statement>);
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+impl Statements {
+    fn prepared(&mut self, client: &mut impl GenericClient, sql: &'static str) -> Result<Statement, StoreError> {
+        if let Some(statement) = self.0.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = client.prepare(sql)?;
+        self.0.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    pub fn query(
+        &mut self,
+        client: &mut impl GenericClient,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<Vec<Row>, StoreError> {
+        let statement = self.prepared(client, sql)?;
+        Ok(client.query(&statement, params)?)
+    }
+
+    pub fn query_opt(
+        &mut self,
+        client: &mut impl GenericClient,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<Option<Row>, StoreError> {
+        let statement = self.prepared(client, sql)?;
+        Ok(client.query_opt(&statement, params)?)
+    }
+
+    pub fn execute(
+        &mut self,
+        client: &mut impl GenericClient,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<u64, StoreError> {
+        let statement = self.prepared(client, sql)?;
+        Ok(client.execute(&statement, params)?)
+    }
 }
 
 impl Pool {
@@ -37,8 +88,8 @@ impl Pool {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop();
         let client = match idle {
-            Some(client) if !client.is_closed() => client,
-            _ => self.connect()?,
+            Some((client, statements)) if !client.is_closed() => (client, statements),
+            _ => (self.connect()?, Statements::default()),
         };
         Ok(Conn {
             pool: self,
@@ -50,31 +101,42 @@ impl Pool {
 /// A pooled connection, given back when dropped unless it broke.
 pub(super) struct Conn<'a> {
     pool: &'a Pool,
-    client: Option<Client>,
+    client: Option<(Client, Statements)>,
+}
+
+impl Conn<'_> {
+    /// The client and its prepared statements, to use both in one transaction.
+    pub fn parts(&mut self) -> (&mut Client, &mut Statements) {
+        let (client, statements) = self
+            .client
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("taken only on drop"));
+        (client, statements)
+    }
 }
 
 impl Deref for Conn<'_> {
     type Target = Client;
 
     fn deref(&self) -> &Client {
-        self.client
+        &self
+            .client
             .as_ref()
             .unwrap_or_else(|| unreachable!("taken only on drop"))
+            .0
     }
 }
 
 impl DerefMut for Conn<'_> {
     fn deref_mut(&mut self) -> &mut Client {
-        self.client
-            .as_mut()
-            .unwrap_or_else(|| unreachable!("taken only on drop"))
+        self.parts().0
     }
 }
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
-            if client.is_closed() {
+            if client.0.is_closed() {
                 return;
             }
             let mut idle = self.pool.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -3,7 +3,7 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use postgres::GenericClient;
 
-use super::pool::Pool;
+use super::pool::{Pool, Statements};
 use super::{decode, encode};
 use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
@@ -101,15 +101,19 @@ pub(super) fn webhook(pool: &Pool, tenant: &TenantId, id: &WebhookId) -> Result<
 }
 
 /// The webhooks of `tenants`, each tenant's oldest first.
-pub(super) fn webhooks(client: &mut impl GenericClient, tenants: &[&str]) -> Result<Vec<Webhook>, StoreError> {
-    client
-        .query(
-            "SELECT record FROM webhooks WHERE tenant = ANY($1) ORDER BY tenant, id",
-            &[&tenants],
-        )?
-        .iter()
-        .map(|row| decode(row.get(0)))
-        .collect()
+pub(super) fn webhooks(
+    client: &mut impl GenericClient,
+    st: &mut Statements,
+    tenants: &[&str],
+) -> Result<Vec<Webhook>, StoreError> {
+    st.query(
+        client,
+        "SELECT record FROM webhooks WHERE tenant = ANY($1) ORDER BY tenant, id",
+        &[&tenants],
+    )?
+    .iter()
+    .map(|row| decode(row.get(0)))
+    .collect()
 }
 
 pub(super) fn delete_webhook(pool: &Pool, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError> {
@@ -119,14 +123,19 @@ pub(super) fn delete_webhook(pool: &Pool, tenant: &TenantId, id: &WebhookId) -> 
     )? > 0)
 }
 
-pub(super) fn enqueue_deliveries(client: &mut impl GenericClient, entries: &[OutboxEntry]) -> Result<(), StoreError> {
+pub(super) fn enqueue_deliveries(
+    client: &mut impl GenericClient,
+    st: &mut Statements,
+    entries: &[OutboxEntry],
+) -> Result<(), StoreError> {
     if entries.is_empty() {
         return Ok(());
     }
     let ids: Vec<&str> = entries.iter().map(|e| e.entry_id.as_str()).collect();
     let dues: Vec<DateTime<Utc>> = entries.iter().map(|e| e.due_at).collect();
     let bodies = entries.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
-    client.execute(
+    st.execute(
+        client,
         "INSERT INTO outbox (entry_id, due_at, body)
          SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::bytea[])
          ON CONFLICT (entry_id) DO UPDATE SET due_at = excluded.due_at, body = excluded.body",
@@ -184,14 +193,15 @@ pub(super) fn finish_delivery(
     attempt: &DeliveryAttempt,
     webhook: Option<&Webhook>,
 ) -> Result<(), StoreError> {
-    let mut client = pool.get()?;
+    let mut conn = pool.get()?;
+    let (client, st) = conn.parts();
     let mut tx = client.transaction()?;
     let still_ours = tx.execute(
         "DELETE FROM outbox WHERE entry_id = $1 AND due_at = $2",
         &[&leased.entry_id, &leased.due_at],
     )? > 0;
     if let (true, Some(next)) = (still_ours, next) {
-        enqueue_deliveries(&mut tx, std::slice::from_ref(next))?;
+        enqueue_deliveries(&mut tx, st, std::slice::from_ref(next))?;
     }
     tx.execute(
         "INSERT INTO webhook_attempts (webhook_id, day, body) VALUES ($1, $2, $3)",
