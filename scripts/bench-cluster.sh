@@ -20,7 +20,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 n=${1:-20000}
-delayed_n=512
+delayed_n=1024
 pg_dir=/tmp/mailgate-bench-pg
 pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 work=$(mktemp -d /tmp/mailgate-cluster.XXXXXX)

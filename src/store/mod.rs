@@ -232,7 +232,9 @@ pub trait Store: Send + Sync {
 
     /// Applies several writes of messages at once, each as [`Store::accept`],
     /// [`MessageWrite::Progress`] or [`Store::release`] would, but not yet durably:
-    /// they are visible at once and durable once a later [`Store::sync`] returns.
+    /// they are durable once a later [`Store::sync`] on the same thread returns. sled
+    /// shows them to every reader at once; PostgreSQL keeps them (and the leases the
+    /// same thread takes meanwhile) in one open transaction until that `sync` commits.
     /// One result per write, in order ([`StoreError::Conflict`] for an accept whose
     /// key is held). For [`writer::StoreWriter`], which shares one sync (and, in sled,
     /// one transaction) among everything that arrived together.

@@ -1,7 +1,8 @@
 //! The writer thread: the hot-path store calls (accepting a message, leasing one,
 //! recording an attempt) run on one thread, which takes everything queued at that
-//! moment, writes it in one [`Store::write_messages`] call, makes it durable with one
-//! [`Store::sync`], answers, and then hands out leases in one [`Store::lease_due`].
+//! moment, writes it in one [`Store::write_messages`] call, takes the leases asked for
+//! in one [`Store::lease_due`], makes both durable with one [`Store::sync`] (one commit
+//! on PostgreSQL), and answers: the writes, then the leases.
 //!
 //! Why a thread of its own: with a blocking-pool task per write and a shared flush,
 //! every write cost several thread hand-offs (to the pool, into the flush wait, back
@@ -275,44 +276,26 @@ fn serve(store: &dyn Store, policy: &dyn LeasePolicy, batch: Vec<Call>) {
             }
         }
     }
-    let durable = pending.is_empty() || write_and_sync(store, pending);
-    if leases.is_empty() {
-        return;
-    }
-    if durable {
-        hand_out(store, policy, leases);
-    } else {
-        // What this batch wrote may not be on disk: lease nothing that could rest on it.
-        let nothing = BatchReads::of(store, std::iter::empty());
-        for answer in leases {
-            answer(&nothing, Err(StoreError::Batch("the store could not sync".to_owned())));
-        }
-    }
-}
-
-/// Whether the batch's writes reached the disk.
-fn write_and_sync(store: &dyn Store, pending: Vec<Pending>) -> bool {
-    let writes: Vec<MessageWrite<'_>> = pending.iter().map(Pending::write).collect();
-    let written = store.write_messages(&writes);
-    drop(writes);
-    let outcomes = match written {
-        Ok(outcomes) => outcomes,
-        Err(err) => {
-            let reason = crate::telemetry::ErrorChain(&err).to_string();
-            tracing::error!(error = %reason, writes = pending.len(), "store write failed");
-            pending
-                .into_iter()
-                .for_each(|p| p.answer(Err(StoreError::Batch(reason.clone()))));
-            return false;
-        }
+    // Leases are taken after the writes and before the sync, so that a backend that
+    // commits at the sync commits them with the writes (one commit per batch on
+    // PostgreSQL); they are handed out only once the sync made the writes durable.
+    let had_writes = !pending.is_empty();
+    let written = write(store, pending);
+    let leased = match (&written, leases.is_empty()) {
+        (Some(_), false) => Some(take_leases(store, policy, leases.len())),
+        _ => None,
     };
-    let synced = store
-        .sync()
-        .map_err(|err| crate::telemetry::ErrorChain(&err).to_string());
-    if let Err(reason) = &synced {
-        tracing::error!(error = %reason, writes = pending.len(), "store sync failed");
+    let synced = match (had_writes, &written) {
+        (false, _) => Ok(()),
+        (true, None) => Err("the store write failed".to_owned()),
+        (true, Some(_)) => store
+            .sync()
+            .map_err(|err| crate::telemetry::ErrorChain(&err).to_string()),
+    };
+    if let (true, Err(reason)) = (had_writes, &synced) {
+        tracing::error!(error = %reason, "store sync failed");
     }
-    for (pending, outcome) in pending.into_iter().zip(outcomes) {
+    for (pending, outcome) in written.unwrap_or_default() {
         let outcome = match (&synced, outcome) {
             (_, Err(err)) => Err(err),
             (Err(reason), Ok(())) => Err(StoreError::Batch(reason.clone())),
@@ -320,10 +303,41 @@ fn write_and_sync(store: &dyn Store, pending: Vec<Pending>) -> bool {
         };
         pending.answer(outcome);
     }
-    synced.is_ok()
+    if leases.is_empty() {
+        return;
+    }
+    let leased = match (synced, leased) {
+        (Ok(()), Some(leased)) => leased,
+        // What this batch wrote may not be on disk: lease nothing that could rest on it.
+        _ => Err(StoreError::Batch("the store could not sync".to_owned())),
+    };
+    hand_out(store, policy, leases, leased);
 }
 
-fn hand_out(store: &dyn Store, policy: &dyn LeasePolicy, waiting: Vec<LeaseAnswer>) {
+/// Writes the batch; each write with its outcome, or `None` when the whole write
+/// failed (every write is answered then).
+fn write(store: &dyn Store, pending: Vec<Pending>) -> Option<Vec<(Pending, Result<(), StoreError>)>> {
+    if pending.is_empty() {
+        return Some(Vec::new());
+    }
+    let writes: Vec<MessageWrite<'_>> = pending.iter().map(Pending::write).collect();
+    let written = store.write_messages(&writes);
+    drop(writes);
+    match written {
+        Ok(outcomes) => Some(pending.into_iter().zip(outcomes).collect()),
+        Err(err) => {
+            let reason = crate::telemetry::ErrorChain(&err).to_string();
+            tracing::error!(error = %reason, writes = pending.len(), "store write failed");
+            pending
+                .into_iter()
+                .for_each(|p| p.answer(Err(StoreError::Batch(reason.clone()))));
+            None
+        }
+    }
+}
+
+/// Leases up to `max` due messages that `policy` admits.
+fn take_leases(store: &dyn Store, policy: &dyn LeasePolicy, max: usize) -> Result<Vec<Lease>, StoreError> {
     let mut admitted: HashMap<String, u32> = HashMap::new();
     let mut admit = |tenant: &str| {
         let count = admitted.get(tenant).copied().unwrap_or(0);
@@ -333,7 +347,17 @@ fn hand_out(store: &dyn Store, policy: &dyn LeasePolicy, waiting: Vec<LeaseAnswe
         }
         admits
     };
-    match store.lease_due(Utc::now(), waiting.len(), &mut admit) {
+    store.lease_due(Utc::now(), max, &mut admit)
+}
+
+/// Answers the workers waiting for a lease, each with one of `leased` (or `None`).
+fn hand_out(
+    store: &dyn Store,
+    policy: &dyn LeasePolicy,
+    waiting: Vec<LeaseAnswer>,
+    leased: Result<Vec<Lease>, StoreError>,
+) {
+    match leased {
         Ok(leases) => {
             let reads = BatchReads::of(store, leases.iter().map(|lease| &lease.message));
             let mut leases = leases.into_iter();

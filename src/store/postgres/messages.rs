@@ -9,7 +9,10 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use postgres::Transaction;
+use std::sync::Mutex;
+use std::thread::ThreadId;
+
+use postgres::{Client, GenericClient, Transaction};
 
 use super::nodes::Node;
 use super::pool::{Pool, Statements};
@@ -61,11 +64,46 @@ fn status_of(message: &Message) -> String {
     message.status.as_str().to_owned()
 }
 
-/// Writes a batch of the writer thread in one transaction and one commit.
+/// A writer batch's transaction, left open by [`write_batch`] so that the leases the
+/// writer takes next ([`lease_due`]) commit with it: one commit per writer batch.
+/// [`commit_batch`] (`Store::sync`) commits it. Open batches are kept per thread, so a
+/// thread's `sync` commits its own writes only.
+pub(super) struct OpenBatch {
+    client: Client,
+    st: Statements,
+    /// Leases this batch ended, let go once it commits.
+    released: Vec<String>,
+}
+
+#[derive(Default)]
+pub(super) struct OpenBatches(Mutex<HashMap<ThreadId, OpenBatch>>);
+
+impl OpenBatches {
+    fn take(&self) -> Option<OpenBatch> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&std::thread::current().id())
+    }
+
+    fn keep(&self, batch: OpenBatch) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(std::thread::current().id(), batch);
+    }
+}
+
+/// Stages a batch of the writer thread in this thread's open transaction (begun here
+/// when there is none); visible to everyone once [`commit_batch`] commits it. With
+/// `commit`, commits it at once (a caller that cannot count on calling `sync` from the
+/// same thread).
 pub(super) fn write_batch(
     pool: &Pool,
     node: &Node,
+    open: &OpenBatches,
     writes: &[MessageWrite<'_>],
+    commit: bool,
 ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let writes: Vec<(&Message, Write<'_>)> = writes
         .iter()
@@ -75,15 +113,35 @@ pub(super) fn write_batch(
             MessageWrite::Release(message) => (message, Write::Attempt { end: true }),
         })
         .collect();
-    let mut conn = pool.get()?;
-    let (client, st) = conn.parts();
-    let mut tx = client.transaction()?;
-    let written = write_in(&mut tx, st, node, &writes)?;
-    tx.commit()?;
+    let mut batch = match open.take() {
+        Some(batch) => batch,
+        None => {
+            let (mut client, st) = pool.take()?;
+            client.batch_execute("BEGIN")?;
+            OpenBatch {
+                client,
+                st,
+                released: Vec::new(),
+            }
+        }
+    };
+    let written = match write_in(&mut batch.client, &mut batch.st, node, &writes) {
+        Ok(written) => written,
+        Err(err) => {
+            if batch.client.batch_execute("ROLLBACK").is_ok() {
+                pool.give((batch.client, batch.st));
+            }
+            return Err(err);
+        }
+    };
     for ((message, write), done) in writes.iter().zip(&written) {
         if matches!((write, done), (Write::Attempt { end: true }, Ok(true))) {
-            node.let_go(message.id.as_str());
+            batch.released.push(message.id.as_str().to_owned());
         }
+    }
+    open.keep(batch);
+    if commit {
+        commit_batch(pool, node, open)?;
     }
     Ok(written
         .into_iter()
@@ -91,10 +149,24 @@ pub(super) fn write_batch(
         .collect())
 }
 
+/// Commits this thread's open batch, if any: from here on its writes and leases are
+/// durable and visible.
+pub(super) fn commit_batch(pool: &Pool, node: &Node, open: &OpenBatches) -> Result<(), StoreError> {
+    let Some(mut batch) = open.take() else {
+        return Ok(());
+    };
+    batch.client.batch_execute("COMMIT")?;
+    for id in &batch.released {
+        node.let_go(id);
+    }
+    pool.give((batch.client, batch.st));
+    Ok(())
+}
+
 /// Stages `writes` in `tx`: per write, `true` when written, `false` when it must write
 /// nothing (a held idempotency key, a lease this node no longer holds).
 fn write_in(
-    tx: &mut Transaction<'_>,
+    tx: &mut impl GenericClient,
     st: &mut Statements,
     node: &Node,
     writes: &[(&Message, Write<'_>)],
@@ -244,7 +316,7 @@ fn write_in(
 /// Claims the idempotency key for `message` in `tx`; `false` when another request holds
 /// it (fresh). A concurrent claim waits for this transaction, then sees the key held.
 fn claim(
-    tx: &mut Transaction<'_>,
+    tx: &mut impl GenericClient,
     st: &mut Statements,
     message: &Message,
     key: &IdempotencyKey,
@@ -274,7 +346,7 @@ fn claim(
 }
 
 /// Writes the gathered rows, one statement per table.
-fn store_rows(tx: &mut Transaction<'_>, st: &mut Statements, node: &Node, rows: Rows) -> Result<(), StoreError> {
+fn store_rows(tx: &mut impl GenericClient, st: &mut Statements, node: &Node, rows: Rows) -> Result<(), StoreError> {
     if !rows.messages.is_empty() {
         let (mut ids, mut tenants, mut records, mut mimes, mut counts) = (vec![], vec![], vec![], vec![], vec![]);
         for (id, (tenant, record, mime, count)) in rows.messages {
@@ -417,6 +489,7 @@ pub(super) fn mime(pool: &Pool, tenant: &TenantId, id: &MessageId) -> Result<Opt
 pub(super) fn lease_due(
     pool: &Pool,
     node: &Node,
+    open: &OpenBatches,
     now: DateTime<Utc>,
     max: usize,
     admit: &mut dyn FnMut(&str) -> bool,
@@ -424,12 +497,42 @@ pub(super) fn lease_due(
     if max == 0 {
         return Ok(Vec::new());
     }
-    let mut conn = pool.get()?;
-    let (client, st) = conn.parts();
-    let mut tx = client.transaction()?;
+    // After a batch of writes, in its transaction: the claims commit with it.
+    let (leases, tokens) = match open.take() {
+        Some(mut batch) => {
+            let claimed = claim_due(&mut batch.client, &mut batch.st, node, now, max, admit);
+            open.keep(batch);
+            claimed?
+        }
+        None => {
+            let mut conn = pool.get()?;
+            let (client, st) = conn.parts();
+            let mut tx = client.transaction()?;
+            let claimed = claim_due(&mut tx, st, node, now, max, admit)?;
+            tx.commit()?;
+            claimed
+        }
+    };
+    node.hold(
+        leases
+            .iter()
+            .filter_map(|l| Some((l.message.id.as_str().to_owned(), *tokens.get(l.message.id.as_str())?))),
+    );
+    Ok(leases)
+}
+
+/// Claims up to `max` due messages in `tx`; the leases and their fencing tokens.
+fn claim_due(
+    tx: &mut impl GenericClient,
+    st: &mut Statements,
+    node: &Node,
+    now: DateTime<Utc>,
+    max: usize,
+    admit: &mut dyn FnMut(&str) -> bool,
+) -> Result<(Vec<Lease>, HashMap<String, i64>), StoreError> {
     let scan = i64::try_from(max.saturating_add(LEASE_SKIP)).unwrap_or(i64::MAX);
     let due = st.query(
-        &mut tx,
+        tx,
         "SELECT id, tenant FROM queue WHERE node IS NULL AND due_at <= $1
           ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         &[&now, &scan],
@@ -444,18 +547,23 @@ pub(super) fn lease_due(
         }
     }
     if admitted.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), HashMap::new()));
     }
-    let tokens: HashMap<String, i64> = tx
+    let tokens: HashMap<String, i64> = st
         .query(
+            tx,
             "UPDATE queue SET node = $1, token = nextval('lease_tokens') WHERE id = ANY($2) RETURNING id, token",
             &[&node.id, &admitted],
         )?
         .iter()
         .map(|row| (row.get(0), row.get(1)))
         .collect();
-    let mut found: HashMap<String, Result<Lease, StoreError>> = tx
-        .query("SELECT id, record, mime FROM messages WHERE id = ANY($1)", &[&admitted])?
+    let mut found: HashMap<String, Result<Lease, StoreError>> = st
+        .query(
+            tx,
+            "SELECT id, record, mime FROM messages WHERE id = ANY($1)",
+            &[&admitted],
+        )?
         .iter()
         .map(|row| {
             let id: String = row.get(0);
@@ -479,19 +587,13 @@ pub(super) fn lease_due(
     for (id, reason) in &unusable {
         tracing::error!(message_id = %id, reason, "parked an unusable queue entry");
         st.execute(
-            &mut tx,
+            tx,
             "INSERT INTO parked (id, reason) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET reason = excluded.reason",
             &[id, reason],
         )?;
-        st.execute(&mut tx, "DELETE FROM queue WHERE id = $1", &[id])?;
+        st.execute(tx, "DELETE FROM queue WHERE id = $1", &[id])?;
     }
-    tx.commit()?;
-    node.hold(
-        leases
-            .iter()
-            .filter_map(|l| Some((l.message.id.as_str().to_owned(), *tokens.get(l.message.id.as_str())?))),
-    );
-    Ok(leases)
+    Ok((leases, tokens))
 }
 
 pub(super) fn next_due(pool: &Pool) -> Result<Option<DateTime<Utc>>, StoreError> {

@@ -100,6 +100,8 @@ fn off_runtime<T: Send>(call: impl FnOnce() -> T + Send) -> T {
 pub struct PgStore {
     pool: Arc<Pool>,
     node: Arc<Node>,
+    /// Each writing thread's batch transaction until its `sync` (see `messages`).
+    open: messages::OpenBatches,
 }
 
 impl PgStore {
@@ -124,7 +126,11 @@ impl PgStore {
             schema::ensure_partitions(&mut client, Utc::now(), 3)?;
         }
         let node = Node::register(Arc::clone(&pool))?;
-        Ok(Self { pool, node })
+        Ok(Self {
+            pool,
+            node,
+            open: messages::OpenBatches::default(),
+        })
     }
 }
 
@@ -136,12 +142,16 @@ impl Drop for PgStore {
 
 impl Store for PgStore {
     fn write_messages(&self, writes: &[MessageWrite<'_>]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        off_runtime(|| messages::write_batch(&self.pool, &self.node, writes))
+        // On a thread of its own (see `off_runtime`), the batch cannot wait for a `sync`
+        // from the caller's thread: it commits at once.
+        let commit = tokio::runtime::Handle::try_current().is_ok();
+        off_runtime(|| messages::write_batch(&self.pool, &self.node, &self.open, writes, commit))
     }
 
-    /// Every batch was committed (and so flushed to the WAL) before it returned.
+    /// Commits this thread's batch transaction: the writes (and the leases taken
+    /// after them) are in the WAL, flushed, when it returns.
     fn sync(&self) -> Result<(), StoreError> {
-        Ok(())
+        off_runtime(|| messages::commit_batch(&self.pool, &self.node, &self.open))
     }
 
     fn idempotency(&self, tenant: &TenantId, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
@@ -162,7 +172,7 @@ impl Store for PgStore {
         max: usize,
         admit: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Vec<Lease>, StoreError> {
-        messages::lease_due(&self.pool, &self.node, now, max, admit)
+        messages::lease_due(&self.pool, &self.node, &self.open, now, max, admit)
     }
 
     fn recover_leases(&self) -> Result<usize, StoreError> {

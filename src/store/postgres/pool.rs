@@ -82,19 +82,35 @@ impl Pool {
     }
 
     pub fn get(&self) -> Result<Conn<'_>, StoreError> {
+        Ok(Conn {
+            pool: self,
+            client: Some(self.take()?),
+        })
+    }
+
+    /// A connection of the pool, for a caller that keeps it across calls (an open
+    /// writer batch); it goes back with [`Pool::give`].
+    pub fn take(&self) -> Result<(Client, Statements), StoreError> {
         let idle = self
             .idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .pop();
-        let client = match idle {
+        Ok(match idle {
             Some((client, statements)) if !client.is_closed() => (client, statements),
             _ => (self.connect()?, Statements::default()),
-        };
-        Ok(Conn {
-            pool: self,
-            client: Some(client),
         })
+    }
+
+    /// Gives a connection back, unless it broke or enough are idle.
+    pub fn give(&self, conn: (Client, Statements)) {
+        if conn.0.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_IDLE {
+            idle.push(conn);
+        }
     }
 }
 
@@ -135,14 +151,8 @@ impl DerefMut for Conn<'_> {
 
 impl Drop for Conn<'_> {
     fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            if client.0.is_closed() {
-                return;
-            }
-            let mut idle = self.pool.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if idle.len() < MAX_IDLE {
-                idle.push(client);
-            }
+        if let Some(conn) = self.client.take() {
+            self.pool.give(conn);
         }
     }
 }
