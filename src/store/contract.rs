@@ -180,6 +180,7 @@ pub(crate) fn events_reach_the_stream_once_in_position_order_per_tenant(backend:
     store.write_messages(&[MessageWrite::Progress(&first)]).unwrap()[0]
         .as_ref()
         .unwrap();
+    store.sync().unwrap();
     let (events, last) = store.events(&first.tenant, None, &[], 10).unwrap();
     let ids: Vec<&str> = events.iter().map(|e| e.data.message_id.as_str()).collect();
     assert_eq!(

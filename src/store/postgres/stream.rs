@@ -13,8 +13,9 @@ use crate::domain::webhook::{DeliveryAttempt, OutboxEntry, Webhook};
 use crate::store::StoreError;
 
 /// How many times (10 ms each) a read waits for committed events held back by the
-/// horizon (see [`events`]).
-const HELD_BACK_WAITS: u32 = 50;
+/// horizon (see [`events`]): a transaction that began earlier usually ends within
+/// milliseconds, but a loaded machine can stretch that to seconds.
+const HELD_BACK_WAITS: u32 = 300;
 
 fn limit_of(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
