@@ -1,5 +1,10 @@
-//! Durable state behind one trait, so that sled today and PostgreSQL later share one
-//! contract (and one contract test suite: `contract` (test builds), which each backend runs).
+//! Durable state behind one trait, with two backends that share one contract and one
+//! contract test suite (`contract`, in test builds): `sled_store` (embedded, one node)
+//! and `postgres` (several nodes on one database). Both are laid out alike, one file
+//! per concern: `messages` (writes and the queue), `stream` (events, webhooks and their
+//! outbox), `catalog` (templates, suppressions, domains, secrets, revocations, reports),
+//! `stats`, `retention`; what a write of a message implies besides itself is decided
+//! once for both (`consequences`).
 //!
 //! Every method is synchronous and may block on disk: call it from a blocking
 //! context (`web::block`, `spawn_blocking`), never directly on an async executor. The
@@ -9,10 +14,7 @@
 mod consequences;
 #[cfg(test)]
 pub(crate) mod contract;
-mod depth;
-mod group_flush;
 mod postgres;
-mod resilient;
 mod sled_store;
 pub mod writer;
 
@@ -61,7 +63,7 @@ pub(crate) mod test_support {
 }
 
 pub use postgres::PgStore;
-pub use resilient::ResilientStore;
+pub use sled_store::ResilientStore;
 pub use sled_store::{SledStore, DEFAULT_CACHE_BYTES};
 
 use chrono::{DateTime, Utc};

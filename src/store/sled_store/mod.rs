@@ -1,4 +1,7 @@
-//! The sled implementation of [`Store`].
+//! The sled implementation of [`Store`]: this file holds the trees and the
+//! trait's dispatch; `messages`, `stream`, `catalog`, `stats` and `retention` hold the
+//! work, as in `postgres`; `mime_log`, `depth` (queue depth counters), `group_flush`
+//! and `resilient` (a full disk) are sled's own.
 //!
 //! # Layout
 //!
@@ -47,15 +50,22 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Db, Tree};
 
 use super::consequences::{self, Consequences, HookCache};
-use super::depth::{self, DepthDelta};
 use super::{
     CancelOutcome, Lease, MessageWrite, PurgeCutoffs, PurgeReport, QueueDepth, ReportTarget, Store, StoreError,
     StoredMime,
 };
+use depth::DepthDelta;
 
+mod catalog;
+mod depth;
+mod group_flush;
+mod messages;
 mod mime_log;
+mod resilient;
 mod retention;
 mod stats;
+mod stream;
+
 use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
 use crate::domain::ids::{DomainId, WebhookId};
@@ -69,6 +79,7 @@ use crate::domain::template::{Template, TemplateKey, TemplateVersion};
 use crate::domain::webhook::{DeliveryAttempt, OutboxEntry, Webhook};
 use crate::stats::{Series, StatsDelta, StatsRow};
 use mime_log::{MimeLog, MimeRef};
+pub use resilient::ResilientStore;
 
 pub struct SledStore {
     db: Db,
@@ -114,7 +125,7 @@ pub struct SledStore {
     resume_points: std::sync::Mutex<retention::ResumePoints>,
     /// Held while stream positions are taken and committed (see `commit`).
     stream_order: std::sync::Mutex<()>,
-    group_flush: super::group_flush::GroupFlush,
+    group_flush: group_flush::GroupFlush,
 }
 
 /// `tenant \0 rest`: keys that group one tenant's rows together in iteration order.
@@ -224,22 +235,6 @@ fn encode(message: &Message) -> Result<Vec<u8>, ConflictableTransactionError<Sto
     encode_json(message)
 }
 
-/// Which write of a message [`SledStore::commit`] performs.
-enum Commit<'a> {
-    /// First write: with the MIME, queued when due, claiming the idempotency key.
-    Accept {
-        mime: &'a [u8],
-        key: Option<&'a IdempotencyKey>,
-    },
-    /// Mid-attempt: the lease stays.
-    Progress,
-    /// End of an attempt: the lease ends, queued again when a retry is due.
-    Release,
-    /// Compare-and-swap (later reports, cancellation): only if nobody leased or
-    /// changed the message since `read`; with `dequeue`, its queue entry goes too.
-    Swap { read: &'a [u8], dequeue: bool },
-}
-
 /// `due millis ++ entry id`: deliveries in due order.
 fn outbox_key(entry: &OutboxEntry) -> Vec<u8> {
     let millis = u64::try_from(entry.due_at.timestamp_millis()).unwrap_or(0);
@@ -277,351 +272,9 @@ fn live_count(counters: &Tree, segment: u32) -> Result<i64, StoreError> {
 /// sled's page cache unless configured (`storage.cache_bytes`).
 pub const DEFAULT_CACHE_BYTES: u64 = 128 * 1024 * 1024;
 
-/// Due entries a lease scan may pass over (tenants the caller does not admit now)
-/// before it gives up: the scan reads queue entries only, so this is cheap.
-const LEASE_SKIP_BUDGET: usize = 10_000;
-
-/// A due queue entry read for leasing: its key, the message record as read, the lease.
-struct Candidate {
-    key: sled::IVec,
-    read: sled::IVec,
-    lease: Lease,
-}
-
-/// What a write of a message adds besides the message, with the stream position of
-/// each of its fresh events (see `SledStore::consequences`).
-struct Positioned {
-    positions: Vec<u64>,
-    planned: Consequences,
-}
-
-/// The trees a message write touches, inside one transaction.
-struct Staging<'t> {
-    messages: &'t TransactionalTree,
-    mimes: &'t TransactionalTree,
-    queue: &'t TransactionalTree,
-    leases: &'t TransactionalTree,
-    events: &'t TransactionalTree,
-    event_ids: &'t TransactionalTree,
-    suppressions: &'t TransactionalTree,
-    outbox: &'t TransactionalTree,
-    by_tenant: &'t TransactionalTree,
-    keys: &'t TransactionalTree,
-    /// What this transaction changes in the depth counters.
-    depth: DepthDelta,
-    /// What it adds to the report counters.
-    stats: RefCell<StatsDelta>,
-    /// What it adds to each MIME segment's live count.
-    segments: RefCell<std::collections::BTreeMap<u32, i64>>,
-}
-
 type Staged<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
-impl Staging<'_> {
-    /// Stages one write; `false` when it must write nothing (see `commit_all`).
-    fn write(
-        &self,
-        message: &Message,
-        change: &Commit<'_>,
-        positioned: &Positioned,
-        stored: Option<&MimeRef>,
-    ) -> Staged<bool> {
-        let tenant = &message.tenant;
-        let requeue = match *change {
-            Commit::Accept { key, .. } => {
-                let stored = stored.ok_or_else(|| {
-                    ConflictableTransactionError::Abort(StoreError::Missing(format!("MIME of {}", message.id)))
-                })?;
-                if let Some(key) = key {
-                    if !self.claim(message, key)? {
-                        return Ok(false);
-                    }
-                }
-                self.mimes.insert(message.id.as_str(), &stored.encode())?;
-                *self.segments.borrow_mut().entry(stored.segment).or_default() += 1;
-                self.by_tenant.insert(tenant_key(tenant, message.id.as_str()), &[])?;
-                true
-            }
-            Commit::Progress => false,
-            Commit::Release => {
-                if self.leases.remove(message.id.as_str())?.is_some() {
-                    self.depth.lease(-1);
-                }
-                true
-            }
-            Commit::Swap { read, dequeue } => {
-                let unchanged = self
-                    .messages
-                    .get(message.id.as_str())?
-                    .is_some_and(|now| now.as_ref() == read);
-                if self.leases.get(message.id.as_str())?.is_some() || !unchanged {
-                    return Ok(false);
-                }
-                if dequeue {
-                    let stored: Message = serde_json::from_slice(read)
-                        .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
-                    if let Some(due) = stored.next_attempt_at {
-                        if let Some(entry) = self.queue.remove(queue_key(due, &message.id))? {
-                            self.depth.queue_entry(&entry, -1);
-                        }
-                    }
-                }
-                false
-            }
-        };
-        self.messages.insert(message.id.as_str(), encode(message)?)?;
-        if let (true, Some(due)) = (requeue, message.next_attempt_at) {
-            let value = queue_value(message);
-            if let Some(replaced) = self.queue.insert(queue_key(due, &message.id), value.as_slice())? {
-                self.depth.queue_entry(&replaced, -1);
-            }
-            self.depth.queue_entry(&value, 1);
-        }
-        let planned = &positioned.planned;
-        for (position, event) in positioned.positions.iter().zip(&planned.fresh) {
-            self.events.insert(stream_key(tenant, *position), encode_json(event)?)?;
-            self.event_ids.insert(event.id.as_str(), &position.to_be_bytes())?;
-        }
-        for suppression in &planned.implied {
-            let key = tenant_key(tenant, &suppression.email);
-            if self.suppressions.get(&key)?.is_none() {
-                self.suppressions.insert(key, encode_json(suppression)?)?;
-            }
-        }
-        for entry in &planned.deliveries {
-            self.outbox.insert(outbox_key(entry), encode_json(entry)?)?;
-        }
-        self.stats.borrow_mut().merge(&planned.stats);
-        Ok(true)
-    }
-
-    /// Claims the idempotency key for `message`; `false` when another request holds it.
-    fn claim(&self, message: &Message, key: &IdempotencyKey) -> Staged<bool> {
-        let slot = tenant_key(&message.tenant, &key.key);
-        let held = match self.keys.get(&slot)? {
-            Some(raw) => serde_json::from_slice::<IdempotencyRecord>(&raw)
-                .map(|r| r.is_fresh(message.created_at))
-                .unwrap_or(false),
-            None => false,
-        };
-        if held {
-            return Ok(false);
-        }
-        let record = IdempotencyRecord {
-            request_hash: key.request_hash.clone(),
-            created_at: message.created_at,
-            accepted: message.clone(),
-        };
-        self.keys.insert(slot, encode_json(&record)?)?;
-        Ok(true)
-    }
-}
-
 impl SledStore {
-    /// Writes messages and everything that follows from each in one transaction: its
-    /// MIME and queue entry (accept), its lease (release), its new events in the
-    /// tenant's stream, and the suppressions those events imply. Durable after the next
-    /// flush. Per write, `false` when it wrote nothing: an accept whose idempotency key
-    /// another request holds, or a swap that lost to a concurrent change; or the error
-    /// that kept that one write out (its webhooks could not be read, say).
-    ///
-    /// One transaction for many writes matters: sled writes its log buffer out twice
-    /// for every transaction, whatever its size.
-    ///
-    /// Stream positions come from one counter, and the commit holds `stream_order`
-    /// from taking positions until the transaction is applied, so a reader never sees
-    /// a position before a smaller one that is still to come.
-    fn commit_all(&self, writes: &[(&Message, Commit<'_>)]) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
-        let order = self
-            .stream_order
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut planned_ids = HashSet::new();
-        let read_hooks = |tenant: &TenantId| self.webhooks(tenant);
-        let mut hooks = HookCache::new(&read_hooks);
-        let planned: Vec<Result<Positioned, StoreError>> = writes
-            .iter()
-            .map(|(message, change)| {
-                let accepted = matches!(change, Commit::Accept { .. });
-                self.consequences(message, accepted, &mut planned_ids, &mut hooks)
-            })
-            .collect();
-        // The batch's MIME goes to the log and to disk before any reference to it
-        // commits (see `mime_log`).
-        let stored = self.append_mime(writes)?;
-        // The counter changes of the whole batch go in as one journal entry: one key
-        // written instead of a dozen counter rows read and rewritten (see `stats`).
-        let journal_entry = self.db.generate_id()?;
-        let written = (
-            &self.messages,
-            &self.mime,
-            &self.queue,
-            &self.leases,
-            &self.events,
-            &self.event_ids,
-            &self.suppressions,
-            &self.outbox,
-            &self.tenant_messages,
-            &self.idempotency,
-            &self.counters,
-            &self.stats_journal,
-        )
-            .transaction(
-                |(
-                    messages,
-                    mimes,
-                    queue,
-                    leases,
-                    events,
-                    event_ids,
-                    suppressions,
-                    outbox,
-                    by_tenant,
-                    keys,
-                    counters,
-                    journal,
-                )| {
-                    let trees = Staging {
-                        messages,
-                        mimes,
-                        queue,
-                        leases,
-                        events,
-                        event_ids,
-                        suppressions,
-                        outbox,
-                        by_tenant,
-                        keys,
-                        depth: DepthDelta::default(),
-                        stats: RefCell::default(),
-                        segments: RefCell::default(),
-                    };
-                    let written = writes
-                        .iter()
-                        .zip(&planned)
-                        .zip(&stored)
-                        .map(|(((message, change), planned), stored)| match planned {
-                            Ok(planned) => trees.write(message, change, planned, stored.as_ref()).map(Some),
-                            Err(_) => Ok(None),
-                        })
-                        .collect::<Result<Vec<Option<bool>>, _>>()?;
-                    trees.depth.apply(counters)?;
-                    for (segment, added) in trees.segments.borrow().iter() {
-                        count_segment(counters, *segment, *added)?;
-                    }
-                    let counted = trees.stats.borrow();
-                    if !counted.is_empty() {
-                        journal.insert(&journal_entry.to_be_bytes(), counted.encode())?;
-                    }
-                    Ok(written)
-                },
-            )
-            .map_err(flatten)?;
-        drop(order);
-        Ok(written
-            .into_iter()
-            .zip(planned)
-            .map(|(written, planned)| match (written, planned) {
-                (Some(written), _) => Ok(written),
-                (None, Err(err)) => Err(err),
-                (None, Ok(_)) => Err(StoreError::Conflict),
-            })
-            .collect())
-    }
-
-    /// Appends the MIME of each accept in `writes` to the log and syncs it; a reference
-    /// per write (`None` for the other kinds of write).
-    fn append_mime(&self, writes: &[(&Message, Commit<'_>)]) -> Result<Vec<Option<MimeRef>>, StoreError> {
-        let mimes: Vec<&[u8]> = writes
-            .iter()
-            .filter_map(|(_, change)| match change {
-                Commit::Accept { mime, .. } => Some(*mime),
-                _ => None,
-            })
-            .collect();
-        if mimes.is_empty() {
-            return Ok(vec![None; writes.len()]);
-        }
-        let mut refs = self.mime_log.append(&mimes).map_err(StoreError::Io)?.into_iter();
-        self.mime_log.sync().map_err(StoreError::Io)?;
-        Ok(writes
-            .iter()
-            .map(|(_, change)| match change {
-                Commit::Accept { .. } => refs.next(),
-                _ => None,
-            })
-            .collect())
-    }
-
-    /// The MIME a `mime` value stands for; `None` when its bytes are gone.
-    fn resolve_mime(&self, id: &MessageId, value: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(at) = MimeRef::decode(value) else {
-            return Ok(Some(value.to_vec()));
-        };
-        let mime = self.mime_log.read(&at).map_err(StoreError::Io)?;
-        if mime.is_none() {
-            tracing::error!(message_id = %id, segment = at.segment, "the MIME log does not hold this message's MIME");
-        }
-        Ok(mime)
-    }
-
-    /// Deletes the MIME segments whose live count a purge brought to zero and that are
-    /// still at zero: under `stream_order`, which `commit_all` holds from appending a
-    /// batch's MIME until its references commit, so no batch can be between the two.
-    fn delete_dead_segments(&self, dead: &[u32]) -> Result<(), StoreError> {
-        if dead.is_empty() {
-            return Ok(());
-        }
-        let _order = self
-            .stream_order
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for segment in dead {
-            if live_count(&self.counters, *segment)? <= 0 {
-                self.mime_log.delete(*segment).map_err(StoreError::Io)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// One write of [`Self::commit_all`]; [`StoreError::Conflict`] when it wrote nothing.
-    fn commit(&self, message: &Message, change: Commit<'_>) -> Result<(), StoreError> {
-        self.commit_all(&[(message, change)])?
-            .pop()
-            .map_or(Err(StoreError::Conflict), wrote)
-    }
-
-    /// What writing `message` adds besides itself (see `consequences`), with a stream
-    /// position for each new event: its events not yet in the stream (nor in `planned`,
-    /// the events of earlier writes of the same batch).
-    fn consequences(
-        &self,
-        message: &Message,
-        accepted: bool,
-        planned: &mut HashSet<String>,
-        hooks: &mut HookCache<'_>,
-    ) -> Result<Positioned, StoreError> {
-        let mut fresh = Vec::new();
-        for event in &message.events {
-            if !self.event_ids.contains_key(event.id.as_str())? && planned.insert(event.id.as_str().to_owned()) {
-                fresh.push(event);
-            }
-        }
-        let planned = consequences::plan(message, fresh.into_iter(), accepted, hooks)?;
-        let positions = planned
-            .fresh
-            .iter()
-            .map(|_| self.db.generate_id())
-            .collect::<Result<_, _>>()?;
-        Ok(Positioned { positions, planned })
-    }
-
-    /// [`Self::commit`], then durable.
-    fn commit_durably(&self, message: &Message, change: Commit<'_>) -> Result<(), StoreError> {
-        self.commit(message, change)?;
-        self.flush()
-    }
-
     /// Opens (or creates) the store in `path`. sled holds a lock on the directory, so a
     /// second process on the same data dir fails here instead of corrupting it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -664,7 +317,7 @@ impl SledStore {
             stats_fold: std::sync::Mutex::default(),
             resume_points: std::sync::Mutex::default(),
             stream_order: std::sync::Mutex::new(()),
-            group_flush: super::group_flush::GroupFlush::default(),
+            group_flush: group_flush::GroupFlush::default(),
             db,
         };
         depth::initialise(&store.counters, &store.queue, &store.leases)?;
@@ -689,90 +342,6 @@ impl SledStore {
         self.group_flush.flush(|| self.db.flush().map(drop))?;
         Ok(())
     }
-
-    /// Keys of `tenant_messages` in `range`, newest first.
-    fn by_tenant_range(
-        &self,
-        range: std::ops::Range<Vec<u8>>,
-    ) -> impl Iterator<Item = Result<sled::IVec, sled::Error>> {
-        self.tenant_messages
-            .range(range)
-            .rev()
-            .map(|entry| entry.map(|(key, _)| key))
-    }
-
-    /// The message and MIME behind one queue entry, checked to be leasable.
-    fn lease_candidate(&self, key: &[u8]) -> Result<Candidate, StoreError> {
-        let id = id_of_queue_key(key)?;
-        let mime = self
-            .mime
-            .get(id.as_str())?
-            .map(|value| self.resolve_mime(&id, &value))
-            .transpose()
-            // One segment that cannot be read parks its messages instead of stopping
-            // every lease scan at them.
-            .map_err(|err| match err {
-                StoreError::Io(io) => StoreError::Missing(format!("the MIME of {id} (unreadable: {io})")),
-                other => other,
-            })?
-            .flatten()
-            .ok_or_else(|| StoreError::Missing(format!("mime of {id}")))?;
-        let bytes = self
-            .messages
-            .get(id.as_str())?
-            .ok_or_else(|| StoreError::Missing(id.to_string()))?;
-        let mut message: Message = decode(&bytes)?;
-        message.status = MessageStatus::Sending;
-        Ok(Candidate {
-            key: sled::IVec::from(key),
-            read: bytes,
-            lease: Lease { message, mime },
-        })
-    }
-
-    /// Moves a queue entry that cannot be delivered (undecodable, or its message is
-    /// gone) to `parked`, with the reason, so that it cannot block the queue.
-    fn park(&self, key: &[u8], reason: &StoreError) -> Result<(), StoreError> {
-        tracing::error!(key = ?String::from_utf8_lossy(key.get(8..).unwrap_or_default()), error = %reason, "parked an unusable queue entry");
-        let reason = reason.to_string();
-        (&self.queue, &self.parked, &self.counters)
-            .transaction(|(queue, parked, counters)| {
-                parked.insert(key, reason.as_bytes())?;
-                if let Some(entry) = queue.remove(key)? {
-                    let depth = DepthDelta::default();
-                    depth.queue_entry(&entry, -1);
-                    depth.apply(counters)?;
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(flatten)
-    }
-
-    /// Moves the queue entries still there into `leases`, in one transaction; `false`
-    /// for an entry another caller took meanwhile, or whose message changed since it
-    /// was read (a report applied in between: the next scan reads it afresh).
-    fn try_lease(&self, candidates: &[Candidate]) -> Result<Vec<bool>, StoreError> {
-        (&self.queue, &self.leases, &self.messages, &self.counters)
-            .transaction(|(queue, leases, messages, counters)| {
-                let depth = DepthDelta::default();
-                let mut taken = Vec::with_capacity(candidates.len());
-                for candidate in candidates {
-                    let id = candidate.lease.message.id.as_str();
-                    let unchanged = messages.get(id)?.is_some_and(|now| now == candidate.read);
-                    let removed = if unchanged { queue.remove(&candidate.key)? } else { None };
-                    if let Some(entry) = &removed {
-                        depth.queue_entry(entry, -1);
-                        if leases.insert(id, &[])?.is_none() {
-                            depth.lease(1);
-                        }
-                    }
-                    taken.push(removed.is_some());
-                }
-                depth.apply(counters)?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(taken)
-            })
-            .map_err(flatten)
-    }
 }
 
 impl Store for SledStore {
@@ -781,38 +350,19 @@ impl Store for SledStore {
     }
 
     fn write_messages(&self, writes: &[MessageWrite<'_>]) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-        let changes: Vec<(&Message, Commit<'_>)> = writes
-            .iter()
-            .map(|write| match *write {
-                MessageWrite::Accept { message, mime, key } => (message, Commit::Accept { mime, key }),
-                MessageWrite::Progress(message) => (message, Commit::Progress),
-                MessageWrite::Release(message) => (message, Commit::Release),
-            })
-            .collect();
-        Ok(self.commit_all(&changes)?.into_iter().map(wrote).collect())
+        messages::write_messages(self, writes)
     }
 
     fn idempotency(&self, tenant: &TenantId, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let Some(raw) = self.idempotency.get(tenant_key(tenant, key))? else {
-            return Ok(None);
-        };
-        let record: IdempotencyRecord = decode(&raw)?;
-        Ok(record.is_fresh(Utc::now()).then_some(record))
+        messages::idempotency(self, tenant, key)
     }
 
     fn message(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<Message>, StoreError> {
-        Ok(self.load(id)?.filter(|m| &m.tenant == tenant))
+        messages::message(self, tenant, id)
     }
 
     fn mime(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<StoredMime>, StoreError> {
-        if self.message(tenant, id)?.is_none() {
-            return Ok(None);
-        }
-        let stored = match self.mime.get(id.as_str())? {
-            Some(value) => self.resolve_mime(id, &value)?,
-            None => None,
-        };
-        Ok(Some(stored.map_or(StoredMime::Expired, StoredMime::Bytes)))
+        messages::mime(self, tenant, id)
     }
 
     fn purge(&self, cutoffs: PurgeCutoffs, budget: usize) -> Result<PurgeReport, StoreError> {
@@ -825,141 +375,35 @@ impl Store for SledStore {
         max: usize,
         admit: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Vec<Lease>, StoreError> {
-        let end = u64::try_from(now.timestamp_millis())
-            .unwrap_or(0)
-            .saturating_add(1)
-            .to_be_bytes();
-        let mut candidates = Vec::new();
-        for entry in self
-            .queue
-            .range(..end.as_slice())
-            .take(max.saturating_add(LEASE_SKIP_BUDGET))
-        {
-            if candidates.len() >= max {
-                break;
-            }
-            let (key, value) = entry?;
-            if !admit(queued_as(&value).1) {
-                continue;
-            }
-            match self.lease_candidate(&key) {
-                Ok(candidate) => candidates.push(candidate),
-                Err(err @ (StoreError::Io(_) | StoreError::Engine(_))) => return Err(err),
-                Err(unusable) => self.park(&key, &unusable)?,
-            }
-        }
-        if candidates.is_empty() {
-            return Ok(Vec::new());
-        }
-        let taken = self.try_lease(&candidates)?;
-        Ok(candidates
-            .into_iter()
-            .zip(taken)
-            .filter_map(|(candidate, won)| won.then_some(candidate.lease))
-            .collect())
+        messages::lease_due(self, now, max, admit)
     }
 
     fn recover_leases(&self) -> Result<usize, StoreError> {
-        let now = Utc::now();
-        let mut recovered = 0;
-        for entry in self.leases.iter() {
-            let (key, _) = entry?;
-            let id = MessageId::parse(&String::from_utf8_lossy(&key))
-                .map_err(|_| StoreError::Missing(format!("lease {key:?}")))?;
-            if let Some(mut message) = self.load(&id)? {
-                message.status = message.settled_status();
-                message.next_attempt_at = Some(now);
-                self.release(&message)?;
-                recovered += 1;
-            } else {
-                (&self.leases, &self.counters)
-                    .transaction(|(leases, counters)| {
-                        if leases.remove(&key)?.is_some() {
-                            let depth = DepthDelta::default();
-                            depth.lease(-1);
-                            depth.apply(counters)?;
-                        }
-                        Ok::<_, ConflictableTransactionError<StoreError>>(())
-                    })
-                    .map_err(flatten)?;
-            }
-        }
-        Ok(recovered)
+        messages::recover_leases(self)
     }
 
     fn next_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let Some((key, _)) = self.queue.first()? else {
-            return Ok(None);
-        };
-        let millis: [u8; 8] = key.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default();
-        let millis = i64::try_from(u64::from_be_bytes(millis)).unwrap_or(i64::MAX);
-        Ok(Utc.timestamp_millis_opt(millis).single())
+        messages::next_due(self)
     }
 
     fn create_template(&self, template: &Template, version: &TemplateVersion) -> Result<bool, StoreError> {
-        let name_key = tenant_key(&template.tenant, template.name.as_str());
-        let created = (&self.templates, &self.template_names, &self.template_versions)
-            .transaction(|(templates, names, versions)| {
-                if names.get(&name_key)?.is_some() {
-                    return Ok(false);
-                }
-                names.insert(name_key.as_slice(), template.id.as_str().as_bytes())?;
-                templates.insert(
-                    tenant_key(&template.tenant, template.id.as_str()),
-                    encode_json(template)?,
-                )?;
-                versions.insert(version_key(&template.id, version.version), encode_json(version)?)?;
-                Ok(true)
-            })
-            .map_err(flatten)?;
-        if created {
-            self.flush()?;
-        }
-        Ok(created)
+        catalog::create_template(self, template, version)
     }
 
     fn add_template_version(&self, template: &Template, version: &TemplateVersion) -> Result<(), StoreError> {
-        (&self.templates, &self.template_versions)
-            .transaction(|(templates, versions)| {
-                templates.insert(
-                    tenant_key(&template.tenant, template.id.as_str()),
-                    encode_json(template)?,
-                )?;
-                versions.insert(version_key(&template.id, version.version), encode_json(version)?)?;
-                Ok(())
-            })
-            .map_err(flatten)?;
-        self.flush()
+        catalog::add_template_version(self, template, version)
     }
 
     fn template(&self, tenant: &TenantId, key: &TemplateKey) -> Result<Option<Template>, StoreError> {
-        let id = match key {
-            TemplateKey::Id(id) => id.clone(),
-            TemplateKey::Name(name) => match self.template_names.get(tenant_key(tenant, name.as_str()))? {
-                Some(raw) => TemplateId::parse(&String::from_utf8_lossy(&raw))
-                    .map_err(|_| StoreError::Missing(format!("template name {}", name.as_str())))?,
-                None => return Ok(None),
-            },
-        };
-        self.templates
-            .get(tenant_key(tenant, id.as_str()))?
-            .map(|raw| decode(&raw))
-            .transpose()
+        catalog::template(self, tenant, key)
     }
 
     fn template_version(&self, id: &TemplateId, version: u32) -> Result<Option<TemplateVersion>, StoreError> {
-        self.template_versions
-            .get(version_key(id, version))?
-            .map(|raw| decode(&raw))
-            .transpose()
+        catalog::template_version(self, id, version)
     }
 
     fn template_versions(&self, id: &TemplateId) -> Result<Vec<TemplateVersion>, StoreError> {
-        self.template_versions
-            .scan_prefix(id.as_str().as_bytes())
-            .rev()
-            .map(|entry| decode(&entry?.1))
-            .collect()
+        catalog::template_versions(self, id)
     }
 
     fn list_templates(
@@ -968,32 +412,11 @@ impl Store for SledStore {
         before: Option<&TemplateId>,
         limit: usize,
     ) -> Result<Vec<Template>, StoreError> {
-        let range = tenant_range_before(tenant, before.map(|id| id.as_str()));
-        self.templates
-            .range(range)
-            .rev()
-            .take(limit)
-            .map(|entry| decode(&entry?.1))
-            .collect()
+        catalog::list_templates(self, tenant, before, limit)
     }
 
     fn delete_template(&self, template: &Template) -> Result<(), StoreError> {
-        let version_keys: Vec<_> = self
-            .template_versions
-            .scan_prefix(template.id.as_str().as_bytes())
-            .keys()
-            .collect::<Result<_, _>>()?;
-        (&self.templates, &self.template_names, &self.template_versions)
-            .transaction(|(templates, names, versions)| {
-                templates.remove(tenant_key(&template.tenant, template.id.as_str()))?;
-                names.remove(tenant_key(&template.tenant, template.name.as_str()))?;
-                for key in &version_keys {
-                    versions.remove(key)?;
-                }
-                Ok::<(), ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(flatten)?;
-        self.flush()
+        catalog::delete_template(self, template)
     }
 
     fn events(
@@ -1003,48 +426,15 @@ impl Store for SledStore {
         types: &[EventType],
         limit: usize,
     ) -> Result<(Vec<PublishedEvent>, Option<u64>), StoreError> {
-        let start = match after {
-            Some(position) => stream_key(tenant, position.saturating_add(1)),
-            None => stream_key(tenant, 0),
-        };
-        let end = stream_key(tenant, u64::MAX);
-        let mut found = Vec::new();
-        let mut last = after;
-        for entry in self.events.range(start..=end) {
-            let (key, value) = entry?;
-            last = key
-                .get(key.len() - 8..)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_be_bytes);
-            let event: PublishedEvent = decode(&value)?;
-            if types.is_empty() || types.contains(&event.event_type) {
-                found.push(event);
-                if found.len() == limit {
-                    break;
-                }
-            }
-        }
-        Ok((found, last))
+        stream::events(self, tenant, after, types, limit)
     }
 
     fn suppressed(&self, tenant: &TenantId, emails: &[String]) -> Result<Vec<String>, StoreError> {
-        let mut hits = Vec::new();
-        for email in emails {
-            if self
-                .suppressions
-                .contains_key(tenant_key(tenant, &email.to_ascii_lowercase()))?
-            {
-                hits.push(email.clone());
-            }
-        }
-        Ok(hits)
+        catalog::suppressed(self, tenant, emails)
     }
 
     fn suppression(&self, tenant: &TenantId, email: &str) -> Result<Option<Suppression>, StoreError> {
-        self.suppressions
-            .get(tenant_key(tenant, &email.to_ascii_lowercase()))?
-            .map(|raw| decode(&raw))
-            .transpose()
+        catalog::suppression(self, tenant, email)
     }
 
     fn list_suppressions(
@@ -1053,178 +443,59 @@ impl Store for SledStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Suppression>, StoreError> {
-        let mut start = tenant_key(tenant, after.unwrap_or(""));
-        if after.is_some() {
-            start.push(0);
-        }
-        self.suppressions
-            .range(start..tenant_end(tenant))
-            .take(limit)
-            .map(|entry| decode(&entry?.1))
-            .collect()
+        catalog::list_suppressions(self, tenant, after, limit)
     }
 
     fn put_suppression(&self, tenant: &TenantId, suppression: &Suppression) -> Result<(), StoreError> {
-        self.suppressions
-            .insert(tenant_key(tenant, &suppression.email), serde_json::to_vec(suppression)?)?;
-        self.flush()
+        catalog::put_suppression(self, tenant, suppression)
     }
 
     fn delete_suppression(&self, tenant: &TenantId, email: &str) -> Result<bool, StoreError> {
-        let removed = self
-            .suppressions
-            .remove(tenant_key(tenant, &email.to_ascii_lowercase()))?
-            .is_some();
-        self.flush()?;
-        Ok(removed)
+        catalog::delete_suppression(self, tenant, email)
     }
 
     fn put_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
-        self.webhooks.insert(
-            tenant_key(&webhook.tenant, webhook.id.as_str()),
-            serde_json::to_vec(webhook)?,
-        )?;
-        self.flush()
+        stream::put_webhook(self, webhook)
     }
 
     fn webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<Option<Webhook>, StoreError> {
-        self.webhooks
-            .get(tenant_key(tenant, id.as_str()))?
-            .map(|raw| decode(&raw))
-            .transpose()
+        stream::webhook(self, tenant, id)
     }
 
     fn webhooks(&self, tenant: &TenantId) -> Result<Vec<Webhook>, StoreError> {
-        self.webhooks
-            .scan_prefix(tenant_key(tenant, ""))
-            .map(|entry| decode(&entry?.1))
-            .collect()
+        stream::webhooks(self, tenant)
     }
 
     fn delete_webhook(&self, tenant: &TenantId, id: &WebhookId) -> Result<bool, StoreError> {
-        let removed = self.webhooks.remove(tenant_key(tenant, id.as_str()))?.is_some();
-        self.flush()?;
-        Ok(removed)
+        stream::delete_webhook(self, tenant, id)
     }
 
     fn put_domain(&self, domain: &SenderDomain, create: bool) -> Result<bool, StoreError> {
-        let key = tenant_key(&domain.tenant, domain.id.as_str());
-        let name = tenant_key(&domain.tenant, domain.name.as_str());
-        let value = serde_json::to_vec(domain)?;
-        let written = (&self.domains, &self.domain_names)
-            .transaction(|(domains, names)| {
-                match names.get(name.as_slice())? {
-                    Some(holder) if holder.as_ref() != domain.id.as_str().as_bytes() => return Ok(false),
-                    Some(_) if create => return Ok(false),
-                    // An update of a domain deleted meanwhile does not bring it back.
-                    None if !create => return Ok(false),
-                    _ => {}
-                }
-                names.insert(name.as_slice(), domain.id.as_str().as_bytes())?;
-                domains.insert(key.as_slice(), value.as_slice())?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(true)
-            })
-            .map_err(flatten)?;
-        self.flush()?;
-        Ok(written)
+        catalog::put_domain(self, domain, create)
     }
 
     fn domain(&self, tenant: &TenantId, id_or_name: &str) -> Result<Option<SenderDomain>, StoreError> {
-        let id = match self
-            .domain_names
-            .get(tenant_key(tenant, &id_or_name.to_ascii_lowercase()))?
-        {
-            Some(id) => String::from_utf8_lossy(&id).into_owned(),
-            None => id_or_name.to_owned(),
-        };
-        self.domains
-            .get(tenant_key(tenant, &id))?
-            .map(|raw| decode(&raw))
-            .transpose()
+        catalog::domain(self, tenant, id_or_name)
     }
 
     fn domains(&self, tenant: Option<&TenantId>) -> Result<Vec<SenderDomain>, StoreError> {
-        let prefix = tenant.map(|t| tenant_key(t, "")).unwrap_or_default();
-        self.domains
-            .scan_prefix(prefix)
-            .map(|entry| decode(&entry?.1))
-            .collect()
+        catalog::domains(self, tenant)
     }
 
     fn delete_domain(&self, tenant: &TenantId, id: &DomainId) -> Result<bool, StoreError> {
-        let Some(domain) = self.domain(tenant, id.as_str())? else {
-            return Ok(false);
-        };
-        let key = tenant_key(tenant, id.as_str());
-        let name = tenant_key(tenant, domain.name.as_str());
-        (&self.domains, &self.domain_names)
-            .transaction(|(domains, names)| {
-                domains.remove(key.as_slice())?;
-                names.remove(name.as_slice())?;
-                Ok::<_, ConflictableTransactionError<StoreError>>(())
-            })
-            .map_err(flatten)?;
-        self.flush()?;
-        Ok(true)
+        catalog::delete_domain(self, tenant, id)
     }
 
     fn secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
-        let mut fresh = [0u8; 32];
-        rand::Rng::fill(&mut rand::rng(), &mut fresh);
-        // Compare-and-swap from nothing: two nodes (or threads) asking at once agree
-        // on whichever was written first.
-        let key = format!("secret/{name}");
-        match self
-            .meta
-            .compare_and_swap(key.as_bytes(), None::<&[u8]>, Some(&fresh[..]))?
-        {
-            Ok(()) => {
-                self.flush()?;
-                Ok(fresh.to_vec())
-            }
-            Err(existing) => Ok(existing.current.map(|v| v.to_vec()).unwrap_or_default()),
-        }
+        catalog::secret(self, name)
     }
 
     fn enqueue_deliveries(&self, entries: &[OutboxEntry]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for entry in entries {
-            batch.insert(outbox_key(entry), serde_json::to_vec(entry)?);
-        }
-        self.outbox.apply_batch(batch)?;
-        self.flush()
+        stream::enqueue_deliveries(self, entries)
     }
 
     fn lease_delivery(&self, now: DateTime<Utc>, lease: chrono::Duration) -> Result<Option<OutboxEntry>, StoreError> {
-        let end = u64::try_from(now.timestamp_millis())
-            .unwrap_or(0)
-            .saturating_add(1)
-            .to_be_bytes();
-        for item in self.outbox.range(..end.as_slice()) {
-            let (key, value) = item?;
-            let mut entry = match decode::<OutboxEntry>(&value) {
-                Ok(entry) => entry,
-                Err(reason) => {
-                    // Keep it for inspection, out of the way of the deliveries behind it.
-                    tracing::error!(error = %reason, "parked an undecodable webhook delivery");
-                    self.parked.insert([b"outbox:".as_slice(), &key].concat(), value)?;
-                    self.outbox.remove(&key)?;
-                    continue;
-                }
-            };
-            entry.due_at = now + lease;
-            let moved = self.outbox.transaction(|outbox| {
-                if outbox.remove(&key)?.is_none() {
-                    return Ok(false);
-                }
-                outbox.insert(outbox_key(&entry), encode_json(&entry)?)?;
-                Ok(true)
-            });
-            if moved.map_err(flatten)? {
-                return Ok(Some(entry));
-            }
-        }
-        Ok(None)
+        stream::lease_delivery(self, now, lease)
     }
 
     fn finish_delivery(
@@ -1234,57 +505,15 @@ impl Store for SledStore {
         attempt: &DeliveryAttempt,
         webhook: Option<&Webhook>,
     ) -> Result<(), StoreError> {
-        let mut attempt_key = leased.webhook_id.as_str().as_bytes().to_vec();
-        attempt_key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
-        (&self.outbox, &self.webhook_deliveries, &self.webhooks)
-            .transaction(|(outbox, log, webhooks)| {
-                // Only the holder of a live lease re-queues: if the lease ran out and
-                // another dispatcher took the entry, this attempt is only logged.
-                let still_ours = outbox.remove(outbox_key(leased))?.is_some();
-                if let (true, Some(next)) = (still_ours, next) {
-                    outbox.insert(outbox_key(next), encode_json(next)?)?;
-                }
-                log.insert(attempt_key.as_slice(), encode_json(attempt)?)?;
-                if let Some(disabled) = webhook {
-                    // Re-read: only the enabled flag changes, and only if the webhook
-                    // still exists (it may have been deleted or rotated meanwhile).
-                    let key = tenant_key(&disabled.tenant, disabled.id.as_str());
-                    if let Some(raw) = webhooks.get(&key)? {
-                        let mut current: Webhook = serde_json::from_slice(&raw)
-                            .map_err(|e| ConflictableTransactionError::Abort(StoreError::from(e)))?;
-                        current.enabled = disabled.enabled;
-                        current.disabled_reason = disabled.disabled_reason.clone();
-                        current.updated_at = disabled.updated_at;
-                        webhooks.insert(key, encode_json(&current)?)?;
-                    }
-                }
-                Ok(())
-            })
-            .map_err(flatten)?;
-        self.flush()
+        stream::finish_delivery(self, leased, next, attempt, webhook)
     }
 
     fn deliveries(&self, id: &WebhookId, limit: usize) -> Result<Vec<DeliveryAttempt>, StoreError> {
-        self.webhook_deliveries
-            .scan_prefix(id.as_str().as_bytes())
-            .rev()
-            .take(limit)
-            .map(|entry| decode(&entry?.1))
-            .collect()
+        stream::deliveries(self, id, limit)
     }
 
     fn event(&self, tenant: &TenantId, id: &str) -> Result<Option<PublishedEvent>, StoreError> {
-        let Some(position) = self.event_ids.get(id)? else {
-            return Ok(None);
-        };
-        let position: [u8; 8] = position
-            .as_ref()
-            .try_into()
-            .map_err(|_| StoreError::Missing(id.to_owned()))?;
-        self.events
-            .get(stream_key(tenant, u64::from_be_bytes(position)))?
-            .map(|raw| decode(&raw))
-            .transpose()
+        stream::event(self, tenant, id)
     }
 
     fn apply_report(
@@ -1293,38 +522,11 @@ impl Store for SledStore {
         id: &MessageId,
         apply: &mut dyn FnMut(&mut Message),
     ) -> Result<ReportTarget, StoreError> {
-        let Some(read) = self.messages.get(id.as_str())? else {
-            return Ok(ReportTarget::NotFound);
-        };
-        let mut message: Message = decode(&read)?;
-        if &message.tenant != tenant {
-            return Ok(ReportTarget::NotFound);
-        }
-        apply(&mut message);
-        // Compare-and-swap: a worker that leased the message, or another report that
-        // changed it, since `read` makes this a retry instead of a lost update.
-        match self.commit_durably(
-            &message,
-            Commit::Swap {
-                read: &read,
-                dequeue: false,
-            },
-        ) {
-            Err(StoreError::Conflict) => Ok(ReportTarget::Busy),
-            other => other.map(|()| ReportTarget::Applied),
-        }
+        messages::apply_report(self, tenant, id, apply)
     }
 
     fn save_report(&self, tenant: &TenantId, source: &str, matched: bool, raw: &[u8]) -> Result<String, StoreError> {
-        let id = format!("rpt_{}", uuid::Uuid::now_v7().simple());
-        let record = serde_json::json!({
-            "id": id, "source": source, "matched": matched, "received_at": Utc::now(),
-            "raw": String::from_utf8_lossy(raw),
-        });
-        self.reports
-            .insert(tenant_key(tenant, &id), serde_json::to_vec(&record)?)?;
-        self.flush()?;
-        Ok(id)
+        catalog::save_report(self, tenant, source, matched, raw)
     }
 
     fn list_messages(
@@ -1335,56 +537,15 @@ impl Store for SledStore {
         budget: usize,
         wanted: &dyn Fn(&Message) -> bool,
     ) -> Result<(Vec<Message>, Option<MessageId>), StoreError> {
-        let range = tenant_range_before(tenant, before.map(|id| id.as_str()));
-        let mut found = Vec::new();
-        let mut last = None;
-        let mut examined = 0;
-        for entry in self.by_tenant_range(range).take(budget) {
-            examined += 1;
-            let key = entry?;
-            let raw = key.get(tenant.as_str().len() + 1..).unwrap_or_default();
-            let Ok(id) = MessageId::parse(&String::from_utf8_lossy(raw)) else {
-                continue;
-            };
-            if let Some(message) = self.load(&id)? {
-                if wanted(&message) {
-                    found.push(message);
-                }
-            }
-            last = Some(id);
-            if found.len() == limit {
-                break;
-            }
-        }
-        let stopped_early = found.len() == limit || examined == budget;
-        Ok((found, last.filter(|_| stopped_early)))
+        messages::list_messages(self, tenant, before, limit, budget, wanted)
     }
 
     fn cancel(&self, tenant: &TenantId, id: &MessageId, now: DateTime<Utc>) -> Result<CancelOutcome, StoreError> {
-        let Some(read) = self.messages.get(id.as_str())? else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        let mut message: Message = decode(&read)?;
-        if &message.tenant != tenant {
-            return Ok(CancelOutcome::NotFound);
-        }
-        if !message.cancel(now) {
-            return Ok(CancelOutcome::TooLate(message.status));
-        }
-        match self.commit_durably(
-            &message,
-            Commit::Swap {
-                read: &read,
-                dequeue: true,
-            },
-        ) {
-            Err(StoreError::Conflict) => Ok(CancelOutcome::TooLate(MessageStatus::Sending)),
-            other => other.map(|()| CancelOutcome::Cancelled(Box::new(message))),
-        }
+        messages::cancel(self, tenant, id, now)
     }
 
     fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
-        depth::read(&self.counters)
+        messages::queue_depth(self)
     }
 
     fn stats(
@@ -1409,26 +570,15 @@ impl Store for SledStore {
     }
 
     fn revoke_token(&self, jti: &str, until: u64) -> Result<(), StoreError> {
-        self.revocations.insert(jti.as_bytes(), &until.to_be_bytes())?;
-        self.flush()
+        catalog::revoke_token(self, jti, until)
     }
 
     fn revoked_tokens(&self, now: u64) -> Result<Vec<(String, u64)>, StoreError> {
-        let mut live = Vec::new();
-        for entry in self.revocations.iter() {
-            let (jti, until) = entry?;
-            let until = until.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
-            if until >= now {
-                live.push((String::from_utf8_lossy(&jti).into_owned(), until));
-            } else {
-                self.revocations.remove(&jti)?;
-            }
-        }
-        Ok(live)
+        catalog::revoked_tokens(self, now)
     }
 
     fn count_messages(&self) -> Result<usize, StoreError> {
-        Ok(self.messages.len())
+        messages::count_messages(self)
     }
 
     fn check_writable(&self) -> Result<(), StoreError> {

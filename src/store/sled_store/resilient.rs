@@ -20,10 +20,7 @@ use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 
-use super::{
-    CancelOutcome, Lease, MessageWrite, PurgeCutoffs, PurgeReport, QueueDepth, ReportTarget, SledStore, Store,
-    StoreError, StoreHealth, StoredMime,
-};
+use super::SledStore;
 use crate::domain::auth::TenantId;
 use crate::domain::event::PublishedEvent;
 use crate::domain::ids::{DomainId, MessageId, TemplateId, WebhookId};
@@ -33,6 +30,10 @@ use crate::domain::status::EventType;
 use crate::domain::suppression::Suppression;
 use crate::domain::template::{Template, TemplateKey, TemplateVersion};
 use crate::domain::webhook::{DeliveryAttempt, OutboxEntry, Webhook};
+use crate::store::{
+    CancelOutcome, Lease, MessageWrite, PurgeCutoffs, PurgeReport, QueueDepth, ReportTarget, Store, StoreError,
+    StoreHealth, StoredMime,
+};
 
 /// Bytes the disk must take before the store is reopened: room for a few large
 /// messages, so that a disk with a sliver free does not make it restart in a loop.

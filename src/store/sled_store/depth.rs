@@ -10,7 +10,7 @@ use std::cell::Cell;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Tree;
 
-use super::{QueueDepth, StoreError};
+use crate::store::{QueueDepth, StoreError};
 
 /// The counter keys, in `DepthDelta` slot order.
 const KEYS: [&[u8]; 4] = [b"queued", b"scheduled", b"deferred", b"sending"];
@@ -21,7 +21,7 @@ const COUNTED: &[u8] = b"counted";
 
 /// The slot a queue entry counts in, by the status it was queued in.
 fn slot_of(queue_value: &[u8]) -> usize {
-    match super::sled_store::queued_status(queue_value) {
+    match super::queued_status(queue_value) {
         b"scheduled" => 1,
         b"deferred" => 2,
         _ => 0,
