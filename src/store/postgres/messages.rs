@@ -531,12 +531,14 @@ fn claim_due(
     admit: &mut dyn FnMut(&str) -> bool,
 ) -> Result<(Vec<Lease>, HashMap<String, i64>), StoreError> {
     let scan = i64::try_from(max.saturating_add(LEASE_SKIP)).unwrap_or(i64::MAX);
+    let floor = node.scan_floor();
     let due = st.query(
         tx,
-        "SELECT id, tenant FROM queue WHERE node IS NULL AND due_at <= $1
+        "SELECT id, tenant, due_at FROM queue WHERE node IS NULL AND due_at >= $3 AND due_at <= $1
           ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-        &[&now, &scan],
+        &[&now, &scan, &floor],
     )?;
+    node.scanned_to(due.first().map_or(now, |row| row.get(2)));
     let mut admitted: Vec<String> = Vec::new();
     for row in &due {
         if admitted.len() >= max {
