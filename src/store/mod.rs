@@ -228,8 +228,11 @@ pub trait Store: Send + Sync {
     /// returned: read the holder with [`Store::idempotency`].
     fn accept(&self, message: &Message, mime: &[u8], key: Option<&IdempotencyKey>) -> Result<(), StoreError> {
         let written = self.write_messages(&[MessageWrite::Accept { message, mime, key }])?;
-        written.into_iter().next().unwrap_or(Err(StoreError::Conflict))?;
-        self.sync()
+        // Synced whatever the outcome: a backend that holds the batch's transaction
+        // open until the sync (PostgreSQL) must not keep it, and its locks, after a
+        // refusal.
+        self.sync()?;
+        written.into_iter().next().unwrap_or(Err(StoreError::Conflict))
     }
 
     /// Applies several writes of messages at once, each as [`Store::accept`],
@@ -272,10 +275,9 @@ pub trait Store: Send + Sync {
     /// Durably saves the message and ends its lease; it is queued again for
     /// `message.next_attempt_at` when that is set.
     fn release(&self, message: &Message) -> Result<(), StoreError> {
-        self.write_messages(&[MessageWrite::Release(message)])?
-            .into_iter()
-            .collect::<Result<(), _>>()?;
-        self.sync()
+        let written = self.write_messages(&[MessageWrite::Release(message)])?;
+        self.sync()?;
+        written.into_iter().collect::<Result<(), _>>()
     }
 
     /// Puts every leased message back on the queue, due now. Called once at start-up,

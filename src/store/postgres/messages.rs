@@ -508,6 +508,9 @@ pub(super) fn lease_due(
             let mut conn = pool.get()?;
             let (client, st) = conn.parts();
             let mut tx = client.transaction()?;
+            // A lease is not durable (a crash puts it back: `recover_leases`), so a
+            // transaction that only leases does not wait for its WAL to reach the disk.
+            st.execute(&mut tx, "SET LOCAL synchronous_commit = off", &[])?;
             let claimed = claim_due(&mut tx, st, node, now, max, admit)?;
             tx.commit()?;
             claimed

@@ -439,4 +439,110 @@ mod tests {
     }
 
     crate::store_contract_tests!(PgBackend::new());
+
+    use crate::domain::message::{DeliveryOutcome, SmtpReply};
+    use crate::store::test_support::message;
+
+    fn sent(mut message: Message) -> Message {
+        message.begin_attempt();
+        let reply = SmtpReply {
+            code: Some(250),
+            enhanced: None,
+            diagnostic: "ok".into(),
+        };
+        message.record_outcome(0, DeliveryOutcome::Sent(reply), "relay", false, Utc::now());
+        message.finish_attempt(None);
+        message
+    }
+
+    #[test]
+    fn a_cursor_never_passes_an_event_whose_transaction_commits_later_with_a_smaller_position() {
+        let backend = PgBackend::new();
+        let store: Arc<dyn Store> = Arc::from(backend.open());
+        let (mut early, mut late) = (message(), message());
+        early.suppress(0, Utc::now());
+        late.suppress(0, Utc::now());
+        // `early`'s batch takes its transaction id first and stays open (no sync yet)…
+        let holder = Arc::clone(&store);
+        let (opened, open) = std::sync::mpsc::channel();
+        let (finish, finished) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            holder
+                .write_messages(&[MessageWrite::Accept {
+                    message: &early,
+                    mime: b"m",
+                    key: None,
+                }])
+                .unwrap();
+            opened.send(()).unwrap();
+            finished.recv().unwrap();
+            holder.sync().unwrap();
+        });
+        open.recv().unwrap();
+        // …while `late` commits with a larger position.
+        store.accept(&late, b"m", None).unwrap();
+        let (seen, cursor) = store.events(&late.tenant, None, &[], 10).unwrap();
+        assert!(seen.is_empty(), "nothing is handed out past an event still to commit");
+        finish.send(()).unwrap();
+        writer.join().unwrap();
+        let (seen, _) = store.events(&late.tenant, cursor, &[], 10).unwrap();
+        assert_eq!(seen.len(), 2, "both, in order, once the earlier one committed");
+        assert_eq!(seen[1].data.message_id, late.id.as_str());
+    }
+
+    #[test]
+    fn a_node_that_lost_its_lease_cannot_record_the_attempt_and_the_new_holder_can() {
+        let backend = PgBackend::new();
+        let (first, second) = (backend.open(), backend.open());
+        let msg = message();
+        first.accept(&msg, b"m", None).unwrap();
+        let lease = first.lease_due(Utc::now(), 1, &mut |_| true).unwrap().remove(0);
+        // As if `first` went silent: its node row is gone, `second` takes the lease back.
+        let mut client = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
+        client
+            .execute("UPDATE nodes SET heartbeat_at = now() - interval '1 hour'", &[])
+            .unwrap();
+        assert_eq!(second.recover_leases().unwrap(), 1);
+        let again = second.lease_due(Utc::now(), 1, &mut |_| true).unwrap().remove(0);
+        assert!(matches!(first.release(&sent(lease.message)), Err(StoreError::Conflict)));
+        second.release(&sent(again.message)).unwrap();
+        let stored = second.message(&msg.tenant, &msg.id).unwrap().unwrap();
+        assert_eq!(stored.attempts, 1, "only the holder's attempt is recorded");
+    }
+
+    #[test]
+    fn retention_drops_a_day_of_history_as_a_partition_unless_a_message_of_it_still_waits() {
+        let backend = PgBackend::new();
+        let store = backend.open();
+        let (finished, waiting) = (message(), message());
+        store.accept(&finished, b"m", None).unwrap();
+        let lease = store.lease_due(Utc::now(), 1, &mut |_| true).unwrap().remove(0);
+        store.release(&sent(lease.message)).unwrap();
+        let mut later = waiting.clone();
+        later.next_attempt_at = Some(Utc::now() + chrono::Duration::days(30));
+        store.accept(&later, b"m", None).unwrap();
+        let day_after_tomorrow = Utc::now() + chrono::Duration::days(2);
+        let cutoffs = PurgeCutoffs {
+            history: day_after_tomorrow,
+            mime: day_after_tomorrow,
+            stats: day_after_tomorrow,
+        };
+        store.purge(cutoffs, 1000).unwrap();
+        assert!(store.message(&finished.tenant, &finished.id).unwrap().is_none());
+        assert!(
+            store.message(&later.tenant, &later.id).unwrap().is_some(),
+            "still queued"
+        );
+        let mut client = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
+        let today = format!("events_p{}", Utc::now().format("%Y%m%d"));
+        let left: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_class WHERE relname = $1 AND relnamespace = to_regnamespace(current_schema())::oid",
+                &[&today],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(left, 0, "today's events went as a partition");
+        assert!(store.events(&finished.tenant, None, &[], 10).unwrap().0.is_empty());
+    }
 }

@@ -14,6 +14,9 @@ use crate::store::StoreError;
 /// Idle connections kept for reuse; more are opened when every one is in use.
 const MAX_IDLE: usize = 16;
 
+/// See [`Pool::connect`].
+const IDLE_IN_TRANSACTION: &str = "SET idle_in_transaction_session_timeout = '30s'";
+
 pub(super) struct Pool {
     config: Config,
     idle: Mutex<Vec<(Client, Statements)>>,
@@ -76,9 +79,14 @@ impl Pool {
         }
     }
 
-    /// A fresh connection of its own (for LISTEN, which holds one for good).
+    /// A fresh connection of its own (for LISTEN, which holds one for good). A
+    /// transaction of ours left idle (a node stuck between a write and its commit)
+    /// is ended by the server after [`IDLE_IN_TRANSACTION`]: held open, it would hold
+    /// back every node's event stream (see `stream`) and vacuum.
     pub fn connect(&self) -> Result<Client, StoreError> {
-        Ok(self.config.connect(NoTls)?)
+        let mut client = self.config.connect(NoTls)?;
+        client.batch_execute(IDLE_IN_TRANSACTION)?;
+        Ok(client)
     }
 
     pub fn get(&self) -> Result<Conn<'_>, StoreError> {
