@@ -63,6 +63,27 @@ pub enum Accepted {
     Replayed(Message),
 }
 
+/// A message checked and rendered, before its durable write.
+enum Prepared {
+    /// Its idempotency key was used before for the same request: nothing to store.
+    Replay(Box<Message>),
+    Ready(Box<ReadyToStore>),
+}
+
+struct ReadyToStore {
+    message: Message,
+    mime: Vec<u8>,
+}
+
+impl Accepted {
+    /// The message, stored now or earlier.
+    pub fn message(&self) -> &Message {
+        match self {
+            Accepted::New(message) | Accepted::Replayed(message) => message,
+        }
+    }
+}
+
 /// What accepting needs from the running service.
 #[derive(Clone)]
 pub struct Sender {
@@ -101,12 +122,72 @@ impl Sender {
         new: NewMessage,
         key: Option<IdempotencyKey>,
     ) -> Result<Accepted, SendError> {
-        if let Some(key) = &key {
-            if let Some(earlier) = self.earlier(tenant, key).await? {
-                return Ok(earlier);
+        match self.prepare(tenant, &new, key.as_ref()).await? {
+            Prepared::Replay(message) => Ok(Accepted::Replayed(*message)),
+            Prepared::Ready(ready) => self.store(tenant, *ready, key).await,
+        }
+    }
+
+    /// Accepts every message or none: each is checked and rendered first, and only
+    /// when all of them can be sent is any stored (concurrently, sharing the writer's
+    /// fsync). What a provider's all-or-nothing request (a SendGrid send with several
+    /// personalizations, a strict Resend batch) needs. A refusal lists each failing
+    /// item with its index.
+    pub async fn accept_all(
+        &self,
+        tenant: &TenantId,
+        items: Vec<(NewMessage, Option<IdempotencyKey>)>,
+    ) -> Result<Vec<Accepted>, Vec<(usize, SendError)>> {
+        let prepared =
+            futures_util::future::join_all(items.iter().map(|(new, key)| self.prepare(tenant, new, key.as_ref())))
+                .await;
+        let mut ready = Vec::with_capacity(prepared.len());
+        let mut refused = Vec::new();
+        for (index, (outcome, (_, key))) in prepared.into_iter().zip(items).enumerate() {
+            match outcome {
+                Ok(prepared) => ready.push((prepared, key)),
+                Err(err) => refused.push((index, err)),
             }
         }
-        self.check_sender_domain(tenant, &new)?;
+        if !refused.is_empty() {
+            return Err(refused);
+        }
+        let stored = futures_util::future::join_all(ready.into_iter().map(|(prepared, key)| async move {
+            match prepared {
+                Prepared::Replay(message) => Ok(Accepted::Replayed(*message)),
+                Prepared::Ready(ready) => self.store(tenant, *ready, key).await,
+            }
+        }))
+        .await;
+        let mut accepted = Vec::with_capacity(stored.len());
+        for (index, outcome) in stored.into_iter().enumerate() {
+            match outcome {
+                Ok(one) => accepted.push(one),
+                Err(err) => refused.push((index, err)),
+            }
+        }
+        if refused.is_empty() {
+            Ok(accepted)
+        } else {
+            Err(refused)
+        }
+    }
+
+    /// Everything before the durable write: the earlier answer for a repeated key, the
+    /// sender-domain checks, rendering and the MIME. Stores nothing.
+    async fn prepare(
+        &self,
+        tenant: &TenantId,
+        new: &NewMessage,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Prepared, SendError> {
+        if let Some(key) = key {
+            if let Some(earlier) = self.earlier(tenant, key).await? {
+                let (Accepted::Replayed(message) | Accepted::New(message)) = earlier;
+                return Ok(Prepared::Replay(Box::new(message)));
+            }
+        }
+        self.check_sender_domain(tenant, new)?;
         if self.settings.delivery.require_verified_domain {
             let from = new.from.email().domain();
             let verified = match crate::domain::sender_domain::DomainName::parse(from) {
@@ -130,16 +211,26 @@ impl Sender {
             };
         }
         let mime = render_mime(
-            &new,
+            new,
             &content,
             &id,
             &self.settings.delivery.message_id_domain,
             SystemTime::now(),
         )?;
-        let mut message = Message::accepted(id, tenant.clone(), &new, &content, Utc::now());
+        let mut message = Message::accepted(id, tenant.clone(), new, &content, Utc::now());
         message.list_unsubscribe = new
             .list_unsubscribe
             .unwrap_or_else(|| self.settings.list_unsubscribe(tenant.as_str()));
+        Ok(Prepared::Ready(Box::new(ReadyToStore { message, mime })))
+    }
+
+    /// The durable write of a prepared message, and waking a worker for it.
+    async fn store(
+        &self,
+        tenant: &TenantId,
+        ready: ReadyToStore,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Accepted, SendError> {
         // Suppressions are read on the writer thread just before the write; one added
         // after that still stops the send, because the worker reads them again with
         // the lease.
@@ -153,7 +244,10 @@ impl Sender {
             }
             Ok(())
         });
-        let stored = self.writer.accept(message, mime, key.clone(), prepare).await;
+        let stored = self
+            .writer
+            .accept(ready.message, ready.mime, key.clone(), prepare)
+            .await;
         let message = match (stored, &key) {
             (Ok(message), _) => message,
             // A concurrent request with the same key won the claim: answer as it did.
@@ -165,7 +259,7 @@ impl Sender {
         if message.next_attempt_at.is_some() {
             self.wake.notify_one();
         }
-        tracing::info!(recipients = message.recipients.len(), status = ?message.status, "message accepted");
+        tracing::info!(message_id = %message.id, recipients = message.recipients.len(), status = ?message.status, "message accepted");
         self.metrics.message_accepted(tenant.as_str());
         Ok(Accepted::New(message))
     }

@@ -364,6 +364,11 @@ impl Application {
                     }
                 })
                 .wrap(TracingLogger::<crate::api::request_span::RedactedRootSpan>::new())
+                // `//emails`: what an SDK whose base URL ends in `/` asks for (Resend's
+                // joins base URL and path as strings).
+                .wrap(actix_web::middleware::NormalizePath::new(
+                    actix_web::middleware::TrailingSlash::MergeOnly,
+                ))
                 .app_data(state.clone())
                 .configure(crate::console::configure)
                 .configure(api::configure)

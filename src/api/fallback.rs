@@ -1,11 +1,12 @@
 //! Requests that no route took: `405` with `Allow` when the path is a documented
-//! resource and only the method is wrong, `404` otherwise — both as problem+json.
+//! resource and only the method is wrong, `404` otherwise — as problem+json, or in a
+//! provider's shape under its compatibility routes (`compat::unrouted`).
 //!
 //! The known paths come from the OpenAPI document, which is collected from the route
 //! registrations themselves, so this table cannot drift from the routes.
 
 use actix_web::dev::ResourceDef;
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::HttpRequest;
 use utoipa::openapi::OpenApi;
 
 use super::problem::{ApiError, Kind};
@@ -45,8 +46,9 @@ impl KnownPaths {
             .map(|(_, allow)| allow.as_str())
     }
 
-    pub fn answer(&self, req: &HttpRequest) -> Result<HttpResponse, ApiError> {
-        Err(match self.allowed(req.path()) {
+    /// Why no route took `req`: 405 with `Allow`, or 404.
+    pub fn refusal(&self, req: &HttpRequest) -> ApiError {
+        match self.allowed(req.path()) {
             Some(allow) => ApiError::new(
                 Kind::MethodNotAllowed,
                 "method_not_allowed",
@@ -54,6 +56,6 @@ impl KnownPaths {
             )
             .with_header(actix_web::http::header::ALLOW, allow),
             None => ApiError::new(Kind::NotFound, "not_found", "no such endpoint"),
-        })
+        }
     }
 }

@@ -647,7 +647,7 @@ pub(crate) async fn send_one(
 
 /// An idempotency key (from the header, or a batch item's `idempotency_key` at
 /// `field`) with the hash of the body it came with.
-fn idempotency_key(key: &str, body: &[u8], field: &str) -> Result<IdempotencyKey, ApiError> {
+pub(crate) fn idempotency_key(key: &str, body: &[u8], field: &str) -> Result<IdempotencyKey, ApiError> {
     use sha2::Digest as _;
     if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
         return Err(ApiError::unprocessable(vec![FieldError::coded(

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod body;
 pub mod bounces;
+pub mod compat;
 pub mod domains;
 pub mod events;
 pub mod fallback;
@@ -180,6 +181,10 @@ impl Modify for EventWebhooks {
         (name = "tokens", description = "Token administration"),
         (name = "bounces", description = "Reports that arrive after delivery: DSNs, complaints, generic JSON"),
         (name = "operations", description = "Health and readiness"),
+        (name = "compatibility", description = "Drop-in routes for the Resend and SendGrid SDKs: change the base \
+                                                URL and use a mailgate token as the API key. They speak the \
+                                                provider's request, answer and error shapes (`application/json`, \
+                                                not problem+json) over mailgate's own send path."),
     )
 )]
 struct ApiDoc;
@@ -231,7 +236,12 @@ fn routes(cfg: &mut ServiceConfig) {
         .service(tokens::revoke_token)
         .service(upstreams::list_upstreams)
         .service(health::readyz)
-        .service(health::metrics);
+        .service(health::metrics)
+        .service(compat::resend::send_email)
+        .service(compat::resend::send_batch)
+        .service(compat::resend::get_email)
+        .service(compat::resend::cancel_email)
+        .service(compat::sendgrid::mail_send);
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and printed by `mailgate openapi`.
@@ -243,6 +253,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         .split_for_parts()
         .1;
     shared_responses::add(&mut document);
+    compat::document_shared_responses(&mut document);
     messages::document_batch_message(&mut document);
     document
 }
@@ -263,6 +274,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     unsubscribe::configure(cfg);
     cfg.default_service(web::to(move |req: HttpRequest| {
         let known = Arc::clone(&known);
-        async move { known.answer(&req) }
+        async move { Ok::<_, actix_web::Error>(compat::unrouted(&req, known.refusal(&req))) }
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    /// Generated clients name their methods after operation ids: two operations with
+    /// one id (a compatibility route named like a native one) break them.
+    #[test]
+    fn every_operation_id_is_unique() {
+        let document = serde_json::to_value(super::openapi_document()).unwrap();
+        let mut ids: Vec<&str> = document["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .filter_map(|operation| operation["operationId"].as_str())
+            .collect();
+        let count = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "duplicate operation ids among {ids:?}");
+    }
 }

@@ -93,6 +93,11 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The HTTP status this kind is answered with.
+    pub fn status(self) -> StatusCode {
+        self.status_and_title().0
+    }
+
     fn status_and_title(self) -> (StatusCode, &'static str) {
         match self {
             Kind::BadRequest => (StatusCode::BAD_REQUEST, "Bad request"),
@@ -206,6 +211,47 @@ impl ApiError {
         self.kind
     }
 
+    /// The stable machine code (`invalid_address`, `rate_limited`, …).
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
+    pub fn field_errors(&self) -> &[FieldError] {
+        &self.errors
+    }
+
+    /// The extra headers the answer carries (`Retry-After`, `WWW-Authenticate`, …),
+    /// those that are valid header values.
+    pub fn headers(&self) -> impl Iterator<Item = (&header::HeaderName, HeaderValue)> {
+        self.headers
+            .iter()
+            .filter_map(|(name, value)| HeaderValue::from_str(value).ok().map(|value| (name, value)))
+    }
+
+    /// Logs a server failure with its whole cause chain, for the operator: the caller
+    /// is told nothing about the cause.
+    pub fn log_if_server_error(&self) {
+        if self.kind.status().is_server_error() {
+            let chain = crate::telemetry::ErrorChain(self);
+            tracing::error!(error = %chain, "request failed");
+        }
+    }
+
+    /// The same error with each field pointer rewritten by `pointer`.
+    pub fn map_fields(mut self, pointer: impl Fn(&str) -> String) -> Self {
+        for error in &mut self.errors {
+            error.field = pointer(&error.field);
+        }
+        if let [one] = self.errors.as_slice() {
+            self.detail = format!("{}: {}", one.field, one.message);
+        }
+        self
+    }
+
     /// The problem document this error renders as.
     pub fn problem(&self) -> Problem {
         let (status, title) = self.kind.status_and_title();
@@ -231,14 +277,8 @@ impl ApiError {
         }
     }
 
-    pub fn nested_under(mut self, prefix: &str) -> Self {
-        for error in &mut self.errors {
-            error.field = format!("{prefix}{}", error.field);
-        }
-        if let [one] = self.errors.as_slice() {
-            self.detail = format!("{}: {}", one.field, one.message);
-        }
-        self
+    pub fn nested_under(self, prefix: &str) -> Self {
+        self.map_fields(|field| format!("{prefix}{field}"))
     }
 }
 
@@ -248,20 +288,13 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        let status = self.kind.status_and_title().0;
-        if status.is_server_error() {
-            let chain = crate::telemetry::ErrorChain(self);
-            tracing::error!(error = %chain, "request failed");
-        }
-        let problem = self.problem();
-        let mut response = HttpResponse::build(status);
+        self.log_if_server_error();
+        let mut response = HttpResponse::build(self.kind.status());
         response.content_type(PROBLEM_JSON);
-        for (name, value) in &self.headers {
-            if let Ok(value) = HeaderValue::from_str(value) {
-                response.insert_header((name.clone(), value));
-            }
+        for (name, value) in self.headers() {
+            response.insert_header((name.clone(), value));
         }
-        response.json(problem)
+        response.json(self.problem())
     }
 }
 

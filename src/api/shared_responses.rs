@@ -84,9 +84,14 @@ pub fn add(document: &mut OpenApi) {
     }
 }
 
-/// Which shared statuses `operation` can answer, from what it declares.
+/// Which shared statuses `operation` can answer, from what it declares. None for the
+/// provider-compatible routes: they answer in their provider's shape and document
+/// each status themselves.
 fn applicable(operation: &Operation) -> Vec<&'static str> {
     let mut statuses = Vec::new();
+    if operation.tags.iter().flatten().any(|tag| tag == super::compat::TAG) {
+        return statuses;
+    }
     if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
         statuses.extend(["401", "403"]);
     }

@@ -214,4 +214,9 @@ async fn documented_request_examples_work_as_written() {
             .status(),
         202
     );
+    assert_eq!(post("/emails", example("ResendEmail")).await.unwrap().status(), 200);
+    assert_eq!(
+        post("/v3/mail/send", example("SendGridMail")).await.unwrap().status(),
+        202
+    );
 }
