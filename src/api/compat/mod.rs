@@ -63,10 +63,11 @@ impl Origins {
 /// The idempotency key of item `index` of a request that holds several messages (a
 /// Resend batch, the personalizations of a SendGrid send): the request's key and
 /// request hash, told apart by position, so retrying the whole request replays every
-/// item.
+/// item. The separator is a space, which a caller's key cannot hold (keys are visible
+/// ASCII): a derived key never meets one a caller sent.
 pub fn item_key(key: &IdempotencyKey, index: usize) -> IdempotencyKey {
     IdempotencyKey {
-        key: format!("{}#{index}", key.key),
+        key: format!("{} {index}", key.key),
         request_hash: key.request_hash.clone(),
     }
 }
@@ -100,15 +101,23 @@ pub fn unrouted(req: &HttpRequest, refusal: ApiError) -> HttpResponse {
 /// `(status, description)` of the refusals every compatibility operation with a token
 /// can answer, and those with a body too; documented once here (as
 /// `shared_responses` does for mailgate's own routes) in each provider's error shape.
-const SHARED_AUTH: [(&str, &str); 2] = [
+const RESEND_SHARED: [(&str, &str); 3] = [
     (
         "401",
-        "No key (Resend: `missing_api_key`), or a token without this operation's scope \
-         (Resend: `restricted_api_key`)",
+        "No key (`missing_api_key`), or a token without this operation's scope (`restricted_api_key`)",
     ),
-    ("403", "A key mailgate does not accept (Resend: `invalid_api_key`)"),
+    ("403", "A key mailgate does not accept (`invalid_api_key`)"),
+    (
+        "503",
+        "A failing store, or (sends) back-pressure; retry after `Retry-After`",
+    ),
 ];
-const SHARED_BODY: [(&str, &str); 6] = [
+const SENDGRID_SHARED: [(&str, &str); 3] = [
+    ("401", "No key, or one mailgate does not accept"),
+    ("403", "The token lacks `messages:send`"),
+    ("503", "Back-pressure or a failing store; retry after `Retry-After`"),
+];
+const SHARED_BODY: [(&str, &str); 5] = [
     ("400", "Malformed JSON, or (SendGrid) any invalid field"),
     ("408", "The body did not arrive within `http.body_timeout`"),
     ("413", "The body is over `http.max_body_bytes`"),
@@ -117,7 +126,6 @@ const SHARED_BODY: [(&str, &str); 6] = [
         "429",
         "Over the tenant's rate or daily quota (each message counts); see `Retry-After`",
     ),
-    ("503", "Back-pressure or a failing store; retry after `Retry-After`"),
 ];
 
 /// Adds the shared refusals to every compatibility operation of `document`, with the
@@ -126,17 +134,17 @@ pub fn document_shared_responses(document: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::response::ResponseBuilder;
     use utoipa::openapi::{ContentBuilder, Ref, RefOr};
     for (path, item) in document.paths.paths.iter_mut() {
-        let schema = if path.starts_with("/v3/") {
-            "SendGridErrors"
+        let (schema, shared) = if path.starts_with("/v3/") {
+            ("SendGridErrors", &SENDGRID_SHARED)
         } else {
-            "ResendError"
+            ("ResendError", &RESEND_SHARED)
         };
         for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
             if !operation.tags.iter().flatten().any(|tag| tag == TAG) {
                 continue;
             }
             let body = operation.request_body.is_some().then_some(SHARED_BODY.as_slice());
-            for (status, description) in SHARED_AUTH.iter().chain(body.into_iter().flatten()) {
+            for (status, description) in shared.iter().chain(body.into_iter().flatten()) {
                 operation
                     .responses
                     .responses

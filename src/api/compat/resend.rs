@@ -25,6 +25,7 @@ use crate::domain::message::{IdempotencyKey, Message, NewMessage};
 use crate::domain::status::{EventType, MessageStatus};
 use crate::sending::Accepted;
 use crate::store::StoredMime;
+use mail_parser::PartType;
 
 /// An email as Resend's `POST /emails` takes it. Unknown fields are refused (422
 /// `validation_error` naming the field) rather than ignored.
@@ -283,7 +284,7 @@ fn scheduled_at(raw: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     }
     let lower = raw.trim().to_ascii_lowercase();
     let mut words = lower.strip_prefix("in ")?.split_whitespace();
-    let count: i64 = words.next()?.parse().ok().filter(|n| (0..=100_000_000).contains(n))?;
+    let count: i64 = words.next()?.parse().ok().filter(|n| *n >= 0)?;
     let unit = words.next()?;
     if words.next().is_some() {
         return None;
@@ -295,7 +296,8 @@ fn scheduled_at(raw: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         "day" => 86_400,
         _ => return None,
     };
-    Some(now + chrono::Duration::seconds(count * seconds))
+    // Checked: a count of any size is refused later as too far ahead, never a panic.
+    now.checked_add_signed(chrono::TimeDelta::try_seconds(count.checked_mul(seconds)?)?)
 }
 
 /// Turns a Resend email into mailgate's send request, and records where each of its
@@ -364,10 +366,23 @@ fn to_send_request(email: ResendEmail, now: DateTime<Utc>) -> Result<(SendMessag
             ));
             continue;
         };
-        let content_id = attachment.inline_content_id.or(attachment.content_id);
-        if content_id.is_some() {
-            origins.map(format!("{at}/content_id"), format!("{at}/inline_content_id"));
-        }
+        let content_id = match (attachment.content_id, attachment.inline_content_id) {
+            (Some(plain), Some(inline)) if plain != inline => {
+                errors.push(FieldError::coded(
+                    format!("{at}/inline_content_id"),
+                    "invalid_content_id",
+                    "`content_id` and `inline_content_id` name the same thing; give one",
+                ));
+                continue;
+            }
+            (plain, Some(inline)) => {
+                if plain.is_none() {
+                    origins.map(format!("{at}/content_id"), format!("{at}/inline_content_id"));
+                }
+                Some(inline)
+            }
+            (plain, None) => plain,
+        };
         attachments.push(AttachmentRequest {
             content_type: attachment
                 .content_type
@@ -547,8 +562,11 @@ pub async fn send_batch(
     let tenant = &auth.principal.tenant;
     let mut items = Vec::with_capacity(emails.len());
     let mut refused = Vec::new();
+    // Strict refusals name each field under its email's index; permissive ones carry
+    // the index beside the message.
+    let prefix = |index: usize| if permissive { String::new() } else { format!("/{index}") };
     for (index, email) in emails.into_iter().enumerate() {
-        match to_new(&state, tenant, email, &format!("/{index}")) {
+        match to_new(&state, tenant, email, &prefix(index)) {
             Ok((new, origins)) => items.push((index, new, origins)),
             Err(err) => refused.push((index, err)),
         }
@@ -561,11 +579,10 @@ pub async fn send_batch(
     if permissive {
         let outcomes = futures_util::future::join_all(items.into_iter().map(|(index, new, origins)| {
             let key = key.as_ref().map(|key| item_key(key, index));
-            let prefix = format!("/{index}");
             let sender = &state.sender;
             async move {
                 let accepted = sender.accept(tenant, new, key).await;
-                (index, accepted.map_err(|err| origins.relabel(err.into(), &prefix)))
+                (index, accepted.map_err(|err| origins.relabel(err.into(), "")))
             }
         }))
         .await;
@@ -634,15 +651,23 @@ fn joined(refused: Vec<(usize, ApiError)>) -> ApiError {
 
 /// What Resend calls the last thing that happened to a message.
 fn last_event(message: &Message) -> &'static str {
-    match message.events.last().map(|e| e.event_type) {
+    // An unsubscribe is not a delivery event (Resend has none): the one before it counts.
+    let last = message
+        .events
+        .iter()
+        .rev()
+        .map(|e| e.event_type)
+        .find(|t| *t != EventType::Unsubscribed);
+    match last {
         Some(EventType::Sent) => "sent",
         Some(EventType::Delivered) => "delivered",
         Some(EventType::Deferred) => "delivery_delayed",
         Some(EventType::Bounced) => "bounced",
-        Some(EventType::Complained | EventType::Unsubscribed) => "complained",
+        Some(EventType::Complained) => "complained",
         Some(EventType::Failed) => "failed",
         Some(EventType::Suppressed) => "suppressed",
         Some(EventType::Cancelled) => "canceled",
+        Some(EventType::Unsubscribed) => "sent",
         None if message.status == MessageStatus::Scheduled => "scheduled",
         None => "queued",
     }
@@ -651,17 +676,15 @@ fn last_event(message: &Message) -> &'static str {
 /// A mailgate message as Resend's email object, its html and text from `mime`.
 fn email_view(message: Message, mime: Option<&[u8]>) -> ResendEmailView {
     let parsed = mime.and_then(|bytes| mail_parser::MessageParser::default().parse(bytes));
+    // mail-parser offers a converted copy of a part the message lacks (the html of a
+    // text-only message); only a part of that type really in the message counts.
     let part = |html: bool| {
         let parsed = parsed.as_ref()?;
-        let body = if html { parsed.body_html(0) } else { parsed.body_text(0) };
-        // mail-parser converts between the two when a message lacks one; only a part
-        // that is really there counts.
-        let present = if html {
-            parsed.html_body.is_empty()
-        } else {
-            parsed.text_body.is_empty()
-        };
-        (!present).then(|| body.map(|b| b.into_owned())).flatten()
+        let found = if html { parsed.html_part(0) } else { parsed.text_part(0) }?;
+        match (&found.body, html) {
+            (PartType::Html(body), true) | (PartType::Text(body), false) => Some(body.to_string()),
+            _ => None,
+        }
     };
     let (html, text) = (part(true), part(false));
     let reply_to = parsed
@@ -805,6 +828,12 @@ mod tests {
         assert_eq!(at("tomorrow"), None);
         assert_eq!(at("in 1 fortnight"), None);
         assert_eq!(at("in -1 min"), None);
+        assert_eq!(
+            at("in 100000000 days"),
+            None,
+            "past chrono's range: refused, not a panic"
+        );
+        assert_eq!(at("in 9223372036854775807 days"), None);
     }
 
     #[test]
@@ -822,6 +851,30 @@ mod tests {
         assert_eq!(ResendFailure::from(reused).name, "invalid_idempotent_request");
         let limited = ApiError::new(Kind::TooManyRequests, "rate_limited", "slow down");
         assert_eq!(ResendFailure::from(limited).name, "rate_limit_exceeded");
+    }
+
+    #[test]
+    fn an_email_shows_only_the_parts_its_mime_has() {
+        let message: Message = serde_json::from_value(serde_json::json!({
+            "id": "msg_0192f8a0c3e47d10b5a1c2d3e4f5a6b7", "tenant": "acme", "from": "a@acme.test",
+            "to": ["Ana <ana@example.test>"], "cc": [], "subject": "s", "tags": ["category:welcome", "plain"],
+            "metadata": {}, "created_at": "2026-12-05T10:00:00Z", "send_at": null, "status": "queued",
+            "attempts": 0, "next_attempt_at": null, "events": [],
+            "recipients": [
+                {"email": "ana@example.test", "status": "queued", "smtp": null, "updated_at": "2026-12-05T10:00:00Z", "upstream": null},
+                {"email": "hidden@example.test", "status": "queued", "smtp": null, "updated_at": "2026-12-05T10:00:00Z", "upstream": null}
+            ]
+        }))
+        .unwrap();
+        let text_only = b"From: a@acme.test\r\nReply-To: r@acme.test\r\nContent-Type: text/plain\r\n\r\nhello\r\n";
+        let view = email_view(message, Some(text_only));
+        assert_eq!(view.text.as_deref().map(str::trim), Some("hello"));
+        assert_eq!(view.html, None, "no html is made up from the text");
+        assert_eq!(view.bcc, ["hidden@example.test"]);
+        assert_eq!(view.reply_to, ["r@acme.test"]);
+        assert_eq!(view.last_event, "queued");
+        assert_eq!(view.tags[0].value.as_deref(), Some("welcome"));
+        assert_eq!(view.tags[1].value, None);
     }
 
     #[test]

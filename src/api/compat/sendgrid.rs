@@ -220,6 +220,9 @@ impl ResponseError for SendGridFailure {
     }
 }
 
+/// Personalizations whose message ids `X-Mailgate-Message-Ids` lists, at most.
+const MAX_LISTED_IDS: usize = 100;
+
 /// How far ahead `send_at` may be, as for mailgate's own.
 const MAX_SCHEDULE_DAYS: i64 = 30;
 
@@ -227,24 +230,74 @@ fn unsupported(field: impl Into<String>, message: &str) -> FieldError {
     FieldError::coded(field, "unsupported_field", message)
 }
 
-/// The pointers of every `enable: true` under a settings object (`mail_settings`,
-/// `tracking_settings`): each names a feature mailgate would otherwise drop silently.
-fn enabled_settings(at: &str, value: &serde_json::Value, found: &mut Vec<String>) {
-    if let serde_json::Value::Object(map) = value {
-        for (key, inner) in map {
-            let pointer = format!("{at}/{}", crate::api::body::escape_token(key));
-            if key == "enable" && inner == &serde_json::Value::Bool(true) {
-                found.push(pointer);
-            } else {
-                enabled_settings(&pointer, inner, found);
-            }
+/// The refusals within a settings object (`mail_settings`, `tracking_settings`) at
+/// `at`: each `enable: true` names a feature mailgate would otherwise drop silently,
+/// and an `enable` that is not a boolean, or a setting that is not an object, is not
+/// read as off.
+fn settings_refusals(at: &str, value: &serde_json::Value, errors: &mut Vec<FieldError>) {
+    let serde_json::Value::Object(map) = value else {
+        errors.push(FieldError::coded(at, "invalid_type", "a settings object"));
+        return;
+    };
+    for (key, inner) in map {
+        let pointer = format!("{at}/{}", crate::api::body::escape_token(key));
+        match (key.as_str(), inner) {
+            ("enable", serde_json::Value::Bool(false)) => {}
+            ("enable", serde_json::Value::Bool(true)) => errors.push(unsupported(
+                pointer,
+                "mailgate does not have this setting (no open or click tracking, footers or sandbox mode per \
+                 request); leave it out or set `enable: false`",
+            )),
+            ("enable", _) => errors.push(FieldError::coded(pointer, "invalid_type", "`enable` is true or false")),
+            (_, serde_json::Value::Object(_)) => settings_refusals(&pointer, inner, errors),
+            // A setting's own values (a footer's text, a tag): unused while it is off.
+            _ => {}
         }
     }
 }
 
+/// The refusals of attachment `index`: a disposition other than `attachment` or
+/// `inline`, and an inline one without a Content-ID or a Content-ID on a plain one
+/// (either would be dropped).
+fn attachment_refusals(index: usize, attachment: &SendGridAttachment, errors: &mut Vec<FieldError>) {
+    let at = format!("/attachments/{index}");
+    let inline = match attachment
+        .disposition
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("attachment") => false,
+        Some("inline") => true,
+        Some(_) => {
+            errors.push(FieldError::coded(
+                format!("{at}/disposition"),
+                "invalid_disposition",
+                "`disposition` is `attachment` or `inline`",
+            ));
+            return;
+        }
+    };
+    match (inline, attachment.content_id.is_some()) {
+        (true, false) => errors.push(FieldError::coded(
+            format!("{at}/content_id"),
+            "missing_field",
+            "an inline attachment needs the `content_id` its html refers to",
+        )),
+        (false, true) => errors.push(FieldError::coded(
+            format!("{at}/disposition"),
+            "invalid_disposition",
+            "an attachment with a `content_id` is `disposition: inline`",
+        )),
+        _ => {}
+    }
+}
+
 /// The request's refusals that no personalization changes: features mailgate does not
-/// have, content types it does not send.
-fn refusals(mail: &SendGridMail) -> Vec<FieldError> {
+/// have, content types it does not send, fields it would otherwise drop, and a request
+/// whose personalizations would multiply its content past `max_bytes` (each is a message
+/// with its own copy).
+fn refusals(mail: &SendGridMail, max_bytes: usize) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let absent = [
         (
@@ -273,22 +326,22 @@ fn refusals(mail: &SendGridMail) -> Vec<FieldError> {
             errors.push(unsupported(field, message));
         }
     }
-    let mut enabled = Vec::new();
     for (at, settings) in [
         ("/mail_settings", &mail.mail_settings),
         ("/tracking_settings", &mail.tracking_settings),
     ] {
         if let Some(settings) = settings {
-            enabled_settings(at, settings, &mut enabled);
+            settings_refusals(at, settings, &mut errors);
         }
     }
-    errors.extend(enabled.into_iter().map(|field| {
-        unsupported(
-            field,
-            "mailgate does not have this setting (no open or click tracking, footers or sandbox mode per request); \
-             leave it out or set `enable: false`",
-        )
-    }));
+    if mail.reply_to.is_some() && mail.reply_to_list.is_some() {
+        errors.push(FieldError::coded(
+            "/reply_to",
+            "conflicting_fields",
+            "give `reply_to` or `reply_to_list`, not both",
+        ));
+    }
+    let mut seen = Vec::new();
     for (index, content) in mail.content.iter().flatten().enumerate() {
         let essence = content
             .content_type
@@ -302,13 +355,49 @@ fn refusals(mail: &SendGridMail) -> Vec<FieldError> {
                 format!("/content/{index}/type"),
                 "mailgate sends `text/plain` and `text/html` content",
             ));
+        } else if seen.contains(&essence) {
+            errors.push(FieldError::coded(
+                format!("/content/{index}/type"),
+                "duplicate_content",
+                format!("one `{essence}` content at most"),
+            ));
+        } else {
+            seen.push(essence);
         }
+    }
+    for (index, attachment) in mail.attachments.iter().flatten().enumerate() {
+        attachment_refusals(index, attachment, &mut errors);
+    }
+    let each: usize = mail.content.iter().flatten().map(|c| c.value.len()).sum::<usize>()
+        + mail
+            .attachments
+            .iter()
+            .flatten()
+            .map(|a| a.content.len())
+            .sum::<usize>();
+    if mail.personalizations.len().saturating_mul(each) > max_bytes {
+        errors.push(FieldError::coded(
+            "/personalizations",
+            "too_large",
+            format!(
+                "{} personalizations each carry the content and attachments ({each} bytes): more than \
+                 http.max_body_bytes ({max_bytes}) in all; send fewer at once",
+                mail.personalizations.len()
+            ),
+        ));
     }
     for (index, p) in mail.personalizations.iter().enumerate() {
         if p.substitutions.is_some() {
             errors.push(unsupported(
                 format!("/personalizations/{index}/substitutions"),
                 "legacy substitutions are not supported; use template_id with dynamic_template_data",
+            ));
+        }
+        if p.dynamic_template_data.is_some() && mail.template_id.is_none() {
+            errors.push(FieldError::coded(
+                format!("/personalizations/{index}/dynamic_template_data"),
+                "missing_template",
+                "`dynamic_template_data` is rendered with `template_id`, which is missing",
             ));
         }
     }
@@ -325,6 +414,7 @@ fn refusals(mail: &SendGridMail) -> Vec<FieldError> {
 /// Reads Unix seconds at `field`, at most 30 days ahead.
 fn send_at(seconds: i64, field: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, FieldError> {
     let at = DateTime::from_timestamp(seconds, 0)
+        .filter(|_| seconds >= 0)
         .ok_or_else(|| FieldError::coded(field, "invalid_send_at", "`send_at` is a Unix time in seconds"))?;
     if at > now + chrono::Duration::days(MAX_SCHEDULE_DAYS) {
         return Err(FieldError::coded(
@@ -365,14 +455,11 @@ fn to_send_request(
             "/from/email".to_owned()
         },
     );
-    origins.map(
-        "/reply_to",
-        if mail.reply_to_list.is_some() {
-            "/reply_to_list"
-        } else {
-            "/reply_to"
-        },
-    );
+    if mail.reply_to_list.is_some() {
+        origins.map("/reply_to", "/reply_to_list");
+    } else {
+        origins.map("/reply_to/0", "/reply_to/email");
+    }
     origins.map(
         "/subject",
         if p.subject.is_some() {
@@ -383,7 +470,9 @@ fn to_send_request(
     );
     origins.map("/text", "/content");
     origins.map("/html", "/content");
-    origins.map("/template", "/template_id");
+    for ours in ["/template", "/template/name", "/template/id"] {
+        origins.map(ours, "/template_id");
+    }
     origins.map("/template/data", format!("{at}/dynamic_template_data"));
     origins.map("/tags", "/categories");
     origins.map("/metadata", "/custom_args");
@@ -407,13 +496,23 @@ fn to_send_request(
             );
         }
     }
+    let escape = crate::api::body::escape_token;
     let mut headers = mail.headers.clone().unwrap_or_default();
-    if let Some(own) = &p.headers {
-        origins.map("/headers", format!("{at}/headers"));
-        headers.extend(own.clone());
+    for (name, value) in p.headers.iter().flatten() {
+        origins.map(
+            format!("/headers/{}", escape(name)),
+            format!("{at}/headers/{}", escape(name)),
+        );
+        headers.insert(name.clone(), value.clone());
     }
     let mut metadata = mail.custom_args.clone().unwrap_or_default();
-    metadata.extend(p.custom_args.clone().unwrap_or_default());
+    for (key, value) in p.custom_args.iter().flatten() {
+        origins.map(
+            format!("/metadata/{}", escape(key)),
+            format!("{at}/custom_args/{}", escape(key)),
+        );
+        metadata.insert(key.clone(), value.clone());
+    }
     let send_at = match p.send_at.or(mail.send_at) {
         Some(seconds) => Some(send_at(seconds, &origins.theirs("/send_at"), now)?),
         None => None,
@@ -486,8 +585,10 @@ fn to_send_request(
 /// `template_id` (a mailgate template's name or id) its `dynamic_template_data`
 /// rendered strictly. `categories` become tags, `custom_args` metadata. Every
 /// personalization is checked and rendered before any is stored: the request is
-/// accepted whole (202, empty body, `X-Message-Id` the first message's id and
-/// `X-Mailgate-Message-Ids` every id in order) or refused whole. An `Idempotency-Key`
+/// accepted whole (202, empty body, `X-Message-Id` the first message's id and, for up
+/// to 100 personalizations, `X-Mailgate-Message-Ids` every id in order) or refused
+/// whole. Personalizations × (content + attachments) may not exceed
+/// `http.max_body_bytes`: each is a message with its own copy. An `Idempotency-Key`
 /// header (a mailgate addition) makes retries replay instead of sending again.
 #[utoipa::path(
     tag = "compatibility",
@@ -499,7 +600,7 @@ fn to_send_request(
     responses(
         (status = 202, description = "Every personalization stored durably",
             headers(("X-Message-Id" = String, description = "The first message's id"),
-                    ("X-Mailgate-Message-Ids" = String, description = "Every message's id, comma-separated, in personalization order"))),
+                    ("X-Mailgate-Message-Ids" = String, description = "Every message's id, comma-separated, in personalization order (up to 100 personalizations)"))),
         (status = 400, description = "Invalid: `errors` names each field, dotted", body = SendGridErrors),
         (status = 409, description = "The Idempotency-Key was used with another body", body = SendGridErrors),
     )
@@ -518,7 +619,7 @@ pub async fn mail_send(
         .get("idempotency-key")
         .map(|value| idempotency_key(value.to_str().unwrap_or("\u{0}"), &raw, "Idempotency-Key"))
         .transpose()?;
-    let refused = refusals(&mail);
+    let refused = refusals(&mail, state.settings.http.max_body_bytes);
     if !refused.is_empty() {
         return Err(ApiError::unprocessable(refused).into());
     }
@@ -546,6 +647,10 @@ pub async fn mail_send(
         }
     }
     if !errors.is_empty() {
+        // A request-level field (`from`, `content`) fails the same way in every
+        // personalization: said once.
+        let mut said = std::collections::HashSet::new();
+        errors.retain(|e| said.insert((e.field.clone(), e.code.clone())));
         return Err(ApiError::unprocessable(errors).into());
     }
     let allowance = crate::api::limits::take(&state, &auth.principal, items.len() as u64)?;
@@ -566,7 +671,11 @@ pub async fn mail_send(
     if let Some(first) = ids.first() {
         answer.insert_header(("X-Message-Id", first.as_str()));
     }
-    answer.insert_header(("X-Mailgate-Message-Ids", ids.join(",")));
+    // Every id fits a header up to this many (3.7 KB): more would overflow what clients
+    // and proxies take (Node's 16 KB for all headers), after everything was stored.
+    if ids.len() <= MAX_LISTED_IDS {
+        answer.insert_header(("X-Mailgate-Message-Ids", ids.join(",")));
+    }
     Ok(answer.finish())
 }
 
@@ -616,7 +725,7 @@ mod tests {
             "tracking_settings": {"open_tracking": {"enable": true}, "click_tracking": {"enable": false}},
             "mail_settings": {"sandbox_mode": {"enable": false}}
         }));
-        let fields: Vec<String> = refusals(&m).into_iter().map(|e| e.field).collect();
+        let fields: Vec<String> = refusals(&m, 25 * 1024 * 1024).into_iter().map(|e| e.field).collect();
         assert_eq!(
             fields,
             [
@@ -626,6 +735,51 @@ mod tests {
                 "/personalizations/0/substitutions"
             ]
         );
+    }
+
+    #[test]
+    fn fields_that_would_be_dropped_are_refused_by_name() {
+        let m = mail(serde_json::json!({
+            "personalizations": [{"to": [{"email": "a@example.test"}], "dynamic_template_data": {"n": 1}}],
+            "from": {"email": "no-reply@acme.test"}, "subject": "s",
+            "reply_to": {"email": "r@acme.test"}, "reply_to_list": [{"email": "r@acme.test"}],
+            "content": [{"type": "text/plain", "value": "t"}, {"type": "text/plain", "value": "u"}],
+            "attachments": [
+                {"content": "AA==", "filename": "a.png", "content_id": "a"},
+                {"content": "AA==", "filename": "b.png", "disposition": "inline"},
+                {"content": "AA==", "filename": "c.png", "disposition": "sideways"}
+            ],
+            "tracking_settings": {"click_tracking": {"enable": "yes"}},
+            "mail_settings": []
+        }));
+        let fields: Vec<String> = refusals(&m, 25 * 1024 * 1024).into_iter().map(|e| e.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "/mail_settings",
+                "/tracking_settings/click_tracking/enable",
+                "/reply_to",
+                "/content/1/type",
+                "/attachments/0/disposition",
+                "/attachments/1/content_id",
+                "/attachments/2/disposition",
+                "/personalizations/0/dynamic_template_data"
+            ]
+        );
+    }
+
+    #[test]
+    fn personalizations_that_would_multiply_a_body_past_the_limit_are_refused() {
+        let to = serde_json::json!({"to": [{"email": "a@example.test"}]});
+        let m = mail(serde_json::json!({
+            "personalizations": vec![to; 10],
+            "from": {"email": "no-reply@acme.test"}, "subject": "s",
+            "content": [{"type": "text/plain", "value": "x".repeat(1000)}]
+        }));
+        assert!(refusals(&m, 10_000).is_empty());
+        let refused = refusals(&m, 9_999);
+        assert_eq!(refused[0].field, "/personalizations");
+        assert_eq!(refused[0].code, "too_large");
     }
 
     #[test]
