@@ -35,6 +35,10 @@ trap 'status=$?; cleanup; exit $status' EXIT
 command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null
 command -v smtp-sink >/dev/null || tests/support/postfix.sh start >/dev/null
 cargo build --release --locked 2>&1 | tail -1
+# The build leaves hundreds of MB of dirty pages; written back during the first runs,
+# they stall every fsync (one PostgreSQL node measured 1.2k msg/s right after a build,
+# 1.9-2.1k without one).
+sync
 tests/support/postgres.sh start "$pg_dir" "$pg_port"
 pg_url=$(tests/support/postgres.sh url "$pg_dir" "$pg_port")
 psql() { command psql -X -q -At "$pg_url" "$@"; }

@@ -185,11 +185,21 @@ async fn check_common(app: &TestApp, sdk: Sdk, answer: &Value, run: &str) {
     delivered(app, &retried[0]).await;
 }
 
+/// The email scheduled `in 1 hour` and cancelled through the SDK is cancelled.
+async fn check_cancelled(app: &TestApp, answer: &Value) {
+    let id = answer["cancelled"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a cancelled id: {answer}"));
+    let message = app.message(id).await;
+    assert_eq!(message["status"], "cancelled", "{message}");
+}
+
 #[tokio::test]
 async fn resend_node_sdk_sends_through_mailgate() {
     let app = spawn_app().await;
     let (answer, run) = run(&app, Sdk::ResendNode).await;
     check_common(&app, Sdk::ResendNode, &answer, &run).await;
+    check_cancelled(&app, &answer).await;
     assert_eq!(answer["scheduled_event"], "scheduled", "{answer}");
     assert_eq!(answer["invalid"]["name"], "validation_error", "{answer}");
     assert_eq!(answer["invalid"]["statusCode"], 422);
@@ -217,6 +227,7 @@ async fn resend_python_sdk_sends_through_mailgate() {
     let app = spawn_app().await;
     let (answer, run) = run(&app, Sdk::ResendPython).await;
     check_common(&app, Sdk::ResendPython, &answer, &run).await;
+    check_cancelled(&app, &answer).await;
     assert_eq!(answer["scheduled_event"], "scheduled", "{answer}");
     assert_eq!(answer["invalid"]["class"], "ValidationError", "{answer}");
     assert_eq!(answer["invalid"]["code"], 422);

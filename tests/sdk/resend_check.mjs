@@ -70,6 +70,11 @@ out.scheduled = ok(
 ).id;
 out.scheduled_event = ok(await resend.emails.get(out.scheduled)).last_event;
 
+const doomed = ok(
+  await resend.emails.send({ from, to, subject: `resend-node cancelled ${run}`, text: "never", scheduledAt: "in 1 hour" }),
+).id;
+out.cancelled = ok(await resend.emails.cancel(doomed)).id;
+
 const retry = { from, to, subject: `resend-node idempotent ${run}`, text: "exactly once" };
 const key = { idempotencyKey: `resend-node-${run}` };
 out.idempotent = [ok(await resend.emails.send(retry, key)).id, ok(await resend.emails.send(retry, key)).id];

@@ -59,6 +59,11 @@ out["scheduled"] = resend.Emails.send({
 })["id"]
 out["scheduled_event"] = resend.Emails.get(out["scheduled"])["last_event"]
 
+doomed = resend.Emails.send({
+    "from": sender, "to": to, "subject": f"resend-python cancelled {run}", "text": "never", "scheduled_at": "in 1 hour",
+})["id"]
+out["cancelled"] = resend.Emails.cancel(doomed)["id"]
+
 retry = {"from": sender, "to": to, "subject": f"resend-python idempotent {run}", "text": "exactly once"}
 options = {"idempotency_key": f"resend-python-{run}"}
 out["idempotent"] = [resend.Emails.send(retry, options)["id"], resend.Emails.send(retry, options)["id"]]
