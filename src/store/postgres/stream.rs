@@ -15,7 +15,7 @@ use crate::store::StoreError;
 /// How many times (10 ms each) a read waits for committed events held back by the
 /// horizon (see [`events`]): a transaction that began earlier usually ends within
 /// milliseconds, but a loaded machine can stretch that to seconds.
-const HELD_BACK_WAITS: u32 = 300;
+pub(super) const HELD_BACK_WAITS: u32 = 300;
 
 fn limit_of(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
@@ -23,13 +23,15 @@ fn limit_of(limit: usize) -> i64 {
 
 /// The tenant's events after `after`, only of transactions older than every one still
 /// running (see the module comment of `postgres`): a later commit never lands behind a
-/// cursor already handed out.
+/// cursor already handed out. Waits up to `waits` times 10 ms for committed events held
+/// back by an older transaction ([`HELD_BACK_WAITS`] for readers).
 pub(super) fn events(
     pool: &Pool,
     tenant: &TenantId,
     after: Option<u64>,
     types: &[EventType],
     limit: usize,
+    waits: u32,
 ) -> Result<(Vec<PublishedEvent>, Option<u64>), StoreError> {
     let after_pos = after.map_or(-1, |p| i64::try_from(p).unwrap_or(i64::MAX));
     let types: Vec<&str> = types.iter().map(|t| t.as_str()).collect();
@@ -43,7 +45,7 @@ pub(super) fn events(
               ORDER BY pos LIMIT $4",
             &[&tenant.as_str(), &after_pos, &types, &limit_of(limit)],
         )?;
-        if rows.len() >= limit || waited >= HELD_BACK_WAITS {
+        if rows.len() >= limit || waited >= waits {
             break rows;
         }
         // Events already committed but above the horizon wait for a transaction that
