@@ -117,7 +117,7 @@ pub(super) fn write_batch(
         Some(batch) => batch,
         None => {
             let (mut client, st) = pool.take()?;
-            client.batch_execute("BEGIN")?;
+            client.batch_execute(&format!("BEGIN; {}", super::stream::WRITER_LOCK))?;
             OpenBatch {
                 client,
                 st,
@@ -638,6 +638,7 @@ pub(super) fn cancel(
     let mut conn = pool.get()?;
     let (client, st) = conn.parts();
     let mut tx = client.transaction()?;
+    tx.batch_execute(super::stream::WRITER_LOCK)?;
     let Some((mut message, leased)) = lock_message(&mut tx, tenant, id)? else {
         return Ok(CancelOutcome::NotFound);
     };
@@ -664,6 +665,7 @@ pub(super) fn apply_report(
     let mut conn = pool.get()?;
     let (client, st) = conn.parts();
     let mut tx = client.transaction()?;
+    tx.batch_execute(super::stream::WRITER_LOCK)?;
     let Some((mut message, leased)) = lock_message(&mut tx, tenant, id)? else {
         return Ok(ReportTarget::NotFound);
     };

@@ -20,8 +20,10 @@
 //!   workers' one-second poll is the fallback.
 //! - The event stream's positions are `transaction id × 2^20 + order in the
 //!   transaction`, and a read returns only events of transactions older than every
-//!   transaction still running (the snapshot's `xmin`): a cursor never passes an event
-//!   that commits later with a smaller position.
+//!   writing transaction of this deployment still running (writers take a shared
+//!   advisory lock before their first write; `stream::HORIZON`): a cursor never passes
+//!   an event that commits later with a smaller position, and another application's
+//!   long transaction on the same database holds nothing back.
 //!
 //! # Layout
 //!
@@ -491,6 +493,23 @@ mod tests {
         let (seen, _) = store.events(&late.tenant, cursor, &[], 10).unwrap();
         assert_eq!(seen.len(), 2, "both, in order, once the earlier one committed");
         assert_eq!(seen[1].data.message_id, late.id.as_str());
+    }
+
+    #[test]
+    fn another_applications_long_transaction_holds_no_event_back() {
+        let backend = PgBackend::new();
+        let store = backend.open();
+        // Another application on the same database: a transaction with an id, open
+        // throughout (a pg_dump, a long report).
+        let mut other = postgres::Client::connect(&backend.url, postgres::NoTls).unwrap();
+        let mut long = other.transaction().unwrap();
+        long.batch_execute("SELECT pg_current_xact_id()").unwrap();
+        let mut msg = message();
+        msg.suppress(0, Utc::now());
+        store.accept(&msg, b"m", None).unwrap();
+        let (seen, _) = store.events(&msg.tenant, None, &[], 10).unwrap();
+        assert_eq!(seen.len(), 1, "only this deployment's writers hold the stream back");
+        long.rollback().unwrap();
     }
 
     #[test]

@@ -12,6 +12,32 @@ use crate::domain::status::EventType;
 use crate::domain::webhook::{DeliveryAttempt, OutboxEntry, Webhook};
 use crate::store::StoreError;
 
+/// Taken (shared) by every transaction that may write events, before its first write:
+/// while it holds it, readers do not pass its transaction id (see [`horizon`]). Keyed by
+/// the schema, so only this deployment's writers count — another application's long
+/// transaction on the same database (a `pg_dump`, a report) holds nothing back.
+pub(super) const WRITER_LOCK: &str = "SELECT pg_advisory_xact_lock_shared(1835100524, hashtext(current_schema()))";
+
+/// The stream's horizon, a transaction id: the oldest of this deployment's writing
+/// transactions still running (found through their [`WRITER_LOCK`] and the lock each
+/// transaction holds on its own id), or, with none, the first id not yet assigned when
+/// this statement's snapshot was taken. Every writer of an older id has ended by the
+/// time this statement reads `pg_locks` (a writer's id is assigned after it takes the
+/// lock, and the lock is released only after its commit is visible), so a read in a
+/// later statement sees every event below it that will ever exist.
+const HORIZON: &str = "
+    WITH l AS MATERIALIZED (SELECT locktype, classid, objid, objsubid, transactionid, pid, mode, granted FROM pg_locks),
+         writers AS (SELECT t.transactionid::text::bigint % 4294967296 AS xid
+                       FROM l a JOIN l t ON t.pid = a.pid
+                      WHERE a.locktype = 'advisory' AND a.objsubid = 2 AND a.granted
+                        AND a.classid = 1835100524::int8::oid
+                        AND a.objid = (hashtext(current_schema())::int8 & 4294967295)::oid
+                        AND t.locktype = 'transactionid' AND t.mode = 'ExclusiveLock' AND t.granted)
+    SELECT least(pg_snapshot_xmax(s)::text::bigint,
+                 (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s) AS x
+                   WHERE x::text::bigint % 4294967296 IN (SELECT xid FROM writers)))
+      FROM pg_current_snapshot() AS s";
+
 /// How many times (10 ms each) a read waits for committed events held back by the
 /// horizon (see [`events`]): a transaction that began earlier usually ends within
 /// milliseconds, but a loaded machine can stretch that to seconds.
@@ -21,9 +47,8 @@ fn limit_of(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
-/// The tenant's events after `after`, only of transactions older than every one still
-/// running (see the module comment of `postgres`): a later commit never lands behind a
-/// cursor already handed out. Waits up to `waits` times 10 ms for committed events held
+/// The tenant's events after `after`, only of transactions older than the [`HORIZON`]:
+/// a later commit never lands behind a cursor already handed out. Waits up to `waits` times 10 ms for committed events held
 /// back by an older transaction ([`HELD_BACK_WAITS`] for readers).
 pub(super) fn events(
     pool: &Pool,
@@ -38,25 +63,30 @@ pub(super) fn events(
     let mut client = pool.get()?;
     let mut waited = 0;
     let rows = loop {
+        // Its own statement, before the read: the read's snapshot must be taken after
+        // the horizon's look at `pg_locks` (see `HORIZON`).
+        let below = client
+            .query_one(HORIZON, &[])?
+            .get::<_, i64>(0)
+            .saturating_mul(1_048_576);
         let rows = client.query(
             "SELECT pos, body FROM events
               WHERE tenant = $1 AND pos > $2 AND (cardinality($3::text[]) = 0 OR event_type = ANY($3))
-                AND pos < pg_snapshot_xmin(pg_current_snapshot())::text::bigint * 1048576
+                AND pos < $5
               ORDER BY pos LIMIT $4",
-            &[&tenant.as_str(), &after_pos, &types, &limit_of(limit)],
+            &[&tenant.as_str(), &after_pos, &types, &limit_of(limit), &below],
         )?;
         if rows.len() >= limit || waited >= waits {
             break rows;
         }
-        // Events already committed but above the horizon wait for a transaction that
-        // started earlier to end, which takes milliseconds: wait for it rather than
-        // answer a reader that just wrote with an empty page.
+        // Events already committed but above the horizon wait for an older writing
+        // transaction to end, which takes milliseconds: wait for it rather than answer
+        // a reader that just wrote with an empty page.
         let last = rows.last().map_or(after_pos, |row| row.get::<_, i64>(0));
         let held: bool = client
             .query_one(
-                "SELECT EXISTS (SELECT 1 FROM events WHERE tenant = $1 AND pos > $2
-                                  AND pos >= pg_snapshot_xmin(pg_current_snapshot())::text::bigint * 1048576)",
-                &[&tenant.as_str(), &last],
+                "SELECT EXISTS (SELECT 1 FROM events WHERE tenant = $1 AND pos > $2 AND pos >= $3)",
+                &[&tenant.as_str(), &last, &below],
             )?
             .get(0);
         if !held {
