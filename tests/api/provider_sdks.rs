@@ -78,10 +78,21 @@ async fn run(app: &TestApp, sdk: Sdk) -> (Value, String) {
         .expect("create the template");
     assert_eq!(created.status(), 201);
     let run = format!("{}-{}", sdk.name(), uuid::Uuid::now_v7().simple());
+    let token = mint(&app.keys, "acme", "messages:send messages:read");
     let mut command = sdk.command();
+    // Resend's SDKs are pointed at mailgate by the environment alone, as a user would.
+    match sdk {
+        Sdk::ResendNode => command
+            .env("RESEND_BASE_URL", format!("{}/", app.address))
+            .env("RESEND_API_KEY", &token),
+        Sdk::ResendPython => command
+            .env("RESEND_API_URL", &app.address)
+            .env("RESEND_API_KEY", &token),
+        Sdk::SendGridNode | Sdk::SendGridPython => {
+            command.env("MAILGATE_URL", &app.address).env("MAILGATE_TOKEN", &token)
+        }
+    };
     command
-        .env("MAILGATE_URL", &app.address)
-        .env("MAILGATE_TOKEN", mint(&app.keys, "acme", "messages:send messages:read"))
         .env("MAILGATE_TEMPLATE", TEMPLATE)
         .env("MAILGATE_TO", "ana@example.test")
         .env("MAILGATE_RUN", &run);

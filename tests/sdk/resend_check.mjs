@@ -9,9 +9,12 @@ const env = (name) => {
   if (!value) throw new Error(`${name} is not set`);
   return value;
 };
-// The base URL with a trailing slash: the SDK then asks for `//emails`, which mailgate
-// must take as `/emails`.
-const resend = new Resend(env("MAILGATE_TOKEN"), { baseUrl: `${env("MAILGATE_URL")}/` });
+// As a user migrating sets it: RESEND_BASE_URL and RESEND_API_KEY in the environment,
+// nothing in the code (the test sets the base URL with a trailing slash: the SDK then
+// asks for `//emails`, which mailgate must take as `/emails`).
+env("RESEND_BASE_URL");
+env("RESEND_API_KEY");
+const resend = new Resend();
 const run = env("MAILGATE_RUN");
 const to = env("MAILGATE_TO");
 const from = "Acme <no-reply@acme.test>";

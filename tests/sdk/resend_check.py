@@ -13,8 +13,10 @@ import resend
 run = os.environ["MAILGATE_RUN"]
 to = os.environ["MAILGATE_TO"]
 sender = "Acme <no-reply@acme.test>"
-resend.api_url = os.environ["MAILGATE_URL"]
-resend.api_key = os.environ["MAILGATE_TOKEN"]
+# As a user migrating sets it: RESEND_API_URL and RESEND_API_KEY in the environment
+# (read when the SDK is imported), nothing in the code.
+assert resend.api_url == os.environ["RESEND_API_URL"]
+assert resend.api_key == os.environ["RESEND_API_KEY"]
 
 out = {}
 out["one"] = resend.Emails.send({
