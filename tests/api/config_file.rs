@@ -664,3 +664,28 @@ async fn a_second_ctrl_c_exits_without_waiting_for_the_drain() {
     };
     assert_eq!(status.code(), Some(130), "{status}");
 }
+
+/// `storage.backend = "postgres"` with the URL in the variable `url_env` names (the
+/// README's example; `url_file` is what the PostgreSQL integration tests start with):
+/// the message is stored in that database and delivered.
+#[tokio::test]
+async fn a_postgres_url_from_the_variable_url_env_names_stores_and_delivers() {
+    let url = crate::helpers::pg_url();
+    let app = crate::helpers::spawn_binary_with_env(
+        "[storage]\nbackend = \"postgres\"\nurl_env = \"CONFIG_TEST_DATABASE_URL\"\n",
+        &[("CONFIG_TEST_DATABASE_URL", &url)],
+    )
+    .await;
+    let id = app.send_ok(&simple_message("ana@example.test")).await;
+    app.postfix.wait_delivered(&id, 1, WAIT).await;
+    let stored = tokio::task::spawn_blocking(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("the test PostgreSQL");
+        client
+            .query_one("SELECT count(*) FROM messages WHERE id = $1", &[&id])
+            .expect("the messages table")
+            .get::<_, i64>(0)
+    })
+    .await
+    .unwrap();
+    assert_eq!(stored, 1, "the message is in PostgreSQL, not in a sled directory");
+}

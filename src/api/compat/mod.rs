@@ -16,7 +16,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
 use serde::Serialize;
 
-use super::problem::ApiError;
+use super::problem::{ApiError, Kind};
 use crate::domain::message::IdempotencyKey;
 
 /// The OpenAPI tag of every provider-compatible route.
@@ -58,6 +58,26 @@ impl Origins {
     pub fn relabel(&self, err: ApiError, prefix: &str) -> ApiError {
         err.map_fields(|field| format!("{prefix}{}", self.theirs(field)))
     }
+}
+
+/// The refusals of several messages of one request as one error: a failure that is not
+/// the caller's (the store's) stays itself; otherwise every field error, once — a field
+/// of the request that all its messages share (SendGrid's `from`, `content`) fails the
+/// same way in each.
+pub fn joined(refused: impl IntoIterator<Item = ApiError>) -> ApiError {
+    let mut said = std::collections::HashSet::new();
+    let mut errors = Vec::new();
+    for err in refused {
+        if err.kind() != Kind::Unprocessable {
+            return err;
+        }
+        errors.extend(
+            err.into_field_errors()
+                .into_iter()
+                .filter(|e| said.insert((e.field.clone(), e.code.clone()))),
+        );
+    }
+    ApiError::unprocessable(errors)
 }
 
 /// The idempotency key of item `index` of a request that holds several messages (a
@@ -230,6 +250,39 @@ mod tests {
         assert_eq!(parsed.name(), Some("Ana \"A\", <Ops>"));
         assert_eq!(parsed.email().to_string(), "ana@example.test");
         assert_eq!(mailbox("ana@example.test", None), "ana@example.test");
+    }
+
+    #[test]
+    fn the_compatibility_routes_are_documented_under_their_tag_with_provider_shaped_errors() {
+        let document = serde_json::to_value(crate::api::openapi_document()).unwrap();
+        let routes = [
+            ("/emails", "post", "ResendError"),
+            ("/emails/batch", "post", "ResendError"),
+            ("/emails/{id}", "get", "ResendError"),
+            ("/emails/{id}/cancel", "post", "ResendError"),
+            ("/v3/mail/send", "post", "SendGridErrors"),
+        ];
+        for (path, method, schema) in routes {
+            let operation = &document["paths"][path][method];
+            assert_eq!(operation["tags"], serde_json::json!([TAG]), "{path}");
+            let responses = operation["responses"].as_object().unwrap();
+            for (status, response) in responses.iter().filter(|(s, _)| s.starts_with(['4', '5'])) {
+                let content = response["content"].as_object().unwrap();
+                assert_eq!(
+                    content.keys().collect::<Vec<_>>(),
+                    ["application/json"],
+                    "{path} {status}"
+                );
+                assert_eq!(
+                    content["application/json"]["schema"]["$ref"],
+                    format!("#/components/schemas/{schema}"),
+                    "{path} {status}"
+                );
+            }
+            for status in ["401", "403", "503"] {
+                assert!(responses.contains_key(status), "{path} documents {status}");
+            }
+        }
     }
 
     #[test]

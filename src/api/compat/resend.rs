@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{error_response, item_key, media_type_for, Origins};
+use super::{error_response, item_key, joined, media_type_for, Origins};
 use crate::api::auth::{Authenticated, MessagesRead, MessagesSend};
 use crate::api::body::JsonBody;
 use crate::api::messages::{
@@ -572,7 +572,7 @@ pub async fn send_batch(
         }
     }
     if !permissive && !refused.is_empty() {
-        return Err(joined(refused).into());
+        return Err(joined(refused.into_iter().map(|(_, err)| err)).into());
     }
     let allowance = crate::api::limits::take(&state, &auth.principal, items.len() as u64)?;
     let mut data = Vec::with_capacity(items.len());
@@ -598,15 +598,10 @@ pub async fn send_batch(
             .map(|(index, new, origins)| ((index, origins), (new, key.as_ref().map(|key| item_key(key, index)))))
             .unzip();
         let accepted = state.sender.accept_all(tenant, news).await.map_err(|failures| {
-            joined(
-                failures
-                    .into_iter()
-                    .map(|(at, err)| {
-                        let (index, origins) = &origins[at];
-                        (*index, origins.relabel(err.into(), &format!("/{index}")))
-                    })
-                    .collect(),
-            )
+            joined(failures.into_iter().map(|(at, err)| {
+                let (index, origins) = &origins[at];
+                origins.relabel(err.into(), &format!("/{index}"))
+            }))
         })?;
         data.extend(accepted.iter().map(id_of));
     }
@@ -629,24 +624,6 @@ fn id_of(accepted: &Accepted) -> ResendId {
     ResendId {
         id: accepted.message().id.to_string(),
     }
-}
-
-/// The refusals of several emails as one error: a server failure stays one; otherwise
-/// every field error, each already under its email's index.
-fn joined(refused: Vec<(usize, ApiError)>) -> ApiError {
-    if let Some(position) = refused.iter().position(|(_, err)| err.kind() != Kind::Unprocessable) {
-        return refused
-            .into_iter()
-            .nth(position)
-            .map(|(_, err)| err)
-            .unwrap_or_else(|| ApiError::internal(std::io::Error::other("a refusal went missing")));
-    }
-    ApiError::unprocessable(
-        refused
-            .into_iter()
-            .flat_map(|(_, err)| err.into_field_errors())
-            .collect(),
-    )
 }
 
 /// What Resend calls the last thing that happened to a message.

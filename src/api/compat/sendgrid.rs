@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{error_response, item_key, mailbox, media_type_for, Origins};
+use super::{error_response, item_key, joined, mailbox, media_type_for, Origins};
 use crate::api::auth::{Authenticated, MessagesSend};
 use crate::api::body::JsonBody;
 use crate::api::messages::{
@@ -629,7 +629,7 @@ pub async fn mail_send(
     let personalizations = std::mem::take(&mut mail.personalizations);
     let mut items = Vec::with_capacity(personalizations.len());
     let mut origins = Vec::with_capacity(personalizations.len());
-    let mut errors = Vec::new();
+    let mut refused = Vec::new();
     for (index, p) in personalizations.into_iter().enumerate() {
         let converted = to_send_request(&mail, index, p, now)
             .map_err(|e| ApiError::unprocessable(vec![e]))
@@ -643,27 +643,19 @@ pub async fn mail_send(
                 items.push((new, key.as_ref().map(|key| item_key(key, index))));
                 origins.push(from);
             }
-            Err(err) => errors.extend(err.into_field_errors()),
+            Err(err) => refused.push(err),
         }
     }
-    if !errors.is_empty() {
-        // A request-level field (`from`, `content`) fails the same way in every
-        // personalization: said once.
-        let mut said = std::collections::HashSet::new();
-        errors.retain(|e| said.insert((e.field.clone(), e.code.clone())));
-        return Err(ApiError::unprocessable(errors).into());
+    if !refused.is_empty() {
+        return Err(joined(refused).into());
     }
     let allowance = crate::api::limits::take(&state, &auth.principal, items.len() as u64)?;
     let accepted = state.sender.accept_all(tenant, items).await.map_err(|failures| {
-        let mut errors = Vec::new();
-        for (index, err) in failures {
-            let err = origins[index].relabel(err.into(), "");
-            if err.kind() != Kind::Unprocessable {
-                return err;
-            }
-            errors.extend(err.into_field_errors());
-        }
-        ApiError::unprocessable(errors)
+        joined(
+            failures
+                .into_iter()
+                .map(|(index, err)| origins[index].relabel(err.into(), "")),
+        )
     })?;
     let ids: Vec<String> = accepted.iter().map(|a| a.message().id.to_string()).collect();
     let mut answer = HttpResponse::Accepted();

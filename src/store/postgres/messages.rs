@@ -117,7 +117,7 @@ pub(super) fn write_batch(
         Some(batch) => batch,
         None => {
             let (mut client, st) = pool.take()?;
-            client.batch_execute(&format!("BEGIN; {}", super::stream::WRITER_LOCK))?;
+            client.batch_execute(super::stream::BEGIN_WRITING)?;
             OpenBatch {
                 client,
                 st,

@@ -483,8 +483,8 @@ mod tests {
         open.recv().unwrap();
         // …while `late` commits with a larger position.
         store.accept(&late, b"m", None).unwrap();
-        // Read without waiting for `early`: the open transaction holds back every
-        // stream in this PostgreSQL, those of tests running beside this one too.
+        // Read without the reader's wait for `early` (up to 3 s for a writer that is
+        // about to commit): this one commits only when told to.
         let reader = PgStore::open(&backend.url).unwrap();
         let (seen, cursor) = stream::events(&reader.pool, &late.tenant, None, &[], 10, 0).unwrap();
         assert!(seen.is_empty(), "nothing is handed out past an event still to commit");

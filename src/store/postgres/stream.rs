@@ -12,11 +12,32 @@ use crate::domain::status::EventType;
 use crate::domain::webhook::{DeliveryAttempt, OutboxEntry, Webhook};
 use crate::store::StoreError;
 
+/// The first key of the [`WRITER_LOCK`] ("mail" in ASCII); the second is the schema's
+/// hash. Macros, so that every statement using it is a constant spelling it once.
+macro_rules! writer_lock_class {
+    () => {
+        "1835100524"
+    };
+}
+
+macro_rules! writer_lock {
+    () => {
+        concat!(
+            "SELECT pg_advisory_xact_lock_shared(",
+            writer_lock_class!(),
+            ", hashtext(current_schema()))"
+        )
+    };
+}
+
 /// Taken (shared) by every transaction that may write events, before its first write:
-/// while it holds it, readers do not pass its transaction id (see [`horizon`]). Keyed by
+/// while it holds it, readers do not pass its transaction id (see [`HORIZON`]). Keyed by
 /// the schema, so only this deployment's writers count — another application's long
 /// transaction on the same database (a `pg_dump`, a report) holds nothing back.
-pub(super) const WRITER_LOCK: &str = "SELECT pg_advisory_xact_lock_shared(1835100524, hashtext(current_schema()))";
+pub(super) const WRITER_LOCK: &str = writer_lock!();
+
+/// A writer batch's start: `BEGIN` and the [`WRITER_LOCK`] in one round trip.
+pub(super) const BEGIN_WRITING: &str = concat!("BEGIN; ", writer_lock!());
 
 /// The stream's horizon, a transaction id: the oldest of this deployment's writing
 /// transactions still running (found through their [`WRITER_LOCK`] and the lock each
@@ -25,18 +46,22 @@ pub(super) const WRITER_LOCK: &str = "SELECT pg_advisory_xact_lock_shared(183510
 /// time this statement reads `pg_locks` (a writer's id is assigned after it takes the
 /// lock, and the lock is released only after its commit is visible), so a read in a
 /// later statement sees every event below it that will ever exist.
-const HORIZON: &str = "
+const HORIZON: &str = concat!(
+    "
     WITH l AS MATERIALIZED (SELECT locktype, classid, objid, objsubid, transactionid, pid, mode, granted FROM pg_locks),
          writers AS (SELECT t.transactionid::text::bigint % 4294967296 AS xid
                        FROM l a JOIN l t ON t.pid = a.pid
                       WHERE a.locktype = 'advisory' AND a.objsubid = 2 AND a.granted
-                        AND a.classid = 1835100524::int8::oid
+                        AND a.classid = ",
+    writer_lock_class!(),
+    "::int8::oid
                         AND a.objid = (hashtext(current_schema())::int8 & 4294967295)::oid
                         AND t.locktype = 'transactionid' AND t.mode = 'ExclusiveLock' AND t.granted)
     SELECT least(pg_snapshot_xmax(s)::text::bigint,
                  (SELECT min(x::text::bigint) FROM pg_snapshot_xip(s) AS x
                    WHERE x::text::bigint % 4294967296 IN (SELECT xid FROM writers)))
-      FROM pg_current_snapshot() AS s";
+      FROM pg_current_snapshot() AS s"
+);
 
 /// How many times (10 ms each) a read waits for committed events held back by the
 /// horizon (see [`events`]): a transaction that began earlier usually ends within
@@ -48,8 +73,9 @@ fn limit_of(limit: usize) -> i64 {
 }
 
 /// The tenant's events after `after`, only of transactions older than the [`HORIZON`]:
-/// a later commit never lands behind a cursor already handed out. Waits up to `waits` times 10 ms for committed events held
-/// back by an older transaction ([`HELD_BACK_WAITS`] for readers).
+/// a later commit never lands behind a cursor already handed out. Waits up to `waits`
+/// times 10 ms for committed events held back by an older writer ([`HELD_BACK_WAITS`]
+/// for readers).
 pub(super) fn events(
     pool: &Pool,
     tenant: &TenantId,
